@@ -1,0 +1,3 @@
+from kernelagent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,8 @@
+"""Kernel sandboxes as jupyter_client provisioners, usable by any Jupyter tool.
+
+Reached through kernelspecs (``kernel_images/``); imports nothing from the rest of kernelagent.
+"""
+
+from kernelagent.sandbox.bwrap import BubblewrapProvisioner, SandboxError
+
+__all__ = ["BubblewrapProvisioner", "SandboxError"]
