@@ -257,6 +257,13 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._note_exit(status)
         return status  # type: ignore[no-any-return]
 
+    def limit_mechanism(self) -> str:
+        """How the memory and process limits are enforced for this kernel (for ``doctor``)."""
+        rlimits = "rlimits (RLIMIT_DATA, NPROC, NOFILE, FSIZE, CPU)"
+        if self._cgroup:
+            return f"cgroup v{self._cgroup.version} (memory, pids) + {rlimits}"
+        return rlimits
+
     def exit_reason(self) -> str | None:
         """Why the kernel died, in words a user can act on; None while it runs."""
         return self._exit_reason

@@ -1,0 +1,1 @@
+"""The outside world (kernels, storage, database, Redis, LLM) behind small interfaces."""

@@ -1,0 +1,90 @@
+"""The ``kernelagent`` command: parses arguments, builds Settings, delegates.
+
+    kernelagent serve [--host H] [--port P] [--pool-size N] [--unsafe-no-sandbox]
+    kernelagent doctor
+    kernelagent kernelspec install [--user | --prefix P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+import sys
+
+from kernelagent import __version__
+from kernelagent.config import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kernelagent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server with its embedded defaults")
+    serve.add_argument("--host", help="interface (KERNELAGENT_HOST)")
+    serve.add_argument("--port", type=int, help="port (KERNELAGENT_PORT)")
+    serve.add_argument("--pool-size", type=int, help="warm kernels (KERNELAGENT_POOL_SIZE)")
+    serve.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        default=None,
+        help="run kernels without a sandbox (KERNELAGENT_UNSAFE_NO_SANDBOX)",
+    )
+
+    commands.add_parser("doctor", help="check the sandbox and settings on this machine")
+
+    kernelspec = commands.add_parser("kernelspec", help="manage the shipped kernelspecs")
+    kernelspec_commands = kernelspec.add_subparsers(dest="action", required=True)
+    install = kernelspec_commands.add_parser("install", help="install them for Jupyter tools")
+    install.add_argument("--user", action="store_true")
+    install.add_argument("--prefix")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
+    try:
+        overrides = {
+            k: getattr(args, k, None) for k in ("host", "port", "pool_size", "unsafe_no_sandbox")
+        }
+        settings = Settings.from_env(os.environ, **overrides)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.command == "serve":
+        return asyncio.run(_serve(settings))
+    if args.command == "doctor":
+        from kernelagent.doctor import run_doctor
+
+        return asyncio.run(run_doctor(settings))
+    if args.command == "kernelspec":
+        from kernelagent.adapters.kernelspecs import install as install_specs
+
+        for path in install_specs(user=args.user, prefix=args.prefix):
+            print(f"installed {path}")
+        return 0
+    return 2
+
+
+async def _serve(settings: Settings) -> int:
+    from kernelagent.app import KernelAgentApp
+
+    if not settings.token:
+        settings = dataclasses.replace(settings, token=secrets.token_urlsafe(24))
+    app = KernelAgentApp(settings)
+    await app.start()
+    print(
+        f"kernelagent {__version__} serving on http://{settings.host}:{settings.port}/"
+        f"?token={settings.token}",
+        flush=True,
+    )
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    await stopped.wait()
+    print("shutting down", file=sys.stderr, flush=True)
+    await app.stop()
+    return 0

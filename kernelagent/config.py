@@ -1,0 +1,118 @@
+"""Settings: every option of the server, its environment variable, default and help; read once.
+
+``Settings.from_env(os.environ)`` is called in ``cli.py`` (flags override it there) and the frozen
+result is passed down; nothing else reads the environment. Each field's ``help`` names its variable,
+and a test checks that the README documents every one.
+
+Example::
+
+    settings = Settings.from_env({"KERNELAGENT_POOL_SIZE": "0"})
+    assert settings.pool_size == 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def _setting(default: Any, env: str, help: str, **kw: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "help": help}, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The server's configuration. Field metadata: ``env`` (variable) and ``help``."""
+
+    host: str = _setting("127.0.0.1", "KERNELAGENT_HOST", "Interface to listen on")
+    port: int = _setting(8888, "KERNELAGENT_PORT", "Port to listen on")
+    data_dir: Path = _setting(
+        Path(platformdirs.user_data_dir("kernelagent")),
+        "KERNELAGENT_DATA_DIR",
+        "Holds the database, local storage and workspaces of the embedded default",
+    )
+    token: str = _setting("", "KERNELAGENT_TOKEN", "Fixes the first user's token")
+    kernel_name: str = _setting(
+        "kernelagent-python3", "KERNELAGENT_KERNEL_NAME", "Kernelspec that session kernels use"
+    )
+    unsafe_no_sandbox: bool = _setting(
+        False, "KERNELAGENT_UNSAFE_NO_SANDBOX", "Run kernels without any sandbox (never in production)"
+    )
+    pool_size: int = _setting(
+        2, "KERNELAGENT_POOL_SIZE", "Sandboxed kernels kept started ahead of need; 0 disables"
+    )
+    pool_preimport: str = _setting(
+        "numpy,pandas,matplotlib.pyplot,plotly.graph_objects,plotly.express",
+        "KERNELAGENT_POOL_PREIMPORT",
+        "Modules imported in pooled kernels before hand-out (comma separated)",
+    )
+    runtime_dir: str = _setting(
+        "", "KERNELAGENT_RUNTIME_DIR", "Kernel sockets and per-kernel files (short path)"
+    )
+    memory_limit: int = _setting(1 * GiB, "KERNELAGENT_MEMORY_LIMIT", "Kernel memory, bytes")
+    process_limit: int = _setting(128, "KERNELAGENT_PROCESS_LIMIT", "Kernel processes+threads")
+    open_files_limit: int = _setting(256, "KERNELAGENT_OPEN_FILES_LIMIT", "Open files per process")
+    file_size_limit: int = _setting(1 * GiB, "KERNELAGENT_FILE_SIZE_LIMIT", "Largest file, bytes")
+    cpu_time_limit: int = _setting(
+        3600, "KERNELAGENT_CPU_TIME_LIMIT", "CPU seconds per kernel process (RLIMIT_CPU)"
+    )
+    tmp_size: int = _setting(64 * MiB, "KERNELAGENT_TMP_SIZE", "Size of the kernel's /tmp, bytes")
+    kernel_start_timeout: float = _setting(
+        60.0, "KERNELAGENT_KERNEL_START_TIMEOUT", "Seconds a kernel may take to become ready"
+    )
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.data_dir / "workspaces"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Settings from ``KERNELAGENT_*`` variables; ``overrides`` (e.g. CLI flags) win."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def provisioner_config(self) -> dict[str, Any]:
+        """Traitlets config for ``BubblewrapProvisioner`` (the sandbox reads no env itself)."""
+        config: dict[str, Any] = {
+            "memory_limit": self.memory_limit,
+            "process_limit": self.process_limit,
+            "open_files_limit": self.open_files_limit,
+            "file_size_limit": self.file_size_limit,
+            "cpu_time_limit": self.cpu_time_limit,
+            "tmp_size": self.tmp_size,
+        }
+        if self.runtime_dir:
+            config["runtime_dir"] = self.runtime_dir
+        return config
+
+
+def _parse(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    try:
+        if kind == "bool":
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw).expanduser()
+        return raw
+    except ValueError:
+        raise ValueError(f"{field.metadata['env']}={raw!r} is not a valid {kind}") from None

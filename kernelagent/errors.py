@@ -1,0 +1,45 @@
+"""The one exception tree of kernelagent; services and adapters raise these, never HTTP errors.
+
+::
+
+    KernelAgentError
+    ├── NotFound          404
+    ├── Forbidden         403
+    ├── Conflict          409
+    ├── LimitExceeded     429
+    ├── SandboxError      503  the sandbox cannot run here (message: cause and fix)
+    └── KernelDied        503  a kernel died (message: why, e.g. "out of memory (limit 1 GiB)")
+
+``web/base.py`` maps each to ``{"error": {"code", "message"}}`` with the status above.
+"""
+
+
+class KernelAgentError(Exception):
+    """Base of every error kernelagent raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+
+class NotFound(KernelAgentError):
+    status, code = 404, "not_found"
+
+
+class Forbidden(KernelAgentError):
+    status, code = 403, "forbidden"
+
+
+class Conflict(KernelAgentError):
+    status, code = 409, "conflict"
+
+
+class LimitExceeded(KernelAgentError):
+    status, code = 429, "limit_exceeded"
+
+
+class SandboxError(KernelAgentError):
+    status, code = 503, "sandbox_unavailable"
+
+
+class KernelDied(KernelAgentError):
+    status, code = 503, "kernel_died"

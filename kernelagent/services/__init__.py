@@ -1,0 +1,1 @@
+"""Use-cases of kernelagent; no tornado, no SQL, no network clients."""

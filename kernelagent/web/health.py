@@ -1,0 +1,29 @@
+"""``GET /api/v1/health``: liveness for load balancers, and what the sandbox pool is doing."""
+
+from __future__ import annotations
+
+from kernelagent import __version__
+from kernelagent.services.kernels import KernelPool
+from kernelagent.web.base import ApiHandler
+
+
+class HealthHandler(ApiHandler):
+    """No auth: answers ``{"status": "ok", "version", "sandbox", "pool"}``."""
+
+    def initialize(self, pool: KernelPool, sandbox: str) -> None:
+        self.pool = pool
+        self.sandbox = sandbox
+
+    def get(self) -> None:
+        self.write_json(
+            {
+                "status": "ok",
+                "version": __version__,
+                "sandbox": self.sandbox,
+                "pool": {
+                    "size": self.pool.size,
+                    "ready": self.pool.ready_count,
+                    "error": self.pool.last_error,
+                },
+            }
+        )

@@ -1,0 +1,206 @@
+"""Interrupt, restart, shutdown, and nothing of a kernel outliving its server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import Sandbox, wait_until_gone
+
+pytestmark = pytest.mark.sandbox
+
+CGROUP_DIRS = [Path("/sys/fs/cgroup/memory/kernelagent"), Path("/sys/fs/cgroup/pids/kernelagent")]
+
+
+@pytest.mark.parametrize(
+    "blocking",
+    ["import time; time.sleep(60)", "import subprocess; subprocess.run(['sleep', '60'])"],
+    ids=["time.sleep", "subprocess"],
+)
+async def test_interrupt_stops_the_cell_and_keeps_the_state(
+    sandbox: Sandbox, blocking: str
+) -> None:
+    assert (await sandbox.run("x = 41")).status == "ok"
+
+    started = asyncio.Event()
+
+    def on_output(output: dict) -> None:
+        if output["msg_type"] == "stream" and "started" in output["content"]["text"]:
+            started.set()
+
+    task = asyncio.create_task(
+        sandbox.run(f"print('started', flush=True)\n{blocking}", timeout=90, on_output=on_output)
+    )
+    try:
+        await asyncio.wait_for(started.wait(), 20)
+        if "subprocess" in blocking:
+            await wait_for_process(sandbox, "sleep")
+        loop = asyncio.get_running_loop()
+        interrupted_at = loop.time()
+        await sandbox.km.interrupt_kernel()
+        result = await asyncio.wait_for(asyncio.shield(task), 10)
+        elapsed = loop.time() - interrupted_at
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert result.ename == "KeyboardInterrupt", result.describe()
+    assert elapsed < 2, elapsed
+    after = await sandbox.run("x + 1")
+    assert after.of_type("execute_result")[0]["data"]["text/plain"] == "42", after.describe()
+    names = [psutil.Process(pid).name() for pid in sandbox.km.provisioner.kernel_pids()]
+    assert "sleep" not in names
+
+
+async def wait_for_process(sandbox: Sandbox, name: str, timeout: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        with contextlib.suppress(psutil.Error):
+            pids = sandbox.km.provisioner.kernel_pids()
+            if name in [psutil.Process(pid).name() for pid in pids]:
+                return
+        assert loop.time() < deadline, f"no {name} process in the kernel"
+        await asyncio.sleep(0.05)
+
+
+async def test_restart_gives_a_fresh_kernel_and_keeps_the_workspace(sandbox: Sandbox) -> None:
+    result = await sandbox.run("x = 1\nopen('kept.txt', 'w').write('still here')")
+    assert result.status == "ok", result.describe()
+    old_pids = set(sandbox.km.provisioner.kernel_pids())
+
+    await asyncio.wait_for(sandbox.km.restart_kernel(), 30)
+    await sandbox.connect()
+
+    assert not old_pids & set(sandbox.km.provisioner.kernel_pids())
+    gone = await sandbox.run("x")
+    assert gone.ename == "NameError", gone.describe()
+    kept = await sandbox.run("print(open('/workspace/kept.txt').read())")
+    assert kept.stdout == "still here\n", kept.describe()
+    assert (sandbox.workspace / "kept.txt").read_text() == "still here"
+
+
+async def test_shutdown_leaves_no_process_and_no_files(sandbox: Sandbox) -> None:
+    km = sandbox.km
+    await sandbox.run("import subprocess; sleeper = subprocess.Popen(['sleep', '60'])")
+    procs = [psutil.Process(pid) for pid in km.provisioner.kernel_pids()]
+    assert len(procs) >= 4  # outer bwrap, sandbox init, kernel, sleep
+    kernel_dir = Path(km.connection_file).parent
+
+    sandbox.client.stop_channels()
+    sandbox.kc = None
+    await asyncio.wait_for(km.shutdown_kernel(), 20)
+
+    survivors = await wait_until_gone(procs, timeout=5)
+    assert not survivors, survivors
+    assert not kernel_dir.exists()
+
+
+SERVER_SCRIPT = textwrap.dedent("""
+    import asyncio, ctypes, json, os, sys
+    from pathlib import Path
+
+    PR_SET_CHILD_SUBREAPER = 36
+
+
+    def supervise():
+        # stands in for systemd / docker --init: adopts orphans and reaps them, so that what
+        # is gone disappears instead of lingering as a zombie of whatever pid 1 this host has
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+        pid = os.fork()
+        if pid == 0:
+            os.execv(sys.executable, [sys.executable, __file__, "serve", *sys.argv[2:]])
+        while True:
+            try:
+                os.wait()
+            except ChildProcessError:
+                return
+
+
+    async def serve(workspace):
+        from jupyter_client import AsyncKernelManager
+
+        km = AsyncKernelManager(kernel_name="kernelagent-python3")
+        await km.start_kernel(cwd=workspace)
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=30)
+        info = {
+            "server": os.getpid(),
+            "pids": km.provisioner.kernel_pids(),
+            "kernel_dir": str(Path(km.connection_file).parent),
+        }
+        print(json.dumps(info), flush=True)
+        await asyncio.sleep(3600)
+
+
+    if sys.argv[1] == "supervise":
+        supervise()
+    else:
+        asyncio.run(serve(sys.argv[2]))
+""")
+
+
+async def test_kernel_dies_with_its_server(tmp_path: Path) -> None:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER_SCRIPT)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    log = tmp_path / "server.log"
+    info: dict = {}
+    with log.open("wb") as stderr:
+        supervisor = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            "supervise",
+            str(workspace),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        assert supervisor.stdout is not None
+        line = await asyncio.wait_for(supervisor.stdout.readline(), 60)
+        assert line, f"the server died before starting its kernel: {log.read_text()}"
+        info = json.loads(line)
+        procs = [psutil.Process(pid) for pid in info["pids"]]
+        assert len(procs) >= 3
+        for proc in procs:
+            assert proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+
+        os.kill(info["server"], signal.SIGKILL)
+
+        survivors = await wait_until_gone(procs, timeout=5)
+        assert not survivors, survivors
+        await asyncio.wait_for(supervisor.wait(), 10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            supervisor.kill()
+        await asyncio.wait_for(supervisor.wait(), 10)
+        cleanup_after_crash(info)
+
+
+def cleanup_after_crash(info: dict) -> None:
+    """What the crashed server left: its kernel dir and (empty) cgroups; any straggler."""
+    for pid in [info.get("server"), *info.get("pids", [])]:
+        if pid:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+    if "kernel_dir" in info:
+        kernel_dir = Path(info["kernel_dir"])
+        shutil.rmtree(kernel_dir, ignore_errors=True)
+        for parent in CGROUP_DIRS:
+            with contextlib.suppress(OSError):
+                (parent / kernel_dir.name).rmdir()

@@ -1,0 +1,127 @@
+"""The warm pool hands out ready sandboxed kernels bound to the session's workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from kernelagent.adapters.kernels import LocalKernels
+from kernelagent.services.kernels import KernelPool, preimport_code
+
+pytestmark = pytest.mark.sandbox
+
+
+async def run(kernels: LocalKernels, kernel_id: str, code: str, reply: dict | None = None) -> str:
+    client = kernels.client(kernel_id)
+    texts: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            texts.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            texts.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+    try:
+        answer = await client.execute_interactive(code, timeout=30, output_hook=hook)
+        if reply is not None:
+            reply.update(answer["content"])
+    finally:
+        client.stop_channels()
+    return "".join(texts)
+
+
+@pytest.fixture
+async def pool_and_kernels(settings):
+    settings = dataclasses.replace(settings, pool_size=1)
+    kernels = LocalKernels(settings)
+    pool = KernelPool(
+        kernels, settings.workspaces_dir / ".pool", size=1, preimport=["pandas", "plotly.io"]
+    )
+    await pool.start()
+    try:
+        await pool.wait_filled(timeout=90)
+        yield pool, kernels, settings
+    finally:
+        await pool.stop()
+        await kernels.shutdown_all()
+
+
+async def test_pooled_kernel_gets_the_session_workspace(pool_and_kernels):
+    pool, kernels, settings = pool_and_kernels
+    pooled_id = pool._ready[0].id
+    workspace = settings.workspaces_dir / "session-1"
+    workspace.mkdir(parents=True)
+    (workspace / "data.csv").write_text("a,b\n1,2\n")
+
+    kernel = await pool.acquire(workspace)
+
+    assert kernel.id == pooled_id, "the warm kernel was not the one handed out"
+    assert kernel.workspace == workspace
+    out = await run(
+        kernels,
+        kernel.id,
+        "import os; print(os.getcwd(), sorted(os.listdir('.')), open('data.csv').read().split())\n"
+        "open('made-inside.txt', 'w').write('hello')",
+    )
+    assert out.strip() == "/workspace ['data.csv'] ['a,b', '1,2']"
+    assert (workspace / "made-inside.txt").read_text() == "hello"
+    assert not list((settings.workspaces_dir / ".pool").glob("*/made-inside.txt"))
+
+
+async def test_pooled_kernel_has_preimported_modules_but_a_clean_namespace(pool_and_kernels):
+    pool, kernels, settings = pool_and_kernels
+    kernel = await pool.acquire(settings.workspaces_dir / "s")
+    reply: dict = {}
+    out = await run(
+        kernels,
+        kernel.id,
+        "import sys; print('pandas' in sys.modules, 'plotly.io' in sys.modules, "
+        "[n for n in dir() if not n.startswith('_') and n not in ('In', 'Out', 'exit', 'quit', "
+        "'get_ipython', 'open', 'sys')])",
+        reply,
+    )
+    assert out.strip() == "True True []"
+    assert reply["execution_count"] == 1, "the warm-up must not count as a cell"
+
+
+async def test_restart_after_hand_out_binds_the_session_workspace(pool_and_kernels):
+    pool, kernels, settings = pool_and_kernels
+    workspace = settings.workspaces_dir / "s2"
+    kernel = await pool.acquire(workspace)
+    await run(kernels, kernel.id, "open('kept.txt', 'w').write('1'); x = 5")
+    await kernels.restart(kernel.id)
+    out = await run(kernels, kernel.id, "import os; print(os.listdir('.')); print(x)")
+    assert "['kept.txt']" in out
+    assert "NameError" in out
+
+
+async def test_pool_refills_and_falls_back_to_a_cold_start(pool_and_kernels):
+    pool, kernels, settings = pool_and_kernels
+    first = await pool.acquire(settings.workspaces_dir / "a")
+    # the pool is empty now: the next session still gets a kernel, started on demand
+    second = await pool.acquire(settings.workspaces_dir / "b")
+    assert first.id != second.id
+    assert (await run(kernels, second.id, "print(6 * 7)")).strip() == "42"
+    await pool.wait_filled(timeout=90)
+    assert pool.ready_count == 1
+
+
+async def test_dead_pooled_kernel_is_not_handed_out(pool_and_kernels):
+    pool, kernels, settings = pool_and_kernels
+    dead_id = pool._ready[0].id
+    await kernels.manager(dead_id).provisioner.kill()
+    for _ in range(100):
+        if not await kernels.is_alive(dead_id):
+            break
+        await asyncio.sleep(0.05)
+    kernel = await pool.acquire(settings.workspaces_dir / "c")
+    assert kernel.id != dead_id
+    assert (await run(kernels, kernel.id, "print('alive')")).strip() == "alive"
+
+
+def test_preimport_code_binds_no_names():
+    namespace: dict = {}
+    exec(preimport_code(["json", "no_such_module_xyz"]), namespace)
+    assert set(namespace) == {"__builtins__"}

@@ -1,0 +1,42 @@
+"""Every setting has an environment variable, help text, and a line in the README."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from kernelagent.config import Settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = README.read_text()
+    for field in dataclasses.fields(Settings):
+        assert field.metadata["env"].startswith("KERNELAGENT_")
+        assert field.metadata["help"]
+        assert f"`{field.metadata['env']}`" in readme, f"{field.metadata['env']} not in README"
+
+
+def test_environment_overrides_defaults_and_flags_override_environment():
+    settings = Settings.from_env(
+        {"KERNELAGENT_POOL_SIZE": "0", "KERNELAGENT_PORT": "9000", "KERNELAGENT_DATA_DIR": "/x"},
+        port=9100,
+    )
+    assert settings.pool_size == 0
+    assert settings.port == 9100
+    assert settings.data_dir == Path("/x")
+    assert Settings.from_env({"KERNELAGENT_UNSAFE_NO_SANDBOX": "yes"}).unsafe_no_sandbox is True
+
+
+def test_bad_values_name_the_variable():
+    with pytest.raises(ValueError, match="KERNELAGENT_POOL_SIZE='many' is not a valid int"):
+        Settings.from_env({"KERNELAGENT_POOL_SIZE": "many"})
+
+
+def test_provisioner_config_carries_the_limits():
+    config = Settings(memory_limit=512, runtime_dir="/tmp/ka").provisioner_config()
+    assert config["memory_limit"] == 512
+    assert config["runtime_dir"] == "/tmp/ka"
