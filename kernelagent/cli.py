@@ -1,8 +1,8 @@
 """The ``kernelagent`` command: parses arguments, builds Settings, delegates.
 
-    kernelagent serve [--host H] [--port P] [--pool-size N] [--unsafe-no-sandbox]
-    kernelagent doctor
-    kernelagent kernelspec install [--user | --prefix P]
+kernelagent serve [--host H] [--port P] [--pool-size N] [--unsafe-no-sandbox]
+kernelagent doctor
+kernelagent kernelspec install [--user | --prefix P]
 """
 
 from __future__ import annotations

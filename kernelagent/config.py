@@ -23,8 +23,15 @@ GiB = 1024**3
 MiB = 1024**2
 
 
-def _setting(default: Any, env: str, help: str, **kw: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"env": env, "help": help}, **kw)
+def _setting(default: Any, env: str, help: str) -> Any:
+    metadata = {"env": env, "help": help}
+    if callable(default):
+        return dataclasses.field(default_factory=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("kernelagent"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +41,7 @@ class Settings:
     host: str = _setting("127.0.0.1", "KERNELAGENT_HOST", "Interface to listen on")
     port: int = _setting(8888, "KERNELAGENT_PORT", "Port to listen on")
     data_dir: Path = _setting(
-        Path(platformdirs.user_data_dir("kernelagent")),
+        _default_data_dir,
         "KERNELAGENT_DATA_DIR",
         "Holds the database, local storage and workspaces of the embedded default",
     )
@@ -43,7 +50,9 @@ class Settings:
         "kernelagent-python3", "KERNELAGENT_KERNEL_NAME", "Kernelspec that session kernels use"
     )
     unsafe_no_sandbox: bool = _setting(
-        False, "KERNELAGENT_UNSAFE_NO_SANDBOX", "Run kernels without any sandbox (never in production)"
+        False,
+        "KERNELAGENT_UNSAFE_NO_SANDBOX",
+        "Run kernels without any sandbox (never in production)",
     )
     pool_size: int = _setting(
         2, "KERNELAGENT_POOL_SIZE", "Sandboxed kernels kept started ahead of need; 0 disables"

@@ -1,4 +1,4 @@
-"""Data flows one way: web → services → adapters; the sandbox stands alone (reached by kernelspec)."""
+"""Data flows one way: web → services → adapters; the sandbox stands alone (kernelspec only)."""
 
 from __future__ import annotations
 

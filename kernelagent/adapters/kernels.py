@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client import AsyncKernelClient, AsyncKernelManager, AsyncMultiKernelManager
-from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from traitlets.config import Config
 
 from kernelagent.adapters.kernelspecs import kernel_dirs
 from kernelagent.config import Settings
-from kernelagent.errors import KernelDied, SandboxError
+from kernelagent.errors import KernelDied, NotFound, SandboxError
 
 
 class LocalKernels:
@@ -33,6 +33,7 @@ class LocalKernels:
 
     async def start(self, workspace: Path) -> str:
         """Start a kernel whose cwd (``/workspace`` in the sandbox) is ``workspace``; wait ready."""
+        self.check_kernelspec()
         workspace.mkdir(parents=True, exist_ok=True)
         try:
             kernel_id: str = await self.mkm.start_kernel(
@@ -51,10 +52,21 @@ class LocalKernels:
             raise
         return kernel_id
 
+    def check_kernelspec(self) -> None:
+        """Raise NotFound, listing what exists, when the configured kernelspec is missing."""
+        try:
+            self.specs.get_kernel_spec(self.kernel_name)
+        except NoSuchKernel:
+            names = ", ".join(sorted(self.specs.find_kernel_specs()))
+            raise NotFound(f"no kernelspec named {self.kernel_name!r} (available: {names})") from None
+
     async def wait_ready(self, kernel_id: str) -> None:
         client = self.client(kernel_id)
         try:
             await client.wait_for_ready(timeout=self.settings.kernel_start_timeout)
+        except NoSuchKernel:
+            names = ", ".join(sorted(self.specs.find_kernel_specs()))
+            raise NotFound(f"no kernelspec named {self.kernel_name!r} (available: {names})") from None
         except RuntimeError as e:
             reason = self.exit_reason(kernel_id) or str(e)
             raise KernelDied(f"kernel died during start: {reason}") from e
@@ -71,7 +83,7 @@ class LocalKernels:
         return client
 
     async def run_silently(self, kernel_id: str, code: str, timeout: float) -> dict[str, Any]:
-        """Run ``code`` without history or outputs (e.g. pool warm-up); returns the reply content."""
+        """Run ``code`` with no history or outputs (pool warm-up); returns the reply content."""
         client = self.client(kernel_id)
         try:
             reply = await client.execute_interactive(
@@ -126,4 +138,3 @@ class LocalKernels:
 
 def _ignore(msg: dict[str, Any]) -> None:
     """Output hook for silent runs."""
-

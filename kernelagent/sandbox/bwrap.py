@@ -36,7 +36,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Dict, Float, Int, List, Unicode, default
 
 from kernelagent.sandbox import command, probe
-from kernelagent.sandbox.limits import Cgroup, Limits, human_bytes
+from kernelagent.sandbox.limits import Cgroup, Limits, human_bytes, remove_stale_cgroups
 
 SIGXCPU_EXIT = (128 + signal.SIGXCPU, -signal.SIGXCPU)
 SIGKILL_EXIT = (128 + signal.SIGKILL, -signal.SIGKILL)
@@ -64,9 +64,7 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
     cpu_time_limit = Int(3600, help="CPU seconds per process (RLIMIT_CPU); 0 = none").tag(
         config=True
     )
-    tmp_size = Int(64 * 1024**2, help="Bytes of each tmpfs: /tmp, /dev/shm, $HOME").tag(
-        config=True
-    )
+    tmp_size = Int(64 * 1024**2, help="Bytes of each tmpfs: /tmp, /dev/shm, $HOME").tag(config=True)
     data_fraction = Float(0.9, help="RLIMIT_DATA as a share of memory_limit").tag(config=True)
     uid_base = Int(30000, help="First host uid for kernels (server running as root)").tag(
         config=True
@@ -129,9 +127,7 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         cwd = kwargs.pop("cwd", None)
         self._owns_workspace = cwd is None
         workspace = Path(cwd).resolve() if cwd else kernel_dir / "workspace"
-        uid = (
-            command.sandbox_uid(self.kernel_id, self.uid_base, self.uid_span) if as_root else None
-        )
+        uid = command.sandbox_uid(self.kernel_id, self.uid_base, self.uid_span) if as_root else None
         layout = self._layout = command.Layout(root, kernel_dir, workspace, uid)
         self._prepare_dirs(layout)
         self._exit_reason = None
@@ -147,8 +143,7 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         host_cmd: list[str] = kwargs.pop("cmd")
         server_env: dict[str, str] = kwargs.pop("env")
         inner_argv = [
-            command.INNER_CONNECTION_FILE if arg == km.connection_file else arg
-            for arg in host_cmd
+            command.INNER_CONNECTION_FILE if arg == km.connection_file else arg for arg in host_cmd
         ]
         if command.INNER_CONNECTION_FILE not in inner_argv:
             raise SandboxError("the kernelspec argv must contain {connection_file}")
@@ -163,6 +158,8 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
             raise SandboxError(str(e)) from None
         stage = self._stage(layout, [*ro_binds, workspace]) if uid is not None else {}
 
+        if as_root:
+            remove_stale_cgroups()
         self._cgroup = Cgroup.create(layout.kernel_dir.name, self.limits) if as_root else None
         inner_info = json.loads(layout.connection_file.read_text())
         inner_info["ip"] = f"{command.INNER_IPC_DIR}/k"

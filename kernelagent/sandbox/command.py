@@ -16,8 +16,8 @@ kernel's runtime dir inside the private mount namespace ("staging").
 
 Inside: only ``lo`` (own network namespace; ZMQ uses ipc sockets in ``/run/kernel``), its own PID
 namespace, uid 1000, read-only ``/usr`` and Python environment, writable ``/workspace`` and sized
-tmpfs ``/tmp``, ``/dev/shm`` and ``$HOME``, read-only ``/dev`` and root, no new privileges, no nested
-user namespaces, and an environment built from scratch.
+tmpfs ``/tmp``, ``/dev/shm`` and ``$HOME``, read-only ``/dev`` and root, no new privileges, no
+nested user namespaces, and an environment built from scratch.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -80,7 +81,7 @@ def cgroup_version() -> int | None:
 
 
 class Cgroup:
-    """A kernel's cgroup(s); created before launch, joined by the launch shell, removed at cleanup."""
+    """A kernel's cgroups: made before launch, joined by the launch shell, removed at cleanup."""
 
     def __init__(self, version: int, dirs: dict[str, Path]):
         self.version = version
@@ -160,14 +161,23 @@ class Cgroup:
                 time.sleep(0.05)
 
 
-def remove_stale_cgroups() -> int:
-    """Remove empty kernel cgroups left behind by a server that crashed; returns how many."""
+@functools.cache  # once per process: the leftovers are from processes that died before it
+def remove_stale_cgroups(min_age: float = 60.0) -> int:
+    """Remove empty kernel cgroups left behind by a server that crashed; returns how many.
+
+    Only cgroups older than ``min_age`` seconds go: a younger empty one may belong to a kernel
+    that another server is launching right now.
+    """
     removed = 0
     for parent in (CGROUP_ROOT / c / CGROUP_PARENT for c in ("memory", "pids", "")):
         if not parent.is_dir():
             continue
         for child in parent.iterdir():
-            if child.is_dir() and not _read(child / "cgroup.procs").split():
+            if (
+                child.is_dir()
+                and time.time() - child.stat().st_mtime > min_age
+                and not _read(child / "cgroup.procs").split()
+            ):
                 with contextlib.suppress(OSError):
                     child.rmdir()
                     removed += 1

@@ -44,7 +44,9 @@ def prepare_runtime_root(root: Path, bwrap: str, as_root: bool) -> str:
     ``0700`` home), so it is copied into the root, which every uid may traverse.
     """
     if root.is_symlink() or (root.exists() and root.stat().st_uid != os.geteuid()):
-        raise RuntimeError(f"runtime dir {root} is not owned by this user; remove it or pick another")
+        raise RuntimeError(
+            f"runtime dir {root} is not owned by this user; remove it or pick another"
+        )
     root.mkdir(mode=0o711, parents=True, exist_ok=True)
     os.chmod(root, 0o711 if as_root else 0o700)
     etc = root / "etc"

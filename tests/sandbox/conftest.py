@@ -134,21 +134,26 @@ class Sandbox:
             self.kc.stop_channels()
             self.kc = None
         km = self.km
-        if km.has_kernel:
-            try:
-                await asyncio.wait_for(km.shutdown_kernel(), SHUTDOWN_TIMEOUT)
-            except Exception:  # noqa: BLE001 - fall back to a kill, whatever went wrong
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(km.shutdown_kernel(now=True), SHUTDOWN_TIMEOUT)
-        kill_leftovers(km)
+        if not km.has_kernel:
+            return
+        procs = kernel_processes(km)
+        try:
+            await asyncio.wait_for(km.shutdown_kernel(), SHUTDOWN_TIMEOUT)
+        except Exception:  # noqa: BLE001 - fall back to a kill, whatever went wrong
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(km.shutdown_kernel(now=True), SHUTDOWN_TIMEOUT)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()  # psutil refuses when the pid was reused meanwhile
 
 
-def kill_leftovers(km: AsyncKernelManager) -> None:
+def kernel_processes(km: AsyncKernelManager) -> list[psutil.Process]:
     kernel_pids = getattr(km.provisioner, "kernel_pids", None)
-    pids = kernel_pids() if kernel_pids else []
-    for pid in pids:
+    procs = []
+    for pid in kernel_pids() if kernel_pids else []:
         with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).kill()
+            procs.append(psutil.Process(pid))
+    return procs
 
 
 StartSandbox = Callable[..., Awaitable[Sandbox]]

@@ -59,20 +59,23 @@ async def test_interrupt_stops_the_cell_and_keeps_the_state(
     assert elapsed < 2, elapsed
     after = await sandbox.run("x + 1")
     assert after.of_type("execute_result")[0]["data"]["text/plain"] == "42", after.describe()
-    names = [psutil.Process(pid).name() for pid in sandbox.km.provisioner.kernel_pids()]
-    assert "sleep" not in names
+    assert "sleep" not in process_names(sandbox)
 
 
 async def wait_for_process(sandbox: Sandbox, name: str, timeout: float = 10) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while True:
-        with contextlib.suppress(psutil.Error):
-            pids = sandbox.km.provisioner.kernel_pids()
-            if name in [psutil.Process(pid).name() for pid in pids]:
-                return
+    while name not in process_names(sandbox):
         assert loop.time() < deadline, f"no {name} process in the kernel"
         await asyncio.sleep(0.05)
+
+
+def process_names(sandbox: Sandbox) -> list[str]:
+    names = []
+    for pid in sandbox.km.provisioner.kernel_pids():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            names.append(psutil.Process(pid).name())
+    return names
 
 
 async def test_restart_gives_a_fresh_kernel_and_keeps_the_workspace(sandbox: Sandbox) -> None:
@@ -161,6 +164,7 @@ async def test_kernel_dies_with_its_server(tmp_path: Path) -> None:
     workspace.mkdir()
     log = tmp_path / "server.log"
     info: dict = {}
+    owned: list[psutil.Process] = []  # killed at the end should the test fail half-way
     with log.open("wb") as stderr:
         supervisor = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -169,35 +173,42 @@ async def test_kernel_dies_with_its_server(tmp_path: Path) -> None:
             str(workspace),
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
+            start_new_session=True,
         )
     try:
         assert supervisor.stdout is not None
         line = await asyncio.wait_for(supervisor.stdout.readline(), 60)
         assert line, f"the server died before starting its kernel: {log.read_text()}"
         info = json.loads(line)
+        server = psutil.Process(info["server"])
         procs = [psutil.Process(pid) for pid in info["pids"]]
+        owned += [server, *procs]
         assert len(procs) >= 3
         for proc in procs:
             assert proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        assert server.is_running()
+        assert procs[0].ppid() == server.pid  # the outer bwrap is the server's child
 
-        os.kill(info["server"], signal.SIGKILL)
+        server.kill()
 
         survivors = await wait_until_gone(procs, timeout=5)
         assert not survivors, survivors
         await asyncio.wait_for(supervisor.wait(), 10)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            supervisor.kill()
-        await asyncio.wait_for(supervisor.wait(), 10)
-        cleanup_after_crash(info)
+        cleanup_after_crash(info, owned)
+        try:
+            await asyncio.wait_for(supervisor.wait(), 10)  # it exits once it reaped everything
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(supervisor.pid, signal.SIGKILL)  # supervisor, server, outer bwrap
+            await asyncio.wait_for(supervisor.wait(), 10)
 
 
-def cleanup_after_crash(info: dict) -> None:
+def cleanup_after_crash(info: dict, procs: list[psutil.Process]) -> None:
     """What the crashed server left: its kernel dir and (empty) cgroups; any straggler."""
-    for pid in [info.get("server"), *info.get("pids", [])]:
-        if pid:
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).kill()
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # psutil refuses if the pid was reused meanwhile
     if "kernel_dir" in info:
         kernel_dir = Path(info["kernel_dir"])
         shutil.rmtree(kernel_dir, ignore_errors=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import textwrap
 
 import psutil
@@ -38,6 +39,7 @@ async def test_huge_allocation_is_a_memory_error_and_the_kernel_survives(sandbox
     assert kernel_rss < 512 * MiB
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="kernel cgroups need a server running as root")
 async def test_memory_cgroup_kills_the_kernel_and_says_why(start_sandbox: StartSandbox) -> None:
     # RLIMIT_DATA at 4x the limit (1 GiB) so that the cgroup, not the rlimit, stops the loop
     sandbox = await start_sandbox({"memory_limit": 256 * MiB, "data_fraction": 4.0})

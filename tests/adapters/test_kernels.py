@@ -1,0 +1,69 @@
+"""LocalKernels: settings reach the sandbox, and a kernel that cannot start says why."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+
+import pytest
+
+from kernelagent.adapters.kernels import LocalKernels
+from kernelagent.errors import KernelDied, NotFound
+
+pytestmark = pytest.mark.sandbox
+
+MiB = 1024**2
+
+
+async def test_settings_limits_reach_the_kernel(settings, tmp_path):
+    settings = dataclasses.replace(settings, memory_limit=300 * MiB, open_files_limit=200)
+    kernels = LocalKernels(settings)
+    kernel_id = await kernels.start(tmp_path / "ws")
+    try:
+        client = kernels.client(kernel_id)
+        texts = []
+        await client.execute_interactive(
+            "import resource as r; print(r.getrlimit(r.RLIMIT_DATA)[0], "
+            "r.getrlimit(r.RLIMIT_NOFILE)[0])",
+            timeout=30,
+            output_hook=lambda m: texts.append(m["content"].get("text", "")),
+        )
+        client.stop_channels()
+        data, nofile = map(int, "".join(texts).split())
+        assert data == int(300 * MiB * 0.9)
+        assert nofile == 200
+        assert data != resource.getrlimit(resource.RLIMIT_DATA)[0]
+    finally:
+        await kernels.shutdown_all()
+
+
+async def test_kernel_dying_during_start_is_reported_with_its_reason(settings, tmp_path, monkeypatch):
+    spec_dir = tmp_path / "kernels" / "broken"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [
+                    "python",
+                    "-c",
+                    "import sys; sys.stderr.write('kernel exploded'); sys.exit(3)",
+                    "{connection_file}",
+                ],
+                "display_name": "broken",
+                "language": "python",
+                "metadata": {"kernel_provisioner": {"provisioner_name": "kernelagent-bubblewrap"}},
+            }
+        )
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    kernels = LocalKernels(dataclasses.replace(settings, kernel_name="broken"))
+    with pytest.raises(KernelDied, match="kernel died during start: exited with status 3"):
+        await kernels.start(tmp_path / "ws")
+    assert kernels.mkm.list_kernel_ids() == []
+
+
+async def test_unknown_kernelspec_is_a_clear_error(settings, tmp_path):
+    kernels = LocalKernels(dataclasses.replace(settings, kernel_name="no-such-kernel"))
+    with pytest.raises(NotFound, match="no kernelspec named 'no-such-kernel'.*kernelagent-python3"):
+        await kernels.start(tmp_path / "ws")
