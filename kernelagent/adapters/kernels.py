@@ -58,15 +58,13 @@ class LocalKernels:
             self.specs.get_kernel_spec(self.kernel_name)
         except NoSuchKernel:
             names = ", ".join(sorted(self.specs.find_kernel_specs()))
-            raise NotFound(f"no kernelspec named {self.kernel_name!r} (available: {names})") from None
+            message = f"no kernelspec named {self.kernel_name!r} (available: {names})"
+            raise NotFound(message) from None
 
     async def wait_ready(self, kernel_id: str) -> None:
         client = self.client(kernel_id)
         try:
             await client.wait_for_ready(timeout=self.settings.kernel_start_timeout)
-        except NoSuchKernel:
-            names = ", ".join(sorted(self.specs.find_kernel_specs()))
-            raise NotFound(f"no kernelspec named {self.kernel_name!r} (available: {names})") from None
         except RuntimeError as e:
             reason = self.exit_reason(kernel_id) or str(e)
             raise KernelDied(f"kernel died during start: {reason}") from e

@@ -38,7 +38,7 @@ async def test_settings_limits_reach_the_kernel(settings, tmp_path):
         await kernels.shutdown_all()
 
 
-async def test_kernel_dying_during_start_is_reported_with_its_reason(settings, tmp_path, monkeypatch):
+async def test_kernel_dying_during_start_is_reported(settings, tmp_path, monkeypatch):
     spec_dir = tmp_path / "kernels" / "broken"
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(
@@ -65,5 +65,5 @@ async def test_kernel_dying_during_start_is_reported_with_its_reason(settings, t
 
 async def test_unknown_kernelspec_is_a_clear_error(settings, tmp_path):
     kernels = LocalKernels(dataclasses.replace(settings, kernel_name="no-such-kernel"))
-    with pytest.raises(NotFound, match="no kernelspec named 'no-such-kernel'.*kernelagent-python3"):
+    with pytest.raises(NotFound, match=r"no kernelspec named 'no-such-kernel'.*kernelagent-python3"):
         await kernels.start(tmp_path / "ws")
