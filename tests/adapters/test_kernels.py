@@ -65,5 +65,5 @@ async def test_kernel_dying_during_start_is_reported(settings, tmp_path, monkeyp
 
 async def test_unknown_kernelspec_is_a_clear_error(settings, tmp_path):
     kernels = LocalKernels(dataclasses.replace(settings, kernel_name="no-such-kernel"))
-    with pytest.raises(NotFound, match=r"no kernelspec named 'no-such-kernel'.*kernelagent-python3"):
+    with pytest.raises(NotFound, match=r"named 'no-such-kernel'.*kernelagent-python3"):
         await kernels.start(tmp_path / "ws")
