@@ -7,6 +7,7 @@ Jupyter protocol. Failures come out as ``kernelagent.errors`` exceptions.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from pathlib import Path
@@ -32,7 +33,20 @@ class LocalKernels:
         self.mkm = AsyncMultiKernelManager(kernel_spec_manager=self.specs, config=config)
 
     async def start(self, workspace: Path) -> str:
-        """Start a kernel whose cwd (``/workspace`` in the sandbox) is ``workspace``; wait ready."""
+        """Start a kernel whose cwd (``/workspace`` in the sandbox) is ``workspace``; wait ready.
+
+        Cancelling the caller does not cancel a start half-way (that would orphan the process):
+        the start completes and the kernel is shut down before the cancellation propagates.
+        """
+        starting = asyncio.ensure_future(self._start(workspace))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.shutdown(await starting, now=True)
+            raise
+
+    async def _start(self, workspace: Path) -> str:
         self.check_kernelspec()
         workspace.mkdir(parents=True, exist_ok=True)
         try:

@@ -3,6 +3,6 @@
 Reached through kernelspecs (``kernel_images/``); imports nothing from the rest of kernelagent.
 """
 
-from kernelagent.sandbox.bwrap import BubblewrapProvisioner, SandboxError
+from kernelagent.sandbox.bwrap import BubblewrapProvisioner, SandboxError, set_subreaper
 
-__all__ = ["BubblewrapProvisioner", "SandboxError"]
+__all__ = ["BubblewrapProvisioner", "SandboxError", "set_subreaper"]

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Dict, Float, Int, List, Unicode, default
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 from kernelagent.sandbox import command, probe
 from kernelagent.sandbox.limits import Cgroup, Limits, human_bytes, remove_stale_cgroups
@@ -74,12 +76,16 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         config=True
     )
     env = Dict(Unicode(), help="Extra environment variables for the kernel").tag(config=True)
+    subreaper = Bool(
+        True, help="Make the host process a subreaper so each sandbox's init is reaped at once"
+    ).tag(config=True)
 
     _layout: command.Layout | None = None
     _cgroup: Cgroup | None = None
     _fds: tuple[int, ...] = ()
     _owns_workspace = False
     _exit_reason: str | None = None
+    _init_pid: int | None = None
 
     @default("runtime_dir")
     def _default_runtime_dir(self) -> str:
@@ -122,6 +128,8 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         failure = probe.check(bwrap, self.uid_base if as_root else None)
         if failure:
             raise SandboxError(failure)
+        if self.subreaper:
+            set_subreaper()
 
         kernel_dir = root / self.kernel_id.replace("-", "")[:12]
         cwd = kwargs.pop("cwd", None)
@@ -210,10 +218,10 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def send_signal(self, signum: int) -> None:
         """SIGINT reaches the kernel and its children, never the outer bwrap."""
+        init = self.sandbox_init_pid()
         if signum != signal.SIGINT:
             await super().send_signal(signum)
             return
-        init = self.sandbox_init_pid()
         if init is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -223,13 +231,11 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     def sandbox_init_pid(self) -> int | None:
         """Host pid of bwrap's init inside the sandbox (the outer bwrap's only child)."""
-        if not self.pid:
-            return None
-        try:
-            children = psutil.Process(self.pid).children()
-        except psutil.NoSuchProcess:
-            return None
-        return children[0].pid if children else None
+        if self._init_pid is None and self.pid:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                children = psutil.Process(self.pid).children()
+                self._init_pid = children[0].pid if children else None
+        return self._init_pid
 
     def kernel_pids(self) -> list[int]:
         """Host pids of every process of this kernel, outer bwrap included."""
@@ -249,6 +255,7 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         return status  # type: ignore[no-any-return]
 
     async def poll(self) -> int | None:
+        self.sandbox_init_pid()  # remember it while it can be found, to reap it at cleanup
         status = await super().poll()
         if status is not None and self.process is not None:
             self._note_exit(status)
@@ -294,6 +301,7 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def cleanup(self, restart: bool = False) -> None:
         """Called after the kernel stopped: nothing of it may survive; keep files for a restart."""
         await super().cleanup(restart)
+        await self._reap_init()
         if self._cgroup:
             self._note_exit(self.process.poll() if self.process else None)
             await asyncio.to_thread(self._cgroup.destroy)
@@ -306,6 +314,25 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
                 sock.unlink()
         if not restart:
             shutil.rmtree(layout.kernel_dir, ignore_errors=True)
+
+    async def _reap_init(self, timeout: float = 2.0) -> None:
+        """Reap the sandbox's init when this server is its subreaper (see ``set_subreaper``).
+
+        The outer bwrap exits without waiting for the init it forked, so the dead init is
+        re-parented: to the host's pid 1 normally, or to this process if it is a subreaper.
+        """
+        pid, self._init_pid = self._init_pid, None
+        if pid is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                reaped, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return  # not our child: the host's init reaps it
+            if reaped:
+                return
+            await asyncio.sleep(0.02)
 
     def _prepare_dirs(self, layout: command.Layout) -> None:
         layout.kernel_dir.mkdir(mode=0o711, exist_ok=True)
@@ -332,6 +359,19 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         return stage
 
 
+def set_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (``PR_SET_CHILD_SUBREAPER``).
+
+    A server that is pid 1 of a container, or runs under an init that does not reap, calls this
+    so that the provisioner can reap each sandbox's init at cleanup instead of leaving a zombie.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # 36 = PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
 def _pipe_with(data: bytes) -> int:
     """A pipe's read end holding ``data`` (for bwrap ``--args`` / ``--ro-bind-data``)."""
     read, write = os.pipe()
@@ -349,4 +389,4 @@ def _chown_tree(root: Path, uid: int) -> None:
             os.lchown(os.path.join(dirpath, name), uid, uid)
 
 
-__all__ = ["BubblewrapProvisioner", "SandboxError"]
+__all__ = ["BubblewrapProvisioner", "SandboxError", "set_subreaper"]

@@ -110,6 +110,21 @@ async def test_shutdown_leaves_no_process_and_no_files(sandbox: Sandbox) -> None
     assert not kernel_dir.exists()
 
 
+async def test_shutdown_reaps_the_sandbox_init_at_once(sandbox: Sandbox) -> None:
+    """The outer bwrap does not wait for its init; the provisioner must, or a zombie remains."""
+    km = sandbox.km
+    init = km.provisioner.sandbox_init_pid()
+    assert init is not None
+    sandbox.client.stop_channels()
+    sandbox.kc = None
+    await asyncio.wait_for(km.shutdown_kernel(), 20)
+    try:
+        status = psutil.Process(init).status()
+    except psutil.NoSuchProcess:
+        status = "gone"
+    assert status == "gone", f"sandbox init {init} is {status} after shutdown"
+
+
 SERVER_SCRIPT = textwrap.dedent("""
     import asyncio, ctypes, json, os, sys
     from pathlib import Path
