@@ -1,0 +1,86 @@
+"""Value types shared by every layer: users, sessions, cells, artifacts, files. No I/O here.
+
+Outputs stay in their nbformat form (``dict`` as in a ``.ipynb``): that *is* the typed wire format
+of the notebook record, validated by ``nbformat``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+Role = Literal["user", "assistant", "agent", "web", "gateway", "system"]
+CellType = Literal["code", "markdown"]
+CellStatus = Literal["ok", "error", "timeout", "interrupted", "died", "pending"]
+SessionStatus = Literal["starting", "idle", "busy", "dead", "stopped"]
+
+
+def new_id() -> str:
+    """A UUID4 string: session ids double as Jupyter kernel-gateway ids, which must be UUIDs."""
+    return str(uuid.uuid4())
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    id: str
+    user_id: str
+    title: str
+    status: SessionStatus
+    kernel_id: str | None
+    parent_id: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One cell of a session's notebook record, in order (``index`` counts from 0)."""
+
+    id: str  # nbformat cell id
+    session_id: str
+    index: int
+    cell_type: CellType
+    source: str
+    role: Role
+    outputs: list[dict[str, Any]]
+    execution_count: int | None
+    status: CellStatus
+    started_at: dt.datetime | None
+    duration_ms: int | None
+    metadata: dict[str, Any]  # extra ``metadata.kernelagent`` keys (turn_id, tool_call_id, ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """A rich output stored once in storage under its sha256; this row ties it to a cell."""
+
+    id: str
+    session_id: str
+    cell_id: str
+    mime_type: str
+    size: int
+    sha256: str
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """A file of a session's workspace as mirrored to storage."""
+
+    path: str  # relative, POSIX, confined to the workspace
+    size: int
+    sha256: str
+    modified_at: dt.datetime

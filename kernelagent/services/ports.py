@@ -1,0 +1,115 @@
+"""The interfaces services need from adapters. Each has an embedded and a networked implementation.
+
+=================  ==================================  =======================================
+port               embedded default                    production backend (chosen by URL)
+=================  ==================================  =======================================
+``Database``       SQLite file (sqlmodel)              PostgreSQL (``KERNELAGENT_DATABASE_URL``)
+``Storage``        local directory (fsspec)            S3 via s3fs (``KERNELAGENT_STORAGE_URL``)
+``SessionLocks``   asyncio locks                       Redis with expiry + fencing
+=================  ==================================  =======================================
+
+Every method is async; implementations raise ``kernelagent.errors`` exceptions, never driver ones.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from kernelagent.domain import Artifact, Cell, FileEntry, Session, User
+
+
+class UserRepo(Protocol):
+    async def add(self, name: str, token_hash: str) -> User: ...
+    async def get(self, user_id: str) -> User | None: ...
+    async def by_token_hash(self, token_hash: str) -> User | None: ...
+    async def list(self) -> list[User]: ...
+
+
+class SessionRepo(Protocol):
+    async def add(self, session: Session) -> None: ...
+    async def get(self, session_id: str) -> Session | None: ...
+    async def list_for_user(self, user_id: str) -> list[Session]:
+        """Newest first (``updated_at`` descending)."""
+        ...
+
+    async def update(self, session_id: str, **changes: Any) -> Session:
+        """Change ``title``, ``status``, ``kernel_id`` or ``updated_at``; NotFound if missing."""
+        ...
+
+    async def delete(self, session_id: str) -> None:
+        """Delete the session with its cells, artifacts and file rows."""
+        ...
+
+
+class CellRepo(Protocol):
+    async def append(self, cell: Cell) -> None:
+        """Insert at ``cell.index``, which must be the next free index (Conflict otherwise).
+
+        One row per cell: saving cell N costs the same at N = 5 and N = 500.
+        """
+        ...
+
+    async def update(self, cell: Cell) -> None:
+        """Replace the cell with the same id (outputs, status, timing)."""
+        ...
+
+    async def next_index(self, session_id: str) -> int: ...
+    async def list(self, session_id: str) -> list[Cell]:
+        """In index order."""
+        ...
+
+    async def get(self, cell_id: str) -> Cell | None: ...
+
+
+class ArtifactRepo(Protocol):
+    async def add(self, artifact: Artifact) -> None: ...
+    async def get(self, artifact_id: str) -> Artifact | None: ...
+    async def list_for_cell(self, cell_id: str) -> list[Artifact]: ...
+
+
+class FileRepo(Protocol):
+    async def upsert(self, session_id: str, entry: FileEntry) -> None: ...
+    async def list(self, session_id: str) -> list[FileEntry]:
+        """Sorted by path."""
+        ...
+
+    async def delete(self, session_id: str, path: str) -> None: ...
+
+
+class Database(Protocol):
+    users: UserRepo
+    sessions: SessionRepo
+    cells: CellRepo
+    artifacts: ArtifactRepo
+    files: FileRepo
+
+    async def close(self) -> None: ...
+
+
+class Storage(Protocol):
+    """Bytes by key (``artifacts/ab/abcdef…``, ``sessions/<id>/files/data.csv``)."""
+
+    async def put(self, key: str, data: bytes) -> None: ...
+    async def get(self, key: str) -> bytes:
+        """NotFound when the key does not exist."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+    async def list(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` (recursive), relative to the storage root, sorted."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> None: ...
+
+
+class SessionLocks(Protocol):
+    def hold(self, session_id: str, timeout: float | None = None) -> AbstractAsyncContextManager[int]:
+        """Exclusive hold of a session, granted in arrival order; yields a fencing token.
+
+        Tokens increase strictly per session, so a holder whose lock expired (a stalled replica)
+        can be told apart from the current one. LimitExceeded after ``timeout`` seconds.
+        """
+        ...
+
+    async def close(self) -> None: ...
