@@ -3,24 +3,55 @@
 Example::
 
     app = KernelAgentApp(Settings.from_env(os.environ))
-    await app.start()            # kernel pool filling in the background, HTTP listening
+    await app.start()            # database migrated, kernel pool filling, HTTP listening
+    token = await app.owner_token()
     ...
-    await app.stop()             # HTTP closed, pooled kernels shut down
+    await app.stop()             # HTTP closed, notebooks flushed, kernels shut down
 """
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import logging
+import os
+import secrets
+from pathlib import Path
 
 from tornado import httpserver, web
 
+from kernelagent.adapters.db import open_database
 from kernelagent.adapters.kernels import LocalKernels
+from kernelagent.adapters.locks import make_locks
+from kernelagent.adapters.storage import FsspecStorage
 from kernelagent.config import Settings
+from kernelagent.services.auth import AuthService
+from kernelagent.services.execution import ExecutionService
+from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
+from kernelagent.services.notebook_store import NotebookStore
+from kernelagent.services.ports import Database, SessionLocks, Storage
+from kernelagent.services.sessions import SessionService
 from kernelagent.web.routes import routes
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Services:
+    """The object graph, built once in ``KernelAgentApp.start``."""
+
+    settings: Settings
+    db: Database
+    storage: Storage
+    locks: SessionLocks
+    kernels: LocalKernels
+    pool: KernelPool
+    auth: AuthService
+    files: FileService
+    sessions: SessionService
+    execution: ExecutionService
+    notebooks: NotebookStore
 
 
 class KernelAgentApp:
@@ -28,32 +59,114 @@ class KernelAgentApp:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.services: Services | None = None
+        self.web: web.Application | None = None
+        self.http: httpserver.HTTPServer | None = None
+
+    async def start(self, listen: bool = True) -> Services:
+        settings = self.settings
         if settings.unsafe_no_sandbox:
             log.warning(
                 "!!! --unsafe-no-sandbox: kernels run as %s with full access to this machine, "
                 "its network and its secrets. Never expose this server. !!!",
                 getpass.getuser(),
             )
-        self.kernels = LocalKernels(settings)
-        self.pool = KernelPool(
-            self.kernels,
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.workspaces_dir.mkdir(parents=True, exist_ok=True)
+        db = await open_database(settings.database)
+        storage = FsspecStorage(settings.storage, endpoint_url=settings.s3_endpoint_url or None)
+        locks = make_locks(settings.redis_url or None)
+        kernels = LocalKernels(settings)
+        pool = KernelPool(
+            kernels,
             settings.workspaces_dir / ".pool",
             size=settings.pool_size,
             preimport=[m.strip() for m in settings.pool_preimport.split(",") if m.strip()],
         )
+        files = FileService(
+            db,
+            storage,
+            settings.workspaces_dir,
+            secret=settings.secret or _stored_secret(settings.data_dir),
+            upload_limit=settings.upload_limit,
+            signed_url_ttl=settings.signed_url_ttl,
+        )
+        sessions = SessionService(db, pool, kernels, files, storage)
+        execution = ExecutionService(
+            db,
+            locks,
+            kernels,
+            sessions,
+            files,
+            default_timeout=settings.cell_timeout,
+            stream_limit=settings.stream_limit,
+        )
+        self.services = Services(
+            settings=settings,
+            db=db,
+            storage=storage,
+            locks=locks,
+            kernels=kernels,
+            pool=pool,
+            auth=AuthService(db),
+            files=files,
+            sessions=sessions,
+            execution=execution,
+            notebooks=NotebookStore(db, storage),
+        )
+        await pool.start()
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else "bubblewrap"
-        self.web = web.Application(routes(self.pool, sandbox))
-        self.http: httpserver.HTTPServer | None = None
-
-    async def start(self, listen: bool = True) -> None:
-        self.settings.workspaces_dir.mkdir(parents=True, exist_ok=True)
-        await self.pool.start()
+        self.web = web.Application(routes(self.services, sandbox))
         if listen:
-            self.http = self.web.listen(self.settings.port, self.settings.host)
+            self.http = self.web.listen(
+                settings.port,
+                settings.host,
+                max_body_size=settings.upload_limit + 1024 * 1024,
+            )
+        return self.services
+
+    async def owner_token(self) -> str:
+        """The first user's token: ``KERNELAGENT_TOKEN``, or one made (and kept) on first start."""
+        assert self.services
+        auth, settings = self.services.auth, self.settings
+        token_file = settings.data_dir / "owner-token"
+        if settings.token:
+            if await auth.authenticate(settings.token) is None:
+                users = await self.services.db.users.list()
+                await auth.add_user(f"owner-{len(users) + 1}" if users else "owner", settings.token)
+            return settings.token
+        if token_file.exists():
+            token = token_file.read_text().strip()
+            if await auth.authenticate(token):
+                return token
+        existing = await self.services.db.users.list()
+        _, token = await auth.add_user(f"owner-{secrets.token_hex(3)}" if existing else "owner")
+        _write_private(token_file, token)
+        return token
 
     async def stop(self) -> None:
         if self.http:
             self.http.stop()
             await self.http.close_all_connections()
-        await self.pool.stop()
-        await self.kernels.shutdown_all()
+        if self.services:
+            s = self.services
+            await s.notebooks.stop()
+            await s.execution.close()
+            await s.pool.stop()
+            await s.kernels.shutdown_all()
+            await s.locks.close()
+            await s.db.close()
+
+
+def _stored_secret(data_dir: Path) -> str:
+    """The signing key kept in the data dir (made once), so signed URLs survive restarts."""
+    path = data_dir / "secret"
+    if not path.exists():
+        _write_private(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")

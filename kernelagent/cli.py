@@ -1,6 +1,7 @@
 """The ``kernelagent`` command: parses arguments, builds Settings, delegates.
 
 kernelagent serve [--host H] [--port P] [--pool-size N] [--unsafe-no-sandbox]
+kernelagent user add NAME
 kernelagent doctor
 kernelagent kernelspec install [--user | --prefix P]
 """
@@ -9,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
-import secrets
 import signal
 import sys
 
@@ -38,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("doctor", help="check the sandbox and settings on this machine")
 
+    user = commands.add_parser("user", help="manage users")
+    user_commands = user.add_subparsers(dest="action", required=True)
+    add_user = user_commands.add_parser("add", help="add a user and print their token")
+    add_user.add_argument("name")
+
     kernelspec = commands.add_parser("kernelspec", help="manage the shipped kernelspecs")
     kernelspec_commands = kernelspec.add_subparsers(dest="action", required=True)
     install = kernelspec_commands.add_parser("install", help="install them for Jupyter tools")
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         from kernelagent.doctor import run_doctor
 
         return asyncio.run(run_doctor(settings))
+    if args.command == "user":
+        return asyncio.run(_add_user(settings, args.name))
     if args.command == "kernelspec":
         from kernelagent.adapters.kernelspecs import install as install_specs
 
@@ -68,16 +74,33 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+async def _add_user(settings: Settings, name: str) -> int:
+    from kernelagent.adapters.db import open_database
+    from kernelagent.errors import KernelAgentError
+    from kernelagent.services.auth import AuthService
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = await open_database(settings.database)
+    try:
+        _, token = await AuthService(db).add_user(name)
+    except (KernelAgentError, ValueError) as e:
+        print(f"kernelagent: {e}", file=sys.stderr)
+        return 1
+    finally:
+        await db.close()
+    print(token)
+    return 0
+
+
 async def _serve(settings: Settings) -> int:
     from kernelagent.app import KernelAgentApp
 
-    if not settings.token:
-        settings = dataclasses.replace(settings, token=secrets.token_urlsafe(24))
     app = KernelAgentApp(settings)
     await app.start()
+    token = await app.owner_token()
     print(
         f"kernelagent {__version__} serving on http://{settings.host}:{settings.port}/"
-        f"?token={settings.token}",
+        f"?token={token}",
         flush=True,
     )
     stopped = asyncio.Event()

@@ -46,6 +46,34 @@ class Settings:
         "Holds the database, local storage and workspaces of the embedded default",
     )
     token: str = _setting("", "KERNELAGENT_TOKEN", "Fixes the first user's token")
+    database_url: str = _setting(
+        "", "KERNELAGENT_DATABASE_URL", "postgresql://… for PostgreSQL; default SQLite in data_dir"
+    )
+    redis_url: str = _setting(
+        "", "KERNELAGENT_REDIS_URL", "redis://… for Redis locks; default in-process"
+    )
+    storage_url: str = _setting(
+        "", "KERNELAGENT_STORAGE_URL", "s3://bucket/prefix for S3; default data_dir/storage"
+    )
+    s3_endpoint_url: str = _setting(
+        "", "KERNELAGENT_S3_ENDPOINT_URL", "S3 endpoint for MinIO, moto, etc."
+    )
+    secret: str = _setting(
+        "", "KERNELAGENT_SECRET", "Key for signed URLs; default a random key kept in data_dir"
+    )
+    cell_timeout: float = _setting(
+        30.0, "KERNELAGENT_CELL_TIMEOUT", "Seconds a cell may run before it is interrupted"
+    )
+    stream_limit: int = _setting(
+        100_000, "KERNELAGENT_STREAM_LIMIT", "Stream characters kept per cell in the notebook"
+    )
+    upload_limit: int = _setting(100 * MiB, "KERNELAGENT_UPLOAD_LIMIT", "Largest upload, bytes")
+    body_limit: int = _setting(
+        10 * MiB, "KERNELAGENT_BODY_LIMIT", "Largest JSON request body, bytes"
+    )
+    signed_url_ttl: int = _setting(
+        3600, "KERNELAGENT_SIGNED_URL_TTL", "Seconds an artifact's signed URL stays valid"
+    )
     kernel_name: str = _setting(
         "kernelagent-python3", "KERNELAGENT_KERNEL_NAME", "Kernelspec that session kernels use"
     )
@@ -80,6 +108,14 @@ class Settings:
     @property
     def workspaces_dir(self) -> Path:
         return self.data_dir / "workspaces"
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'kernelagent.db'}"
+
+    @property
+    def storage(self) -> str:
+        return self.storage_url or str(self.data_dir / "storage")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

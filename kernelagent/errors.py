@@ -3,6 +3,9 @@
 ::
 
     KernelAgentError
+    ├── InvalidInput      400  malformed request, unsafe path
+    ├── Unprocessable     422  well-formed JSON of the wrong shape
+    ├── TooLarge          413
     ├── NotFound          404
     ├── Forbidden         403
     ├── Conflict          409
@@ -19,6 +22,18 @@ class KernelAgentError(Exception):
 
     status = 500
     code = "internal_error"
+
+
+class InvalidInput(KernelAgentError):
+    status, code = 400, "invalid_input"
+
+
+class Unprocessable(KernelAgentError):
+    status, code = 422, "unprocessable"
+
+
+class TooLarge(KernelAgentError):
+    status, code = 413, "too_large"
 
 
 class NotFound(KernelAgentError):

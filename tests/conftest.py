@@ -7,6 +7,8 @@ from tornado.testing import bind_unused_port
 
 from kernelagent.config import Settings
 
+pytest_plugins = ["backends"]
+
 
 @pytest.fixture
 def settings(tmp_path):

@@ -104,7 +104,9 @@ class Storage(Protocol):
 
 
 class SessionLocks(Protocol):
-    def hold(self, session_id: str, timeout: float | None = None) -> AbstractAsyncContextManager[int]:
+    def hold(
+        self, session_id: str, timeout: float | None = None
+    ) -> AbstractAsyncContextManager[int]:
         """Exclusive hold of a session, granted in arrival order; yields a fencing token.
 
         Tokens increase strictly per session, so a holder whose lock expired (a stalled replica)

@@ -1,38 +1,131 @@
-"""ApiHandler: JSON in and out, and the one place kernelagent errors become HTTP answers."""
+"""ApiHandler: token auth, JSON bodies parsed into typed requests, the one place errors map to HTTP.
+
+Every ``/api/v1`` handler derives from it: ``prepare()`` authenticates (``Authorization: token T``
+or ``Bearer T``) unless the handler sets ``auth_required = False``; kernelagent errors become
+``{"error": {"code", "message"}}`` with their status.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from typing import Any
+from typing import Any, TypeVar
 
+import pydantic
 from tornado import web
 
-from kernelagent.errors import KernelAgentError
+from kernelagent.domain import User
+from kernelagent.errors import InvalidInput, KernelAgentError, TooLarge, Unprocessable
+from kernelagent.services.auth import AuthService
+
+Body = TypeVar("Body", bound=pydantic.BaseModel)
+
+
+class Request(pydantic.BaseModel):
+    """Base of request bodies: strict types, no unknown fields."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="forbid")
 
 
 class ApiHandler(web.RequestHandler):
-    """Base of every ``/api/v1`` handler: errors are ``{"error": {"code", "message"}}``."""
+    """Base of every ``/api/v1`` handler."""
+
+    auth_required = True
+    auth: AuthService
+    body_limit: int = 10 * 1024 * 1024
+
+    def initialize(self, **deps: Any) -> None:
+        for name, value in deps.items():
+            setattr(self, name, value)
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
 
+    async def prepare(self) -> None:
+        if self.auth_required:
+            self.current_user = await self._authenticate()
+            if self.current_user is None:
+                raise _Unauthorized()
+
+    async def _authenticate(self) -> User | None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() not in {"token", "bearer"}:
+            return None
+        return await self.auth.authenticate(token.strip())
+
+    @property
+    def user(self) -> User:
+        assert isinstance(self.current_user, User)
+        return self.current_user
+
+    def json_body(self, model: type[Body]) -> Body:
+        """The request body as ``model``: 400 if it is not JSON, 422 if it has the wrong shape."""
+        if len(self.request.body) > self.body_limit:
+            raise TooLarge(f"request body exceeds {self.body_limit} bytes")
+        raw = self.request.body or b"{}"
+        try:
+            payload = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidInput(f"request body is not valid JSON: {e}") from None
+        try:
+            return model.model_validate(payload)
+        except pydantic.ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+                for err in e.errors()
+            )
+            raise Unprocessable(problems) from None
+
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps(payload))
+        self.finish(json.dumps(payload, default=_json_default))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, KernelAgentError):
+        self.clear_header("Content-Disposition")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        if isinstance(exc, _Unauthorized):
+            self.set_status(401)
+            code, message = "unauthorized", "a valid token is required (Authorization: token …)"
+        elif isinstance(exc, KernelAgentError):
             self.set_status(exc.status)
             code, message = exc.code, str(exc)
         elif isinstance(exc, web.HTTPError):
-            code, message = "http_error", exc.log_message or self._reason
+            code, message = _code_for(status_code), exc.log_message or self._reason
         else:
             code, message = "internal_error", self._reason
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, _Unauthorized):
+            return
         if isinstance(value, KernelAgentError) and value.status < 500:
             return
         super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(ApiHandler):
+    """Any unknown ``/api/v1`` path: a JSON 404, before auth (nothing is revealed)."""
+
+    auth_required = False
+
+    def prepare(self) -> None:  # type: ignore[override]
+        raise web.HTTPError(404, "no such endpoint")
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def _code_for(status: int) -> str:
+    return {404: "not_found", 405: "method_not_allowed", 400: "invalid_input"}.get(
+        status, "http_error"
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    raise TypeError(f"cannot serialise {type(value).__name__}")

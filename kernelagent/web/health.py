@@ -10,6 +10,8 @@ from kernelagent.web.base import ApiHandler
 class HealthHandler(ApiHandler):
     """No auth: answers ``{"status": "ok", "version", "sandbox", "pool"}``."""
 
+    auth_required = False
+
     def initialize(self, pool: KernelPool, sandbox: str) -> None:
         self.pool = pool
         self.sandbox = sandbox

@@ -4,11 +4,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernelagent.services.kernels import KernelPool
+from kernelagent.web.base import NotFoundHandler
+from kernelagent.web.files import ArtifactHandler, FileHandler, FilesHandler
 from kernelagent.web.health import HealthHandler
+from kernelagent.web.notebooks import NotebookHandler
+from kernelagent.web.sessions import (
+    CellsHandler,
+    InterruptHandler,
+    SessionHandler,
+    SessionsHandler,
+)
+
+SESSION = r"/api/v1/sessions/([^/]+)"
 
 
-def routes(pool: KernelPool, sandbox: str) -> list[tuple[str, type, dict[str, Any]]]:
+def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]]:
+    """``services``: the app's ``Services`` (see ``app.py``); each handler takes what it uses."""
+    s = services
+    common = {"auth": s.auth, "body_limit": s.settings.body_limit}
+    with_sessions = {**common, "sessions": s.sessions, "execution": s.execution}
     return [
-        (r"/api/v1/health", HealthHandler, {"pool": pool, "sandbox": sandbox}),
+        (r"/api/v1/health", HealthHandler, {"pool": s.pool, "sandbox": sandbox}),
+        (r"/api/v1/sessions", SessionsHandler, with_sessions),
+        (SESSION, SessionHandler, with_sessions),
+        (
+            SESSION + r"/cells",
+            CellsHandler,
+            {**with_sessions, "files": s.files, "notebooks": s.notebooks},
+        ),
+        (SESSION + r"/interrupt", InterruptHandler, with_sessions),
+        (SESSION + r"/files", FilesHandler, {**common, "sessions": s.sessions, "files": s.files}),
+        (
+            SESSION + r"/files/(.+)",
+            FileHandler,
+            {**common, "sessions": s.sessions, "files": s.files},
+        ),
+        (
+            SESSION + r"/notebook",
+            NotebookHandler,
+            {**common, "sessions": s.sessions, "notebooks": s.notebooks},
+        ),
+        (r"/api/v1/artifacts/([^/]+)", ArtifactHandler, {**common, "files": s.files, "db": s.db}),
+        (r"/api/.*", NotFoundHandler, {}),
     ]

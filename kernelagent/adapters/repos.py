@@ -1,0 +1,275 @@
+"""The repositories of the ``Database`` port in SQL; the only module that writes SQL statements.
+
+Each method is written as plain synchronous SQLAlchemy and turned into a coroutine by ``@reads``
+or ``@writes``: it runs in a worker thread (``asyncio.to_thread``) in a transaction of its own,
+committed before the coroutine returns, so a crash right after a call loses nothing it wrote.
+``@writes`` asks the engine for the write lock up front (``BEGIN IMMEDIATE`` on SQLite, see
+``db.py``) so that a read-then-write transaction waits for a busy database instead of failing.
+
+Constraint violations become ``Conflict`` (a unique key is taken) or ``NotFound`` (a foreign key
+points nowhere); any other driver error becomes ``KernelAgentError``. Appending a cell is one
+indexed lookup and one insert whatever the length of the notebook; the unique
+``(session_id, index)`` key is what makes a concurrent append at the same index fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import Engine, delete, func
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlmodel import Session as Transaction
+from sqlmodel import col, select
+
+from kernelagent.adapters.tables import ArtifactRow, CellRow, FileRow, SessionRow, UserRow
+from kernelagent.domain import Artifact, Cell, FileEntry, Session, User, new_id, now
+from kernelagent.errors import Conflict, KernelAgentError, NotFound
+
+P = ParamSpec("P")
+T = TypeVar("T")
+R = TypeVar("R", bound="_Repo")
+
+UPDATABLE_SESSION_FIELDS = frozenset({"title", "status", "kernel_id", "updated_at"})
+
+
+class _Repo:
+    def __init__(self, reader: Engine, writer: Engine) -> None:
+        self._reader = reader
+        self._writer = writer
+
+
+def _transaction(
+    write: bool,
+) -> Callable[
+    [Callable[Concatenate[R, Transaction, P], T]],
+    Callable[Concatenate[R, P], Coroutine[Any, Any, T]],
+]:
+    def decorate(
+        method: Callable[Concatenate[R, Transaction, P], T],
+    ) -> Callable[Concatenate[R, P], Coroutine[Any, Any, T]]:
+        @functools.wraps(method)
+        async def run(self: R, *args: P.args, **kwargs: P.kwargs) -> T:
+            engine = self._writer if write else self._reader
+            work = functools.partial(method, self)
+            return await asyncio.to_thread(_run, engine, lambda tx: work(tx, *args, **kwargs))
+
+        return run
+
+    return decorate
+
+
+reads = _transaction(write=False)
+writes = _transaction(write=True)
+
+
+def _run(engine: Engine, work: Callable[[Transaction], T]) -> T:
+    try:
+        with Transaction(engine, expire_on_commit=False) as tx, tx.begin():
+            return work(tx)
+    except IntegrityError as exc:  # one the method did not expect
+        raise Conflict(f"database constraint violated: {exc.orig}") from exc
+    except DBAPIError as exc:
+        raise KernelAgentError(f"database error: {exc.orig}") from exc
+    except StatementError as exc:  # a value the column refused, e.g. a naive datetime
+        if isinstance(exc.orig, ValueError | TypeError):
+            raise exc.orig from None
+        raise
+
+
+@contextlib.contextmanager
+def _violations(conflict: str, missing: str = "a referenced row does not exist") -> Iterator[None]:
+    """Turn a unique violation into Conflict(conflict), a foreign key one into NotFound(missing)."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise (NotFound(missing) if _is_foreign_key(exc) else Conflict(conflict)) from exc
+
+
+def _is_foreign_key(exc: IntegrityError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg
+    if sqlstate is not None:
+        return sqlstate == "23503"
+    return getattr(exc.orig, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_FOREIGNKEY"
+
+
+class SqlUserRepo(_Repo):
+    @writes
+    def add(self, tx: Transaction, name: str, token_hash: str) -> User:
+        row = UserRow(id=new_id(), name=name, token_hash=token_hash, created_at=now())
+        with _violations(f"a user named {name!r} or with that token already exists"):
+            tx.add(row)
+            tx.flush()
+        return row.to_domain()
+
+    @reads
+    def get(self, tx: Transaction, user_id: str) -> User | None:
+        row = tx.get(UserRow, user_id)
+        return None if row is None else row.to_domain()
+
+    @reads
+    def by_token_hash(self, tx: Transaction, token_hash: str) -> User | None:
+        row = tx.exec(select(UserRow).where(UserRow.token_hash == token_hash)).first()
+        return None if row is None else row.to_domain()
+
+    @reads
+    def list(self, tx: Transaction) -> list[User]:
+        rows = tx.exec(select(UserRow).order_by(col(UserRow.created_at), col(UserRow.id)))
+        return [row.to_domain() for row in rows]
+
+
+class SqlSessionRepo(_Repo):
+    @writes
+    def add(self, tx: Transaction, session: Session) -> None:
+        with _violations(
+            f"session {session.id} already exists", missing=f"user {session.user_id} not found"
+        ):
+            tx.add(SessionRow.from_domain(session))
+            tx.flush()
+
+    @reads
+    def get(self, tx: Transaction, session_id: str) -> Session | None:
+        row = tx.get(SessionRow, session_id)
+        return None if row is None else row.to_domain()
+
+    @reads
+    def list_for_user(self, tx: Transaction, user_id: str) -> list[Session]:
+        """Newest first (``updated_at`` descending)."""
+        rows = tx.exec(
+            select(SessionRow)
+            .where(SessionRow.user_id == user_id)
+            .order_by(
+                col(SessionRow.updated_at).desc(),
+                col(SessionRow.created_at).desc(),
+                col(SessionRow.id),
+            )
+        )
+        return [row.to_domain() for row in rows]
+
+    @writes
+    def update(self, tx: Transaction, session_id: str, **changes: Any) -> Session:
+        """Change ``title``, ``status``, ``kernel_id`` or ``updated_at``; NotFound if missing."""
+        if unknown := changes.keys() - UPDATABLE_SESSION_FIELDS:
+            raise ValueError(f"cannot update session field(s) {', '.join(sorted(unknown))}")
+        row = tx.get(SessionRow, session_id)
+        if row is None:
+            raise NotFound(f"session {session_id} not found")
+        for name, value in changes.items():
+            setattr(row, name, value)
+        tx.flush()
+        return row.to_domain()
+
+    @writes
+    def delete(self, tx: Transaction, session_id: str) -> None:
+        """Delete the session with its cells, artifacts and file rows; nothing if it is gone."""
+        tx.exec(delete(ArtifactRow).where(col(ArtifactRow.session_id) == session_id))
+        tx.exec(delete(FileRow).where(col(FileRow.session_id) == session_id))
+        tx.exec(delete(CellRow).where(col(CellRow.session_id) == session_id))
+        tx.exec(delete(SessionRow).where(col(SessionRow.id) == session_id))
+
+
+class SqlCellRepo(_Repo):
+    @writes
+    def append(self, tx: Transaction, cell: Cell) -> None:
+        """Insert at ``cell.index``, which must be the next free index (Conflict otherwise)."""
+        follows = cell.index == 0 or self._exists(tx, cell.session_id, cell.index - 1)
+        if cell.index < 0 or not follows:
+            raise Conflict(
+                f"cell index {cell.index} is not the next free one of session {cell.session_id}"
+            )
+        with _violations(
+            f"cell index {cell.index} of session {cell.session_id} (or cell id {cell.id}) is taken",
+            missing=f"session {cell.session_id} not found",
+        ):
+            tx.add(CellRow.from_domain(cell))
+            tx.flush()
+
+    @staticmethod
+    def _exists(tx: Transaction, session_id: str, index: int) -> bool:
+        query = select(CellRow.id).where(CellRow.session_id == session_id, CellRow.index == index)
+        return tx.exec(query).first() is not None
+
+    @writes
+    def update(self, tx: Transaction, cell: Cell) -> None:
+        """Replace the cell with the same id (outputs, status, timing); NotFound if missing."""
+        row = tx.get(CellRow, cell.id)
+        if row is None or row.session_id != cell.session_id:
+            raise NotFound(f"cell {cell.id} not found in session {cell.session_id}")
+        with _violations(f"cell index {cell.index} of session {cell.session_id} is taken"):
+            row.set(cell)
+            tx.flush()
+
+    @reads
+    def next_index(self, tx: Transaction, session_id: str) -> int:
+        query = select(func.max(CellRow.index)).where(CellRow.session_id == session_id)
+        last = tx.exec(query).one()
+        return 0 if last is None else last + 1
+
+    @reads
+    def list(self, tx: Transaction, session_id: str) -> list[Cell]:
+        """In index order."""
+        query = select(CellRow).where(CellRow.session_id == session_id).order_by(col(CellRow.index))
+        return [row.to_domain() for row in tx.exec(query)]
+
+    @reads
+    def get(self, tx: Transaction, cell_id: str) -> Cell | None:
+        row = tx.get(CellRow, cell_id)
+        return None if row is None else row.to_domain()
+
+
+class SqlArtifactRepo(_Repo):
+    @writes
+    def add(self, tx: Transaction, artifact: Artifact) -> None:
+        with _violations(
+            f"artifact {artifact.id} already exists",
+            missing=f"cell {artifact.cell_id} of session {artifact.session_id} not found",
+        ):
+            tx.add(ArtifactRow.from_domain(artifact))
+            tx.flush()
+
+    @reads
+    def get(self, tx: Transaction, artifact_id: str) -> Artifact | None:
+        row = tx.get(ArtifactRow, artifact_id)
+        return None if row is None else row.to_domain()
+
+    @reads
+    def list_for_cell(self, tx: Transaction, cell_id: str) -> list[Artifact]:
+        """Oldest first."""
+        query = (
+            select(ArtifactRow)
+            .where(ArtifactRow.cell_id == cell_id)
+            .order_by(col(ArtifactRow.created_at), col(ArtifactRow.id))
+        )
+        return [row.to_domain() for row in tx.exec(query)]
+
+
+_INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+class SqlFileRepo(_Repo):
+    @writes
+    def upsert(self, tx: Transaction, session_id: str, entry: FileEntry) -> None:
+        insert = _INSERT[tx.get_bind().dialect.name](FileRow.__table__)
+        statement = insert.values(FileRow.values(session_id, entry)).on_conflict_do_update(
+            index_elements=["session_id", "path"],
+            set_={name: insert.excluded[name] for name in ("size", "sha256", "modified_at")},
+        )
+        with _violations("", missing=f"session {session_id} not found"):
+            tx.exec(statement)
+
+    @reads
+    def list(self, tx: Transaction, session_id: str) -> list[FileEntry]:
+        """Sorted by path, by code point: the same on every backend, whatever its collation."""
+        rows = tx.exec(select(FileRow).where(FileRow.session_id == session_id))
+        return sorted((row.to_domain() for row in rows), key=lambda entry: entry.path)
+
+    @writes
+    def delete(self, tx: Transaction, session_id: str, path: str) -> None:
+        """Forget one file; nothing if it is not there."""
+        tx.exec(
+            delete(FileRow).where(col(FileRow.session_id) == session_id, col(FileRow.path) == path)
+        )

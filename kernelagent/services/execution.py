@@ -1,0 +1,222 @@
+"""ExecutionService: the one way code runs in a session's kernel, whoever sends it.
+
+``execute()`` = take the session's lock (arrival order) → record a pending cell at the next index →
+``execute_request`` → turn every iopub message of that request into nbformat outputs → on timeout,
+interrupt and keep the partial output → on a dead kernel, record the error with its reason and give
+the session a new kernel → store rich outputs as artifacts → mirror changed files → record the cell.
+Modelled on nbclient's ``async_execute_cell``: iopub until ``status: idle``, then the shell reply,
+while watching the kernel's liveness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import queue
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kernelagent.domain import Artifact, Cell, CellStatus, Role, Session, new_id, now
+from kernelagent.services.files import FileService
+from kernelagent.services.kernels import KernelBackend
+from kernelagent.services.outputs import OutputCollector, extract_artifacts
+from kernelagent.services.ports import Database, SessionLocks
+from kernelagent.services.sessions import SessionService
+
+log = logging.getLogger(__name__)
+
+INTERRUPT_GRACE = 5.0  # seconds a kernel has to answer an interrupt before it is restarted
+LOCK_WAIT = 600.0  # seconds a cell may queue behind others before "session is busy" (429)
+OutputHook = Callable[[Cell, list[dict[str, Any]]], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    cell: Cell
+    artifacts: list[Artifact]
+
+
+class ExecutionService:
+    def __init__(
+        self,
+        db: Database,
+        locks: SessionLocks,
+        kernels: KernelBackend,
+        sessions: SessionService,
+        files: FileService,
+        default_timeout: float,
+        stream_limit: int,
+    ):
+        self.db = db
+        self.locks = locks
+        self.kernels = kernels
+        self.sessions = sessions
+        self.files = files
+        self.default_timeout = default_timeout
+        self.stream_limit = stream_limit
+        self._clients: dict[str, Any] = {}
+        self._interrupted: set[str] = set()
+        self.running: set[str] = set()  # session ids executing now
+
+    async def execute(
+        self,
+        session: Session,
+        code: str,
+        role: Role,
+        timeout: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        on_output: OutputHook | None = None,
+    ) -> Execution:
+        """Run ``code`` as the next cell of ``session``; returns the recorded cell."""
+        async with self.locks.hold(session.id, timeout=LOCK_WAIT):
+            session = await self.db.sessions.get(session.id) or session
+            kernel_id = await self.sessions.ensure_kernel(session)
+            cell = Cell(
+                id=new_id(),
+                session_id=session.id,
+                index=await self.db.cells.next_index(session.id),
+                cell_type="code",
+                source=code,
+                role=role,
+                outputs=[],
+                execution_count=None,
+                status="pending",
+                started_at=now(),
+                duration_ms=None,
+                metadata=dict(metadata or {}),
+            )
+            await self.db.cells.append(cell)
+            self.running.add(session.id)
+            self._interrupted.discard(session.id)
+            started = time.perf_counter()
+            try:
+                outputs, status, count = await self._run(
+                    kernel_id, session, cell, code, timeout or self.default_timeout, on_output
+                )
+            finally:
+                self.running.discard(session.id)
+            cell = dataclasses.replace(
+                cell,
+                outputs=outputs,
+                status=status,
+                execution_count=count,
+                duration_ms=round((time.perf_counter() - started) * 1000),
+            )
+            artifacts = await self.files.store_artifacts(
+                session, cell.id, extract_artifacts(outputs)
+            )
+            await self.db.cells.update(cell)
+            await self.db.sessions.update(session.id, updated_at=now())
+            await self.files.mirror(session)
+            return Execution(cell, artifacts)
+
+    async def interrupt(self, session: Session) -> None:
+        """Interrupt the running cell of ``session`` (recorded as "interrupted")."""
+        if session.kernel_id and session.id in self.running:
+            self._interrupted.add(session.id)
+            await self.kernels.interrupt(session.kernel_id)
+
+    async def _run(
+        self,
+        kernel_id: str,
+        session: Session,
+        cell: Cell,
+        code: str,
+        timeout: float,
+        on_output: OutputHook | None,
+    ) -> tuple[list[dict[str, Any]], CellStatus, int | None]:
+        client = self._client(kernel_id)
+        collector = OutputCollector(stream_limit=self.stream_limit)
+        msg_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        status: CellStatus = "ok"
+        count: int | None = None
+        timed_out = False
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if timed_out:  # the interrupt was not honoured: the kernel is stuck
+                    await self._replace_kernel(kernel_id, session)
+                    stuck = f"did not stop {INTERRUPT_GRACE:g} s after an interrupt"
+                    collector.feed("error", _died(stuck))
+                    return collector.outputs, "timeout", count
+                timed_out = True
+                await self.kernels.interrupt(kernel_id)
+                deadline = loop.time() + INTERRUPT_GRACE
+                continue
+            try:
+                msg = await client.get_iopub_msg(timeout=min(remaining, 0.5))
+            except (queue.Empty, TimeoutError):
+                if not await self._alive(kernel_id):
+                    reason = self.kernels.exit_reason(kernel_id) or "the kernel died"
+                    await self._replace_kernel(kernel_id, session)
+                    collector.feed("error", _died(reason))
+                    return collector.outputs, "died", count
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            msg_type, content = msg["msg_type"], msg["content"]
+            if msg_type == "status":
+                if content["execution_state"] == "idle":
+                    break
+                continue
+            if msg_type == "execute_input":
+                count = content.get("execution_count")
+                continue
+            if msg_type == "error" and status == "ok":
+                status = "error"
+            changed = collector.feed(msg_type, content)
+            if changed is not None and on_output:
+                await on_output(cell, changed)
+        await self._drain_reply(client, msg_id)
+        if timed_out:
+            status = "timeout"
+        elif session.id in self._interrupted:
+            status = "interrupted"
+        return collector.outputs, status, count
+
+    def _client(self, kernel_id: str) -> Any:
+        client = self._clients.get(kernel_id)
+        if client is None:
+            client = self._clients[kernel_id] = self.kernels.client(kernel_id)
+        return client
+
+    async def _drain_reply(self, client: Any, msg_id: str) -> None:
+        """Consume this request's shell reply so the next cell does not see it."""
+        with contextlib.suppress(queue.Empty, TimeoutError):
+            while True:
+                reply = await client.get_shell_msg(timeout=5)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    return
+
+    async def _alive(self, kernel_id: str) -> bool:
+        try:
+            return await self.kernels.is_alive(kernel_id)
+        except KeyError:
+            return False
+
+    async def _replace_kernel(self, kernel_id: str, session: Session) -> None:
+        client = self._clients.pop(kernel_id, None)
+        if client is not None:
+            client.stop_channels()
+        await self.db.sessions.update(session.id, status="dead")
+        fresh = await self.db.sessions.get(session.id)
+        if fresh is not None:
+            await self.sessions.ensure_kernel(fresh)
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            client.stop_channels()
+        self._clients.clear()
+
+
+def _died(reason: str) -> dict[str, Any]:
+    return {
+        "ename": "KernelDied",
+        "evalue": reason,
+        "traceback": [f"KernelDied: {reason}; the session has a new kernel, its state is gone"],
+    }

@@ -1,0 +1,103 @@
+"""SessionService: a session owns a workspace and one kernel; create, list, rename, delete.
+
+A new session takes a warm kernel from the pool, whose workspace directory becomes the session's.
+A session whose kernel died (or was never started) gets a new one on its next execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+
+from kernelagent.domain import Session, User, new_id, now
+from kernelagent.errors import Unprocessable
+from kernelagent.services.auth import AuthService
+from kernelagent.services.files import FileService
+from kernelagent.services.kernels import KernelBackend, KernelPool
+from kernelagent.services.ports import Database, Storage
+
+TITLE_MAX = 200
+
+
+def clean_title(title: object) -> str:
+    if not isinstance(title, str):
+        raise Unprocessable("title must be a string")
+    title = title.strip()
+    if len(title) > TITLE_MAX:
+        raise Unprocessable(f"title is longer than {TITLE_MAX} characters")
+    return title
+
+
+class SessionService:
+    def __init__(
+        self,
+        db: Database,
+        pool: KernelPool,
+        kernels: KernelBackend,
+        files: FileService,
+        storage: Storage,
+    ):
+        self.db = db
+        self.pool = pool
+        self.kernels = kernels
+        self.files = files
+        self.storage = storage
+
+    async def create(self, user: User, title: str = "") -> Session:
+        session_id = new_id()
+        kernel = await self.pool.acquire(self.files.workspace(session_id))
+        created = now()
+        session = Session(
+            id=session_id,
+            user_id=user.id,
+            title=clean_title(title) or "Untitled",
+            status="idle",
+            kernel_id=kernel.id,
+            parent_id=None,
+            created_at=created,
+            updated_at=created,
+        )
+        try:
+            await self.db.sessions.add(session)
+        except BaseException:
+            await self.kernels.shutdown(kernel.id, now=True)
+            raise
+        return session
+
+    async def list(self, user: User) -> list[Session]:
+        return await self.db.sessions.list_for_user(user.id)
+
+    async def get(self, user: User, session_id: str) -> Session:
+        return AuthService.check_owner(user, await self.db.sessions.get(session_id))
+
+    async def rename(self, user: User, session_id: str, title: object) -> Session:
+        await self.get(user, session_id)
+        return await self.db.sessions.update(session_id, title=clean_title(title), updated_at=now())
+
+    async def delete(self, user: User, session_id: str) -> None:
+        session = await self.get(user, session_id)
+        await self.db.sessions.delete(session.id)
+        if session.kernel_id:
+            with contextlib.suppress(KeyError):
+                await self.kernels.shutdown(session.kernel_id, now=True)
+        await self.files.forget(session.id)
+        await asyncio.to_thread(shutil.rmtree, self.files.workspace(session.id), True)
+        await self.storage.delete_prefix(f"sessions/{session.id}/")
+
+    async def ensure_kernel(self, session: Session) -> str:
+        """The session's live kernel id, starting a new one (same workspace) if it is gone."""
+        if session.kernel_id and await self._alive(session.kernel_id):
+            return session.kernel_id
+        if session.kernel_id:
+            with contextlib.suppress(KeyError):
+                await self.kernels.shutdown(session.kernel_id, now=True)
+        kernel = await self.pool.acquire(self.files.workspace(session.id))
+        await self.db.sessions.update(session.id, kernel_id=kernel.id, status="idle")
+        return kernel.id
+
+    async def _alive(self, kernel_id: str) -> bool:
+        try:
+            return await self.kernels.is_alive(kernel_id)
+        except KeyError:
+            return False

@@ -1,0 +1,332 @@
+"""The REST API of SPEC §7 through the real server, on both backend sets."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import time
+import urllib.parse
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.sandbox
+
+PLOTLY = "application/vnd.plotly.v1+json"
+
+
+async def test_session_lifecycle(ka_server):
+    created = await ka_server.session("first analysis")
+    assert set(created) >= {"id", "title", "kernel_id", "status", "parent_id", "created_at"}
+    assert created["title"] == "first analysis"
+    assert created["status"] == "idle"
+    assert created["parent_id"] is None
+    assert re.fullmatch(r"[0-9a-f-]{36}", created["id"])
+    sid = created["id"]
+
+    listed = await ka_server.json("/api/v1/sessions")
+    assert [s["id"] for s in listed["sessions"]] == [sid]
+    assert (await ka_server.json(f"/api/v1/sessions/{sid}"))["kernel_id"] == created["kernel_id"]
+
+    renamed = await ka_server.json(f"/api/v1/sessions/{sid}", "PATCH", {"title": "renamed"})
+    assert renamed["title"] == "renamed"
+
+    workspace = ka_server.services.files.workspace(sid)
+    assert workspace.is_dir()
+    response = await ka_server.fetch(f"/api/v1/sessions/{sid}", "DELETE")
+    assert response.code == 204
+    assert (await ka_server.fetch(f"/api/v1/sessions/{sid}")).code == 404
+    assert not workspace.exists()
+    assert created["kernel_id"] not in ka_server.services.kernels.mkm.list_kernel_ids()
+
+
+async def test_cell_runs_and_is_recorded(ka_server):
+    sid = (await ka_server.session())["id"]
+    answer = await ka_server.run(sid, "x = 20\nprint('hi'); print('there')\nx + 22")
+    cell = answer["cell"]
+    assert cell["cell_type"] == "code"
+    assert cell["id"]
+    assert cell["execution_count"] == 1
+    assert cell["outputs"][0] == {"output_type": "stream", "name": "stdout", "text": "hi\nthere\n"}
+    assert cell["outputs"][1]["data"]["text/plain"] == "42"
+    meta = cell["metadata"]["kernelagent"]
+    assert meta["role"] == "web"
+    assert meta["status"] == "ok"
+    assert meta["duration_ms"] >= 0
+
+    error = (await ka_server.run(sid, "1/0"))["cell"]
+    assert error["metadata"]["kernelagent"]["status"] == "error"
+    assert error["outputs"][0]["ename"] == "ZeroDivisionError"
+    again = (await ka_server.run(sid, "x"))["cell"]  # the kernel keeps its state
+    assert again["outputs"][0]["data"]["text/plain"] == "20"
+
+
+async def test_rich_outputs_become_artifacts_with_signed_urls(ka_server):
+    sid = (await ka_server.session())["id"]
+    code = (
+        "import matplotlib.pyplot as plt, pandas as pd, plotly.express as px\n"
+        "plt.plot([1, 3, 2]); plt.show()\n"
+        "display(pd.DataFrame({'a': [1, 2], 'b': [3, 4]}))\n"
+        "px.line(x=[1, 2, 3], y=[3, 1, 2]).show()\n"
+    )
+    answer = await ka_server.run(sid, code, timeout=60)
+    kinds = {a["mime_type"] for a in answer["artifacts"]}
+    assert {"image/png", "text/html", PLOTLY} <= kinds, kinds
+    png = next(a for a in answer["artifacts"] if a["mime_type"] == "image/png")
+    # the signed URL works without a token, and serves the exact bytes with their type
+    response = await ka_server.fetch(png["url"], token=None)
+    assert response.code == 200
+    assert response.headers["Content-Type"] == "image/png"
+    assert response.body[:8] == b"\x89PNG\r\n\x1a\n"
+    assert hashlib.sha256(response.body).hexdigest() == png["sha256"]
+    assert len(response.body) == png["size"]
+    by_id = await ka_server.fetch(f"/api/v1/artifacts/{png['id']}")
+    assert by_id.code == 200 and by_id.body == response.body
+
+    # the same figure again is stored once (content-addressed), recorded twice
+    before = await ka_server.services.storage.list("artifacts/")
+    again = await ka_server.run(sid, "plt.plot([1, 3, 2]); plt.show()")
+    assert again["artifacts"][0]["sha256"] == png["sha256"]
+    assert await ka_server.services.storage.list("artifacts/") == before
+
+
+async def test_timeout_interrupts_and_keeps_partial_output_and_state(ka_server):
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "kept = 'yes'")
+    started = time.monotonic()
+    cell = (
+        await ka_server.run(
+            sid, "import time\nprint('before', flush=True)\ntime.sleep(30)", timeout=1.5
+        )
+    )["cell"]
+    assert time.monotonic() - started < 10
+    assert cell["metadata"]["kernelagent"]["status"] == "timeout"
+    assert cell["outputs"][0]["text"] == "before\n"
+    assert any(o.get("ename") == "KeyboardInterrupt" for o in cell["outputs"])
+    assert (await ka_server.run(sid, "kept"))["cell"]["outputs"][0]["data"]["text/plain"] == "'yes'"
+
+
+async def test_dead_kernel_is_recorded_and_replaced(ka_server):
+    session = await ka_server.session()
+    sid = session["id"]
+    cell = (await ka_server.run(sid, "import os; os._exit(3)"))["cell"]
+    assert cell["metadata"]["kernelagent"]["status"] == "died"
+    assert cell["outputs"][-1]["ename"] == "KernelDied"
+    assert "exited with status 3" in cell["outputs"][-1]["evalue"]
+    after = await ka_server.run(sid, "6 * 7")
+    assert after["cell"]["outputs"][0]["data"]["text/plain"] == "42"
+    assert (await ka_server.json(f"/api/v1/sessions/{sid}"))["kernel_id"] != session["kernel_id"]
+
+
+async def test_concurrent_cells_run_one_at_a_time_in_arrival_order(ka_server):
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "order = []")
+    requests = []
+    for i in range(4):
+        requests.append(
+            asyncio.ensure_future(
+                ka_server.run(sid, f"import time; order.append({i}); time.sleep(0.2); {i}")
+            )
+        )
+        await asyncio.sleep(0.05)  # distinct arrival times
+    answers = await asyncio.gather(*requests)
+    assert [a["cell"]["outputs"][0]["data"]["text/plain"] for a in answers] == ["0", "1", "2", "3"]
+    assert (await ka_server.run(sid, "order"))["cell"]["outputs"][0]["data"][
+        "text/plain"
+    ] == "[0, 1, 2, 3]"
+    counts = [a["cell"]["execution_count"] for a in answers]
+    assert counts == sorted(counts)
+
+
+async def test_notebook_export_is_valid_nbformat_and_lands_in_storage(ka_server):
+    sid = (await ka_server.session("Export me"))["id"]
+    await ka_server.run(sid, "print('hello')")
+    await ka_server.run(sid, "import plotly.express as px; px.bar(x=['a'], y=[1]).show()")
+    response = await ka_server.fetch(f"/api/v1/sessions/{sid}/notebook")
+    assert response.code == 200
+    assert "attachment" in response.headers["Content-Disposition"]
+    nb = nbformat.reads(response.body.decode(), as_version=4)
+    nbformat.validate(nb)
+    assert (nb.nbformat, nb.nbformat_minor) == (4, 5)
+    assert nb.metadata.kernelspec.language == "python"
+    assert nb.metadata.language_info.name == "python"
+    assert len(nb.cells) == 2
+    assert all(c.id for c in nb.cells)
+    assert nb.cells[0].metadata.kernelagent.role == "web"
+    plotly_output = next(o for o in nb.cells[1].outputs if PLOTLY in o.get("data", {}))
+    assert "text/html" in plotly_output["data"]
+    stored = await ka_server.services.storage.get(f"sessions/{sid}/notebook.ipynb")
+    assert json.loads(stored) == json.loads(response.body)
+
+
+async def test_files_upload_list_download_and_mirror(ka_server):
+    sid = (await ka_server.session())["id"]
+    boundary = "kaboundary"
+    content = b"a,b\n1,2\n3,4\n"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="data.csv"\r\n'
+            f"Content-Type: text/csv\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = await ka_server.fetch(
+        f"/api/v1/sessions/{sid}/files",
+        "POST",
+        raw=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.code == 201, response.body
+    uploaded = json.loads(response.body)
+    assert uploaded == {
+        "path": "data.csv",
+        "size": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "modified_at": uploaded["modified_at"],
+    }
+    cell = await ka_server.run(
+        sid, "import pandas as pd; df = pd.read_csv('data.csv'); df.to_csv('out.csv'); len(df)"
+    )
+    assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "2"
+    listed = await ka_server.json(f"/api/v1/sessions/{sid}/files")
+    assert [f["path"] for f in listed["files"]] == ["data.csv", "out.csv"]
+    download = await ka_server.fetch(f"/api/v1/sessions/{sid}/files/data.csv")
+    assert download.body == content
+    storage = ka_server.services.storage
+    assert await storage.get(f"sessions/{sid}/files/data.csv") == content
+    assert (await storage.get(f"sessions/{sid}/files/out.csv")).startswith(b",a,b")
+
+
+@pytest.mark.parametrize(
+    "path", ["../escape.txt", "/etc/evil", "a/../../x", "bad\0name", "link/x", "."]
+)
+async def test_paths_outside_the_workspace_are_refused(ka_server, path):
+    sid = (await ka_server.session())["id"]
+    workspace = ka_server.services.files.workspace(sid)
+    os.symlink("/tmp", workspace / "link")
+    before = sorted(p.name for p in workspace.parent.parent.rglob("*"))
+    boundary = "kab"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
+        f"x\r\n--{boundary}--\r\n"
+    ).encode()
+    response = await ka_server.fetch(
+        f"/api/v1/sessions/{sid}/files?path={urllib.parse.quote(path)}",
+        "POST",
+        raw=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.code == 400, response.body
+    assert json.loads(response.body)["error"]["code"] == "invalid_input"
+    assert sorted(p.name for p in workspace.parent.parent.rglob("*")) == before
+
+
+async def test_auth_and_ownership(ka_server):
+    sid = (await ka_server.session())["id"]
+    art = (await ka_server.run(sid, "from IPython.display import HTML; HTML('<b>x</b>')"))[
+        "artifacts"
+    ][0]
+    assert (await ka_server.fetch("/api/v1/sessions", token=None)).code == 401
+    assert (await ka_server.fetch("/api/v1/sessions", token="wrong")).code == 401
+    bearer = await ka_server.fetch(
+        "/api/v1/sessions", token=None, headers={"Authorization": f"Bearer {ka_server.token}"}
+    )
+    assert bearer.code == 200
+    other = await ka_server.new_user("mallory")
+    assert (await ka_server.json("/api/v1/sessions", token=other))["sessions"] == []
+    for method, path, body in [
+        ("GET", f"/api/v1/sessions/{sid}", None),
+        ("PATCH", f"/api/v1/sessions/{sid}", {"title": "mine"}),
+        ("DELETE", f"/api/v1/sessions/{sid}", None),
+        ("POST", f"/api/v1/sessions/{sid}/cells", {"code": "1"}),
+        ("GET", f"/api/v1/sessions/{sid}/notebook", None),
+        ("GET", f"/api/v1/artifacts/{art['id']}", None),
+    ]:
+        response = await ka_server.fetch(path, method, body, token=other)
+        assert response.code == 404, (method, path, response.code)
+    assert (await ka_server.json(f"/api/v1/sessions/{sid}"))["title"] == "test"
+    # signed URLs: tampered or expired ones are refused
+    tampered = art["url"].replace("signature=", "signature=x")
+    assert (await ka_server.fetch(tampered, token=None)).code == 403
+    expires = int(time.time()) - 10
+    signer = ka_server.services.files.signer
+    signature = signer.get_signature(f"{art['id']}:{expires}").decode()
+    expired = f"/api/v1/artifacts/{art['id']}?expires={expires}&signature={signature}"
+    assert (await ka_server.fetch(expired, token=None)).code == 403
+
+
+async def test_bad_input_gets_json_errors_and_changes_nothing(ka_server):
+    sid = (await ka_server.session())["id"]
+    cases = [
+        ("POST", f"/api/v1/sessions/{sid}/cells", b"{not json", 400),
+        ("POST", f"/api/v1/sessions/{sid}/cells", b'{"code": 5}', 422),
+        ("POST", f"/api/v1/sessions/{sid}/cells", b'{"code": "1", "extra": true}', 422),
+        ("POST", f"/api/v1/sessions/{sid}/cells", b'{"code": "1", "timeout": -1}', 422),
+        ("PATCH", f"/api/v1/sessions/{sid}", b'{"title": ["x"]}', 422),
+        ("POST", "/api/v1/sessions", b"[]", 422),
+        ("GET", "/api/v1/sessions/00000000-0000-0000-0000-000000000000", None, 404),
+        ("GET", "/api/v1/artifacts/nope", None, 404),
+        ("GET", f"/api/v1/sessions/{sid}/files/missing.txt", None, 404),
+        ("GET", "/api/v1/nothing-here", None, 404),
+    ]
+    for method, path, raw, status in cases:
+        response = await ka_server.fetch(path, method, raw=raw)
+        assert response.code == status, (method, path, raw, response.code, response.body)
+        error = json.loads(response.body)["error"]
+        assert error["code"] and error["message"]
+    notebook = await ka_server.fetch(f"/api/v1/sessions/{sid}/notebook")
+    assert nbformat.reads(notebook.body.decode(), as_version=4).cells == []
+
+
+async def test_oversized_upload_is_413(ka_server):
+    sid = (await ka_server.session())["id"]
+    limit = ka_server.services.files.upload_limit
+    ka_server.services.files.upload_limit = 1000
+    try:
+        boundary = "kab"
+        body = (
+            (
+                f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="file"; filename="big"\r\n\r\n'
+            ).encode()
+            + b"x" * 2000
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        response = await ka_server.fetch(
+            f"/api/v1/sessions/{sid}/files",
+            "POST",
+            raw=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+    finally:
+        ka_server.services.files.upload_limit = limit
+    assert response.code == 413
+    assert not (ka_server.services.files.workspace(sid) / "big").exists()
+
+
+async def test_stream_output_is_capped_with_a_marker(ka_server):
+    sid = (await ka_server.session())["id"]
+    ka_server.services.execution.stream_limit = 1000
+    cell = (await ka_server.run(sid, "print('x' * 5000)"))["cell"]
+    text = cell["outputs"][0]["text"]
+    assert text.startswith("x" * 1000)
+    assert "4001 more characters" in text or "truncated" in text
+
+
+async def test_a_crash_right_after_an_answer_loses_nothing(ka_server, tmp_path):
+    from kernelagent.app import KernelAgentApp
+
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "print('survives')")
+    # a second server process over the same database and storage, as after a crash
+    other = KernelAgentApp(ka_server.app.settings)
+    services = await other.start(listen=False)
+    try:
+        cells = await services.db.cells.list(sid)
+        assert [c.outputs[0]["text"] for c in cells] == ["survives\n"]
+    finally:
+        await other.stop()
