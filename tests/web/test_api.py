@@ -282,6 +282,17 @@ async def test_bad_input_gets_json_errors_and_changes_nothing(ka_server):
     assert nbformat.reads(notebook.body.decode(), as_version=4).cells == []
 
 
+async def test_oversized_json_body_is_413(ka_server):
+    sid = (await ka_server.session())["id"]
+    limit = ka_server.app.settings.body_limit
+    response = await ka_server.fetch(
+        f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x" * (limit + 1)}
+    )
+    assert response.code == 413
+    assert json.loads(response.body)["error"]["code"] == "too_large"
+    assert await ka_server.services.db.cells.list(sid) == []
+
+
 async def test_oversized_upload_is_413(ka_server):
     sid = (await ka_server.session())["id"]
     limit = ka_server.services.files.upload_limit

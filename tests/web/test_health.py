@@ -64,6 +64,11 @@ async def test_serve_command_prints_a_url_with_token_and_serves(tmp_path, unused
         assert len(match.group(2)) >= 24
         response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{unused_port}/api/v1/health")
         assert json.loads(response.body)["status"] == "ok"
+        sessions = await AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{unused_port}/api/v1/sessions",
+            headers={"Authorization": f"token {match.group(2)}"},
+        )
+        assert json.loads(sessions.body) == {"sessions": []}
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
