@@ -341,3 +341,30 @@ async def test_a_crash_right_after_an_answer_loses_nothing(ka_server, tmp_path):
         assert [c.outputs[0]["text"] for c in cells] == ["survives\n"]
     finally:
         await other.stop()
+
+
+async def test_interrupt_endpoint_stops_the_running_cell(ka_server):
+    sid = (await ka_server.session())["id"]
+    running = asyncio.ensure_future(ka_server.run(sid, "import time; time.sleep(30)"))
+    for _ in range(200):  # until the cell is executing
+        if sid in ka_server.services.execution.running:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    response = await ka_server.fetch(f"/api/v1/sessions/{sid}/interrupt", "POST")
+    assert response.code == 204
+    cell = (await asyncio.wait_for(running, 10))["cell"]
+    assert cell["metadata"]["kernelagent"]["status"] == "interrupted"
+    assert cell["outputs"][-1]["ename"] == "KeyboardInterrupt"
+
+
+async def test_notebook_reaches_storage_shortly_after_a_cell(ka_server):
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "'stored'")
+    key = f"sessions/{sid}/notebook.ipynb"
+    for _ in range(100):
+        if await ka_server.services.storage.exists(key):
+            break
+        await asyncio.sleep(0.1)
+    nb = nbformat.reads((await ka_server.services.storage.get(key)).decode(), as_version=4)
+    assert nb.cells[0].outputs[0]["data"]["text/plain"] == "'stored'"
