@@ -26,6 +26,7 @@ from kernelagent.adapters.locks import make_locks
 from kernelagent.adapters.storage import FsspecStorage
 from kernelagent.config import Settings
 from kernelagent.services.auth import AuthService
+from kernelagent.services.bridge import GatewayService
 from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
@@ -52,6 +53,7 @@ class Services:
     sessions: SessionService
     execution: ExecutionService
     notebooks: NotebookStore
+    gateway: GatewayService
 
 
 class KernelAgentApp:
@@ -113,6 +115,7 @@ class KernelAgentApp:
             sessions=sessions,
             execution=execution,
             notebooks=NotebookStore(db, storage),
+            gateway=GatewayService(sessions, execution, kernels),
         )
         await pool.start()
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else "bubblewrap"
@@ -150,6 +153,7 @@ class KernelAgentApp:
             await self.http.close_all_connections()
         if self.services:
             s = self.services
+            await s.gateway.stop()
             await s.notebooks.stop()
             await s.execution.close()
             await s.pool.stop()

@@ -31,6 +31,17 @@ log = logging.getLogger(__name__)
 INTERRUPT_GRACE = 5.0  # seconds a kernel has to answer an interrupt before it is restarted
 LOCK_WAIT = 600.0  # seconds a cell may queue behind others before "session is busy" (429)
 OutputHook = Callable[[Cell, list[dict[str, Any]]], Awaitable[None]]
+Deliver = Callable[[str, dict[str, Any]], Awaitable[None]]  # (channel, message) to a client
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientRequest:
+    """An ``execute_request`` a Jupyter client sent (gateway): it is sent to the kernel as is, so
+    the iopub messages carry the client's own msg_id; the reply and any ``input_request`` go back
+    through ``deliver``."""
+
+    message: dict[str, Any]
+    deliver: Deliver
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +70,7 @@ class ExecutionService:
         self.stream_limit = stream_limit
         self._clients: dict[str, Any] = {}
         self._interrupted: set[str] = set()
+        self._restarted: set[str] = set()
         self.running: set[str] = set()  # session ids executing now
 
     async def execute(
@@ -69,6 +81,7 @@ class ExecutionService:
         timeout: float | None = None,
         metadata: dict[str, Any] | None = None,
         on_output: OutputHook | None = None,
+        request: ClientRequest | None = None,
     ) -> Execution:
         """Run ``code`` as the next cell of ``session``; returns the recorded cell."""
         async with self.locks.hold(session.id, timeout=LOCK_WAIT):
@@ -93,8 +106,14 @@ class ExecutionService:
             self._interrupted.discard(session.id)
             started = time.perf_counter()
             try:
-                outputs, status, count = await self._run(
-                    kernel_id, session, cell, code, timeout or self.default_timeout, on_output
+                outputs, status, count, reply = await self._run(
+                    kernel_id,
+                    session,
+                    cell,
+                    code,
+                    timeout or self.default_timeout,
+                    on_output,
+                    request,
                 )
             finally:
                 self.running.discard(session.id)
@@ -111,7 +130,49 @@ class ExecutionService:
             await self.db.cells.update(cell)
             await self.db.sessions.update(session.id, updated_at=now())
             await self.files.mirror(session)
-            return Execution(cell, artifacts)
+        if request and reply:  # after the record: a client that saw the reply finds the cell
+            await request.deliver("shell", reply)
+        return Execution(cell, artifacts)
+
+    async def restart(self, session: Session, kernel_id: str) -> None:
+        """Restart the kernel in place (same id and sockets); a running cell ends as "died"."""
+        if session.id in self.running:
+            self._restarted.add(session.id)
+        self._forget_client(kernel_id)
+        await self.kernels.restart(kernel_id)
+        await self.note(session, "The kernel was restarted; its variables are gone.")
+
+    async def stop_kernel(self, session: Session) -> None:
+        """Shut the session's kernel down; the next cell starts a fresh one."""
+        if not session.kernel_id:
+            return
+        if session.id in self.running:
+            self._restarted.add(session.id)
+        self._forget_client(session.kernel_id)
+        with contextlib.suppress(KeyError):
+            await self.kernels.shutdown(session.kernel_id, now=True)
+        await self.db.sessions.update(session.id, kernel_id=None, status="stopped")
+        await self.note(session, "The kernel was shut down; the next cell starts a new one.")
+
+    async def note(self, session: Session, text: str) -> Cell:
+        """Record a system note (a markdown cell) at the next index, in order with the cells."""
+        async with self.locks.hold(session.id, timeout=LOCK_WAIT):
+            cell = Cell(
+                id=new_id(),
+                session_id=session.id,
+                index=await self.db.cells.next_index(session.id),
+                cell_type="markdown",
+                source=f"*{text}*",
+                role="system",
+                outputs=[],
+                execution_count=None,
+                status="ok",
+                started_at=now(),
+                duration_ms=None,
+                metadata={},
+            )
+            await self.db.cells.append(cell)
+            return cell
 
     async def interrupt(self, session: Session) -> None:
         """Interrupt the running cell of ``session`` (recorded as "interrupted")."""
@@ -127,10 +188,44 @@ class ExecutionService:
         code: str,
         timeout: float,
         on_output: OutputHook | None,
-    ) -> tuple[list[dict[str, Any]], CellStatus, int | None]:
+        request: ClientRequest | None = None,
+    ) -> tuple[list[dict[str, Any]], CellStatus, int | None, dict[str, Any] | None]:
         client = self._client(kernel_id)
         collector = OutputCollector(stream_limit=self.stream_limit)
-        msg_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
+        stdin_relay: asyncio.Task[None] | None = None
+        if request is None:
+            msg_id = client.execute(
+                code, store_history=True, allow_stdin=False, stop_on_error=False
+            )
+        else:
+            client.shell_channel.send(request.message)
+            msg_id = request.message["header"]["msg_id"]
+            if request.message["content"].get("allow_stdin"):
+                stdin_relay = asyncio.create_task(
+                    self._relay_stdin(client, msg_id, request.deliver), name=f"stdin-{msg_id}"
+                )
+        try:
+            return await self._collect(
+                kernel_id, client, collector, msg_id, session, cell, timeout, on_output, request
+            )
+        finally:
+            if stdin_relay:
+                stdin_relay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stdin_relay
+
+    async def _collect(
+        self,
+        kernel_id: str,
+        client: Any,
+        collector: OutputCollector,
+        msg_id: str,
+        session: Session,
+        cell: Cell,
+        timeout: float,
+        on_output: OutputHook | None,
+        request: ClientRequest | None,
+    ) -> tuple[list[dict[str, Any]], CellStatus, int | None, dict[str, Any] | None]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         status: CellStatus = "ok"
@@ -138,12 +233,16 @@ class ExecutionService:
         timed_out = False
         while True:
             remaining = deadline - loop.time()
+            if session.id in self._restarted:
+                self._restarted.discard(session.id)
+                collector.feed("error", _died("the kernel was restarted while this cell ran"))
+                return collector.outputs, "died", count, None
             if remaining <= 0:
                 if timed_out:  # the interrupt was not honoured: the kernel is stuck
                     await self._replace_kernel(kernel_id, session)
                     stuck = f"did not stop {INTERRUPT_GRACE:g} s after an interrupt"
                     collector.feed("error", _died(stuck))
-                    return collector.outputs, "timeout", count
+                    return collector.outputs, "timeout", count, None
                 timed_out = True
                 await self.kernels.interrupt(kernel_id)
                 deadline = loop.time() + INTERRUPT_GRACE
@@ -155,7 +254,7 @@ class ExecutionService:
                     reason = self.kernels.exit_reason(kernel_id) or "the kernel died"
                     await self._replace_kernel(kernel_id, session)
                     collector.feed("error", _died(reason))
-                    return collector.outputs, "died", count
+                    return collector.outputs, "died", count, None
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
@@ -172,12 +271,17 @@ class ExecutionService:
             changed = collector.feed(msg_type, content)
             if changed is not None and on_output:
                 await on_output(cell, changed)
-        await self._drain_reply(client, msg_id)
+        reply = await self._drain_reply(client, msg_id)
         if timed_out:
             status = "timeout"
         elif session.id in self._interrupted:
             status = "interrupted"
-        return collector.outputs, status, count
+        return collector.outputs, status, count, reply
+
+    def _forget_client(self, kernel_id: str) -> None:
+        client = self._clients.pop(kernel_id, None)
+        if client is not None:
+            client.stop_channels()
 
     def _client(self, kernel_id: str) -> Any:
         client = self._clients.get(kernel_id)
@@ -185,13 +289,30 @@ class ExecutionService:
             client = self._clients[kernel_id] = self.kernels.client(kernel_id)
         return client
 
-    async def _drain_reply(self, client: Any, msg_id: str) -> None:
+    async def _drain_reply(self, client: Any, msg_id: str) -> dict[str, Any] | None:
         """Consume this request's shell reply so the next cell does not see it."""
         with contextlib.suppress(queue.Empty, TimeoutError):
             while True:
                 reply = await client.get_shell_msg(timeout=5)
                 if reply["parent_header"].get("msg_id") == msg_id:
-                    return
+                    return reply  # type: ignore[no-any-return]
+        return None
+
+    async def _relay_stdin(self, client: Any, msg_id: str, deliver: Deliver) -> None:
+        """Pass the kernel's ``input_request``s for ``msg_id`` to the client that asked."""
+        while True:
+            try:
+                msg = await client.get_stdin_msg(timeout=1)
+            except (queue.Empty, TimeoutError):
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                await deliver("stdin", msg)
+
+    def send_stdin(self, kernel_id: str, message: dict[str, Any]) -> None:
+        """An ``input_reply`` from a gateway client, for a request this service sent."""
+        client = self._clients.get(kernel_id)
+        if client is not None:
+            client.stdin_channel.send(message)
 
     async def _alive(self, kernel_id: str) -> bool:
         try:
@@ -200,9 +321,9 @@ class ExecutionService:
             return False
 
     async def _replace_kernel(self, kernel_id: str, session: Session) -> None:
-        client = self._clients.pop(kernel_id, None)
-        if client is not None:
-            client.stop_channels()
+        self._forget_client(kernel_id)
+        with contextlib.suppress(KeyError):  # a stuck or dead kernel must not be reused
+            await self.kernels.shutdown(kernel_id, now=True)
         await self.db.sessions.update(session.id, status="dead")
         fresh = await self.db.sessions.get(session.id)
         if fresh is not None:

@@ -6,6 +6,16 @@ from typing import Any
 
 from kernelagent.web.base import NotFoundHandler
 from kernelagent.web.files import ArtifactHandler, FileHandler, FilesHandler
+from kernelagent.web.gateway.channels import ChannelsHandler
+from kernelagent.web.gateway.handlers import (
+    ApiVersionHandler,
+    KernelActionHandler,
+    KernelHandler,
+    KernelsHandler,
+    KernelSpecHandler,
+    KernelSpecResourceHandler,
+    KernelSpecsHandler,
+)
 from kernelagent.web.health import HealthHandler
 from kernelagent.web.notebooks import NotebookHandler
 from kernelagent.web.sessions import (
@@ -16,6 +26,7 @@ from kernelagent.web.sessions import (
 )
 
 SESSION = r"/api/v1/sessions/([^/]+)"
+KERNEL = r"/api/kernels/([^/]+)"
 
 
 def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]]:
@@ -23,6 +34,8 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
     s = services
     common = {"auth": s.auth, "body_limit": s.settings.body_limit}
     with_sessions = {**common, "sessions": s.sessions, "execution": s.execution}
+    gateway = {**common, "gateway": s.gateway}
+    specs = {**gateway, "specs": s.kernels.specs}
     return [
         (r"/api/v1/health", HealthHandler, {"pool": s.pool, "sandbox": sandbox}),
         (r"/api/v1/sessions", SessionsHandler, with_sessions),
@@ -45,5 +58,14 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
             {**common, "sessions": s.sessions, "notebooks": s.notebooks},
         ),
         (r"/api/v1/artifacts/([^/]+)", ArtifactHandler, {**common, "files": s.files, "db": s.db}),
+        # Kernel Gateway ("jupyter-websocket") surface
+        (r"/api", ApiVersionHandler, common),
+        (r"/api/kernels", KernelsHandler, gateway),
+        (KERNEL, KernelHandler, gateway),
+        (KERNEL + r"/(interrupt|restart)", KernelActionHandler, gateway),
+        (KERNEL + r"/channels", ChannelsHandler, {"auth": s.auth, "gateway": s.gateway}),
+        (r"/api/kernelspecs", KernelSpecsHandler, specs),
+        (r"/api/kernelspecs/([^/]+)", KernelSpecHandler, specs),
+        (r"/kernelspecs/([^/]+)/([^/]+)", KernelSpecResourceHandler, specs),
         (r"/api/.*", NotFoundHandler, {}),
     ]

@@ -1,0 +1,1 @@
+"""Jupyter-compatible kernel gateway: the ``/api/kernels/{id}/channels`` WebSocket and its wire."""

@@ -1,0 +1,115 @@
+"""WebSocket ``/api/kernels/{id}/channels``: Jupyter messages between a client and a session kernel.
+
+Speaks the legacy JSON framing, and the binary ``v1.kernel.websocket.jupyter.org`` subprotocol
+when the client offers it (``wire.py``). Malformed frames are dropped with a warning; the
+connection and the kernel survive. TCP_NODELAY is set: with Nagle on, every small reply waits for
+a delayed ACK (~40 ms per round trip).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from tornado import web, websocket
+
+from kernelagent.domain import User
+from kernelagent.errors import KernelAgentError
+from kernelagent.services.auth import AuthService
+from kernelagent.services.bridge import GatewayChannel, GatewayService
+from kernelagent.web.gateway import wire
+
+log = logging.getLogger(__name__)
+
+
+class ChannelsHandler(websocket.WebSocketHandler):
+    """One client connection; the routing lives in ``services.bridge.GatewayChannel``."""
+
+    def initialize(self, auth: AuthService, gateway: GatewayService) -> None:
+        self.auth = auth
+        self.gateway = gateway
+        self.channel: GatewayChannel | None = None
+        self.protocol: str | None = None
+
+    async def get(self, kernel_id: str) -> None:
+        user = await self._authenticate()
+        if user is None:
+            raise web.HTTPError(401, "a valid token is required")
+        try:
+            await self.gateway.get(user, kernel_id)
+        except KernelAgentError as e:
+            raise web.HTTPError(e.status, str(e)) from None
+        self.user = user
+        await super().get(kernel_id)
+
+    async def _authenticate(self) -> User | None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() not in {"token", "bearer"}:
+            token = self.get_query_argument("token", "")
+        return await self.auth.authenticate(token.strip())
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        self.protocol = wire.negotiate(subprotocols)
+        return self.protocol
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # token auth, not cookies: a cross-origin page cannot present the token
+
+    async def open(self, kernel_id: str) -> None:  # type: ignore[override]
+        self.set_nodelay(True)
+        try:
+            self.channel = await self.gateway.open_channel(
+                self.user, kernel_id, self._send, self.get_query_argument("session_id", None)
+            )
+        except KernelAgentError as e:
+            self.close(4004 if e.status == 404 else 1011, str(e))
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self.channel is None:
+            return
+        try:
+            if self.protocol:
+                if isinstance(message, str):
+                    raise wire.FrameError("text frame on the binary v1 protocol")
+                msg = wire.v1_to_msg(message)
+            else:
+                msg = wire.decode_legacy(message)
+        except wire.FrameError as e:
+            log.warning("dropped a malformed frame on kernel %s: %s", self.channel.kernel_id, e)
+            return
+        channel = msg.pop("channel", None)
+        if channel not in wire.CHANNELS:
+            log.warning("dropped a message for channel %r", channel)
+            return
+        await self.channel.receive(channel, msg)
+
+    async def _send(self, channel: str, msg: dict[str, Any]) -> None:
+        buffers = [bytes(b) for b in msg.pop("buffers", None) or []]
+        out = {
+            "header": _json_dates(msg["header"]),
+            "parent_header": _json_dates(msg.get("parent_header") or {}),
+            "metadata": msg.get("metadata") or {},
+            "content": msg.get("content") or {},
+            "channel": channel,
+            "msg_id": msg["header"].get("msg_id"),
+            "msg_type": msg["header"].get("msg_type"),
+        }
+        if self.protocol:
+            frame: str | bytes = wire.msg_to_v1(out, buffers)
+        else:
+            frame = wire.encode_legacy(out, buffers)
+        await self.write_message(frame, binary=isinstance(frame, bytes))
+
+    def on_close(self) -> None:
+        if self.channel is not None:
+            channel, self.channel = self.channel, None
+            self.gateway.close_later(channel)
+
+
+def _json_dates(header: dict[str, Any]) -> dict[str, Any]:
+    date = header.get("date")
+    if isinstance(date, dt.datetime):
+        header = {**header, "date": date.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")}
+    return header

@@ -1,0 +1,149 @@
+"""Kernel Gateway ("jupyter-websocket") REST surface: ``/api``, ``/api/kernels``, kernelspecs.
+
+Shapes and status codes follow Kernel Gateway's ``swagger.yaml`` and jupyter_server, because
+``jupyter lab --gateway-url`` (jupyter_server's GatewayClient) is the client: errors are
+``{"message", "reason"}``, ``POST /api/kernels`` answers 201 with a ``Location`` header, kernel ids
+are UUIDs, ``last_activity`` is ``%Y-%m-%dT%H:%M:%S.%fZ``. Tokens come as ``Authorization: token …``
+or, as Jupyter clients send them on WebSockets, ``?token=``.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from tornado import web
+
+from kernelagent import __version__
+from kernelagent.domain import User
+from kernelagent.errors import KernelAgentError, NotFound
+from kernelagent.services.bridge import GatewayService
+from kernelagent.web.base import ApiHandler, Request
+
+
+class GatewayHandler(ApiHandler):
+    """Auth by header or ``?token=``; Jupyter-shaped errors."""
+
+    gateway: GatewayService
+
+    async def _authenticate(self) -> User | None:
+        user = await super()._authenticate()
+        if user is None and (token := self.get_query_argument("token", "")):
+            user = await self.auth.authenticate(token)
+        return user
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        if isinstance(exc, KernelAgentError):
+            self.set_status(exc.status)
+            message = str(exc)
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message or self._reason
+        elif status_code == 401 or type(exc).__name__ == "_Unauthorized":
+            self.set_status(401)
+            message = "a valid token is required"
+        else:
+            message = self._reason
+        self.finish(json.dumps({"message": message, "reason": self._reason}))
+
+
+class ApiVersionHandler(GatewayHandler):
+    auth_required = False
+
+    def get(self) -> None:
+        self.write_json({"version": "2.0.0", "kernelagent": __version__})
+
+
+class StartKernel(Request):
+    model_config = pydantic.ConfigDict(strict=True, extra="allow")
+    name: str | None = None
+
+
+class KernelsHandler(GatewayHandler):
+    async def get(self) -> None:
+        self.write_json([k.json() for k in await self.gateway.list(self.user)])
+
+    async def post(self) -> None:
+        body = self.json_body(StartKernel)
+        model = await self.gateway.create(self.user, body.name)
+        self.set_header("Location", f"/api/kernels/{model.id}")
+        self.write_json(model.json(), status=201)
+
+
+class KernelHandler(GatewayHandler):
+    async def get(self, kernel_id: str) -> None:
+        self.write_json((await self.gateway.get(self.user, kernel_id)).json())
+
+    async def delete(self, kernel_id: str) -> None:
+        await self.gateway.shutdown(self.user, kernel_id)
+        self.set_status(204)
+        self.finish()
+
+
+class KernelActionHandler(GatewayHandler):
+    async def post(self, kernel_id: str, action: str) -> None:
+        if action == "interrupt":
+            await self.gateway.interrupt(self.user, kernel_id)
+            self.set_status(204)
+            self.finish()
+        else:
+            self.write_json((await self.gateway.restart(self.user, kernel_id)).json())
+
+
+def _spec_model(specs: KernelSpecManager, name: str) -> dict[str, Any]:
+    try:
+        spec = specs.get_kernel_spec(name)
+    except NoSuchKernel:
+        raise NotFound(f"no kernelspec named {name!r}") from None
+    resources = {
+        path.stem: f"/kernelspecs/{name}/{path.name}"
+        for path in sorted(Path(spec.resource_dir).iterdir())
+        if path.name != "kernel.json" and path.is_file()
+    }
+    return {"name": name, "spec": spec.to_dict(), "resources": resources}
+
+
+class KernelSpecsHandler(GatewayHandler):
+    specs: KernelSpecManager
+
+    def get(self) -> None:
+        name = self.gateway.kernel_name
+        self.write_json({"default": name, "kernelspecs": {name: _spec_model(self.specs, name)}})
+
+
+class KernelSpecHandler(GatewayHandler):
+    specs: KernelSpecManager
+
+    def get(self, name: str) -> None:
+        if name != self.gateway.kernel_name:
+            raise NotFound(f"no kernelspec named {name!r}")
+        self.write_json(_spec_model(self.specs, name))
+
+
+class KernelSpecResourceHandler(GatewayHandler):
+    """``/kernelspecs/{name}/{file}`` (no ``/api``: where GatewayClient looks for logos)."""
+
+    specs: KernelSpecManager
+
+    def get(self, name: str, resource: str) -> None:
+        if name != self.gateway.kernel_name:
+            raise NotFound(f"no kernelspec named {name!r}")
+        spec_dir = Path(_spec_dir(self.specs, name)).resolve()
+        path = (spec_dir / resource).resolve()
+        if not path.is_relative_to(spec_dir) or not path.is_file():
+            raise NotFound(f"no resource {resource!r}")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        self.set_header("Content-Type", kind)
+        self.finish(path.read_bytes())
+
+
+def _spec_dir(specs: KernelSpecManager, name: str) -> str:
+    try:
+        return specs.get_kernel_spec(name).resource_dir
+    except NoSuchKernel:
+        raise NotFound(f"no kernelspec named {name!r}") from None

@@ -1,0 +1,265 @@
+"""The Kernel Gateway surface: REST shapes, and Jupyter messages over the channels WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+
+import pytest
+from jupyter_client.session import Session
+from tornado.websocket import websocket_connect
+
+from kernelagent.web.gateway import wire
+
+pytestmark = pytest.mark.sandbox
+
+V1 = "v1.kernel.websocket.jupyter.org"
+
+
+class WsClient:
+    """A minimal Jupyter WebSocket client (legacy JSON framing, or the v1 binary subprotocol)."""
+
+    def __init__(self, conn, protocol: str | None):
+        self.conn = conn
+        self.protocol = protocol
+        self.session = Session(key=b"", username="tester")
+
+    @classmethod
+    async def connect(cls, server, kernel_id, token=None, protocol=None, session_id=None):
+        url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?token={token or server.token}"
+        if session_id:
+            url += f"&session_id={session_id}"
+        conn = await websocket_connect(url, subprotocols=[protocol] if protocol else None)
+        return cls(conn, conn.selected_subprotocol)
+
+    async def send(self, channel: str, msg_type: str, content: dict) -> str:
+        msg = self.session.msg(msg_type, content)
+        out = json.loads(json.dumps(msg, default=str))
+        out["channel"] = channel
+        if self.protocol:
+            await self.conn.write_message(wire.msg_to_v1(out, []), binary=True)
+        else:
+            await self.conn.write_message(json.dumps(out))
+        return msg["header"]["msg_id"]
+
+    async def recv(self, timeout: float = 30) -> dict:
+        frame = await asyncio.wait_for(self.conn.read_message(), timeout)
+        assert frame is not None, "connection closed"
+        if self.protocol:
+            assert isinstance(frame, bytes)
+            return wire.v1_to_msg(frame)
+        return wire.decode_legacy(frame)
+
+    async def until(self, predicate, timeout: float = 30) -> list[dict]:
+        """Messages received until one matches ``predicate`` (inclusive)."""
+        seen = []
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.recv(timeout)
+                seen.append(msg)
+                if predicate(msg):
+                    return seen
+
+    async def execute(self, code: str, **content) -> tuple[list[dict], dict]:
+        """iopub messages of the request until idle, and its execute_reply."""
+        msg_id = await self.send(
+            "shell", "execute_request", {"code": code, "silent": False, **content}
+        )
+        messages = await self.until(
+            lambda m: m["channel"] == "shell" and m["parent_header"].get("msg_id") == msg_id
+        )
+        reply = messages[-1]
+        iopub = [
+            m
+            for m in messages
+            if m["channel"] == "iopub" and m["parent_header"].get("msg_id") == msg_id
+        ]
+        if not any(
+            m["msg_type"] == "status" and m["content"]["execution_state"] == "idle" for m in iopub
+        ):
+            iopub += await self.until(
+                lambda m: (
+                    m["msg_type"] == "status"
+                    and m["parent_header"].get("msg_id") == msg_id
+                    and m["content"]["execution_state"] == "idle"
+                )
+            )
+        return iopub, reply
+
+    def close(self):
+        self.conn.close()
+
+
+async def test_rest_shapes(ka_server):
+    api = await ka_server.fetch("/api", token=None)
+    assert api.code == 200 and "version" in json.loads(api.body)
+
+    specs = await ka_server.json("/api/kernelspecs")
+    name = specs["default"]
+    assert name in specs["kernelspecs"]
+    spec = specs["kernelspecs"][name]
+    assert spec["name"] == name and spec["spec"]["language"] == "python"
+    assert (await ka_server.json(f"/api/kernelspecs/{name}"))["spec"]["display_name"]
+    assert (await ka_server.fetch("/api/kernelspecs/nope")).code == 404
+
+    created = await ka_server.fetch("/api/kernels", "POST", {"name": name})
+    assert created.code == 201
+    model = json.loads(created.body)
+    assert created.headers["Location"] == f"/api/kernels/{model['id']}"
+    assert set(model) == {"id", "name", "last_activity", "execution_state", "connections"}
+    assert uuid.UUID(model["id"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", model["last_activity"])
+    assert model["execution_state"] in {"starting", "idle", "busy", "restarting", "dead"}
+    assert isinstance(model["connections"], int)
+
+    # the kernel is a session of its creator, visible in the REST API of sessions too
+    sessions = await ka_server.json("/api/v1/sessions")
+    assert model["id"] in [s["id"] for s in sessions["sessions"]]
+    listed = await ka_server.json("/api/kernels")
+    assert [k["id"] for k in listed] == [model["id"]]
+
+    other = await ka_server.new_user("eve")
+    assert await ka_server.json("/api/kernels", token=other) == []
+    for method, path in [
+        ("GET", f"/api/kernels/{model['id']}"),
+        ("DELETE", f"/api/kernels/{model['id']}"),
+        ("POST", f"/api/kernels/{model['id']}/interrupt"),
+        ("POST", f"/api/kernels/{model['id']}/restart"),
+        ("GET", f"/api/kernels/{uuid.uuid4()}"),
+    ]:
+        response = await ka_server.fetch(path, method, token=other)
+        assert response.code == 404, (method, path)
+        assert set(json.loads(response.body)) == {"message", "reason"}
+
+    assert (await ka_server.fetch(f"/api/kernels/{model['id']}/interrupt", "POST")).code == 204
+    assert (await ka_server.fetch(f"/api/kernels/{model['id']}", "DELETE")).code == 204
+    # the session stays; its kernel is gone until the next cell
+    after = await ka_server.json(f"/api/kernels/{model['id']}")
+    assert after["execution_state"] == "dead"
+    cell = await ka_server.run(model["id"], "6 * 7")
+    assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "42"
+
+
+@pytest.mark.parametrize("protocol", [None, V1])
+async def test_execute_over_the_websocket_is_recorded(ka_server, protocol):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    ws = await WsClient.connect(ka_server, kernel["id"], protocol=protocol)
+    assert ws.protocol == protocol
+    try:
+        info_id = await ws.send("shell", "kernel_info_request", {})
+        info = (await ws.until(lambda m: m["msg_type"] == "kernel_info_reply"))[-1]
+        assert info["parent_header"]["msg_id"] == info_id
+        assert info["content"]["protocol_version"].startswith("5.")
+
+        iopub, reply = await ws.execute("print('hi')\n6 * 7")
+        assert reply["msg_type"] == "execute_reply" and reply["content"]["status"] == "ok"
+        kinds = [m["msg_type"] for m in iopub]
+        assert "stream" in kinds and "execute_result" in kinds
+        result = next(m for m in iopub if m["msg_type"] == "execute_result")
+        assert result["content"]["data"]["text/plain"] == "42"
+
+        iopub, reply = await ws.execute("1/0")
+        assert reply["content"]["status"] == "error"
+        assert any(m["msg_type"] == "error" for m in iopub)
+    finally:
+        ws.close()
+    cells = await ka_server.services.db.cells.list(kernel["id"])
+    assert [(c.role, c.source, c.status) for c in cells] == [
+        ("gateway", "print('hi')\n6 * 7", "ok"),
+        ("gateway", "1/0", "error"),
+    ]
+
+
+async def test_two_clients_share_iopub_and_replies_go_to_the_asker(ka_server):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    alice = await WsClient.connect(ka_server, kernel["id"])
+    bob = await WsClient.connect(ka_server, kernel["id"])
+    try:
+        assert (await ka_server.json(f"/api/kernels/{kernel['id']}"))["connections"] == 2
+        iopub, reply = await alice.execute("'shared'")
+        msg_id = reply["parent_header"]["msg_id"]
+        seen_by_bob = await bob.until(
+            lambda m: (
+                m["msg_type"] == "execute_result" and m["parent_header"].get("msg_id") == msg_id
+            )
+        )
+        assert seen_by_bob[-1]["content"]["data"]["text/plain"] == "'shared'"
+        # bob never gets alice's reply: his next shell message is his own
+        bob_id = await bob.send("shell", "kernel_info_request", {})
+        shell = [
+            m for m in await bob.until(lambda m: m["channel"] == "shell") if m["channel"] == "shell"
+        ]
+        assert shell[0]["parent_header"]["msg_id"] == bob_id
+    finally:
+        alice.close()
+        bob.close()
+
+
+async def test_stdin_reaches_the_client_that_asked(ka_server):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    ws = await WsClient.connect(ka_server, kernel["id"])
+    try:
+        msg_id = await ws.send(
+            "shell",
+            "execute_request",
+            {"code": "name = input('who? ')\nname.upper()", "allow_stdin": True},
+        )
+        request = (await ws.until(lambda m: m["msg_type"] == "input_request"))[-1]
+        assert request["channel"] == "stdin"
+        assert request["content"]["prompt"] == "who? "
+        await ws.send("stdin", "input_reply", {"value": "ada"})
+        result = (
+            await ws.until(
+                lambda m: (
+                    m["msg_type"] == "execute_result" and m["parent_header"].get("msg_id") == msg_id
+                )
+            )
+        )[-1]
+        assert result["content"]["data"]["text/plain"] == "'ADA'"
+    finally:
+        ws.close()
+
+
+async def test_malformed_frames_are_dropped_and_the_connection_survives(ka_server):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    ws = await WsClient.connect(ka_server, kernel["id"])
+    try:
+        await ws.conn.write_message("{not json")
+        await ws.conn.write_message(json.dumps({"channel": "nope", "header": {}}))
+        await ws.conn.write_message(b"\x00\x01", binary=True)
+        _, reply = await ws.execute("'still here'")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        ws.close()
+
+
+async def test_restart_keeps_the_socket_and_is_recorded(ka_server):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    ws = await WsClient.connect(ka_server, kernel["id"])
+    try:
+        await ws.execute("x = 1")
+        restarted = await ka_server.fetch(f"/api/kernels/{kernel['id']}/restart", "POST")
+        assert restarted.code == 200
+        statuses = await ws.until(
+            lambda m: m["msg_type"] == "status" and m["content"]["execution_state"] == "restarting"
+        )
+        assert statuses
+        iopub, reply = await ws.execute("'x' in dir()")
+        result = next(m for m in iopub if m["msg_type"] == "execute_result")
+        assert result["content"]["data"]["text/plain"] == "False"
+    finally:
+        ws.close()
+    cells = await ka_server.services.db.cells.list(kernel["id"])
+    assert [c.role for c in cells] == ["gateway", "system", "gateway"]
+    assert "restarted" in cells[1].source
+
+
+async def test_websocket_needs_a_token_and_the_owner(ka_server):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    other = await ka_server.new_user("trudy")
+    with pytest.raises(Exception, match="404"):
+        await WsClient.connect(ka_server, kernel["id"], token=other)
+    with pytest.raises(Exception, match="401"):
+        await WsClient.connect(ka_server, kernel["id"], token="bad")
