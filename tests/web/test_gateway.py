@@ -28,7 +28,10 @@ class WsClient:
 
     @classmethod
     async def connect(cls, server, kernel_id, token=None, protocol=None, session_id=None):
-        url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?token={token or server.token}"
+        url = (
+            f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels"
+            f"?token={token or server.token}"
+        )
         if session_id:
             url += f"&session_id={session_id}"
         conn = await websocket_connect(url, subprotocols=[protocol] if protocol else None)
@@ -178,7 +181,7 @@ async def test_two_clients_share_iopub_and_replies_go_to_the_asker(ka_server):
     bob = await WsClient.connect(ka_server, kernel["id"])
     try:
         assert (await ka_server.json(f"/api/kernels/{kernel['id']}"))["connections"] == 2
-        iopub, reply = await alice.execute("'shared'")
+        _, reply = await alice.execute("'shared'")
         msg_id = reply["parent_header"]["msg_id"]
         seen_by_bob = await bob.until(
             lambda m: (
@@ -246,7 +249,7 @@ async def test_restart_keeps_the_socket_and_is_recorded(ka_server):
             lambda m: m["msg_type"] == "status" and m["content"]["execution_state"] == "restarting"
         )
         assert statuses
-        iopub, reply = await ws.execute("'x' in dir()")
+        iopub, _ = await ws.execute("'x' in dir()")
         result = next(m for m in iopub if m["msg_type"] == "execute_result")
         assert result["content"]["data"]["text/plain"] == "False"
     finally:
