@@ -132,6 +132,16 @@ class FsspecStorage:
         prefix = check_key(prefix, prefix=True)
         return await self._run("list", prefix, self._list, prefix)
 
+    async def delete(self, key: str) -> None:
+        """Remove one object; a missing one is not an error."""
+        check_key(key)
+        await self._run("delete", key, self._delete, key)
+
+    def _delete(self, key: str) -> None:
+        path = self.path(key)
+        if self.fs.isfile(path):
+            self.fs.rm(path)
+
     async def delete_prefix(self, prefix: str) -> None:
         prefix = check_key(prefix, prefix=True)
         if not prefix:

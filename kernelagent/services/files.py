@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
-import os
+import logging
 import time
 from pathlib import Path, PurePosixPath
 
@@ -21,8 +21,11 @@ from itsdangerous import BadSignature, Signer
 
 from kernelagent.domain import Artifact, FileEntry, Session, new_id, now
 from kernelagent.errors import Forbidden, InvalidInput, NotFound, TooLarge
+from kernelagent.services import workspace_io
 from kernelagent.services.outputs import ArtifactBlob
 from kernelagent.services.ports import Database, Storage
+
+log = logging.getLogger(__name__)
 
 
 def artifact_key(sha256: str) -> str:
@@ -60,6 +63,7 @@ class FileService:
         self.storage = storage
         self.workspaces_dir = workspaces_dir
         self.upload_limit = upload_limit
+        self.read_limit = upload_limit  # largest file downloaded or mirrored
         self.signed_url_ttl = signed_url_ttl
         self.signer = Signer(secret, salt="kernelagent.artifact")
         self._seen: dict[str, dict[str, _Seen]] = {}
@@ -67,39 +71,29 @@ class FileService:
     def workspace(self, session_id: str) -> Path:
         return self.workspaces_dir / session_id
 
-    def confine(self, session_id: str, path: str) -> tuple[Path, str]:
-        """The host path and normalised relative path for ``path``, or InvalidInput."""
+    @staticmethod
+    def confine(path: str) -> str:
+        """The normalised relative path for ``path``, or InvalidInput.
+
+        Names only: whether a component is a symlink is decided at the moment of use, by the
+        ``O_NOFOLLOW`` walks of ``workspace_io``, since the kernel can change it at any time.
+        """
         if not path or "\0" in path or "\\" in path:
             raise InvalidInput("a file path must be non-empty, without NUL bytes or backslashes")
         pure = PurePosixPath(path)
         if pure.is_absolute() or ".." in pure.parts or not pure.parts:
             raise InvalidInput(f"path {path!r} must be relative and stay inside the workspace")
-        root = self.workspace(session_id).resolve()
-        target = root.joinpath(*pure.parts)
-        # every existing component must resolve inside the workspace (no symlink leads out)
-        probe = target
-        while not probe.exists() and probe != root:
-            probe = probe.parent
-        if probe.exists() and not probe.resolve().is_relative_to(root):
-            raise InvalidInput(f"path {path!r} leads outside the workspace")
-        if target.is_symlink():
-            raise InvalidInput(f"path {path!r} is a symbolic link")
-        return target, pure.as_posix()
+        return pure.as_posix()
 
     async def upload(self, session: Session, path: str, data: bytes) -> FileEntry:
         """Write ``data`` into the workspace and storage; returns its entry."""
         if len(data) > self.upload_limit:
             raise TooLarge(f"upload of {len(data)} bytes exceeds the limit of {self.upload_limit}")
-        target, rel = self.confine(session.id, path)
-        root = self.workspace(session.id)
-        await asyncio.to_thread(_write_owned, root, target, data)
+        rel = self.confine(path)
+        await asyncio.to_thread(workspace_io.write_file, self.workspace(session.id), rel, data)
         entry = FileEntry(rel, len(data), hashlib.sha256(data).hexdigest(), now())
         await self.storage.put(file_key(session.id, rel), data)
         await self.db.files.upsert(session.id, entry)
-        stat = target.stat()
-        self._seen.setdefault(session.id, {})[rel] = _Seen(
-            stat.st_size, stat.st_mtime_ns, entry.sha256
-        )
         return entry
 
     async def list(self, session: Session) -> list[FileEntry]:
@@ -108,37 +102,43 @@ class FileService:
         return await self.db.files.list(session.id)
 
     async def read(self, session: Session, path: str) -> tuple[bytes, str]:
-        target, rel = self.confine(session.id, path)
-        if not target.is_file():
-            raise NotFound(f"no file {path!r} in this session")
-        return await asyncio.to_thread(target.read_bytes), rel
+        rel = self.confine(path)
+        root = self.workspace(session.id)
+        return await asyncio.to_thread(workspace_io.read_file, root, rel, self.read_limit), rel
 
     async def mirror(self, session: Session) -> list[FileEntry]:
         """Copy files that changed since the last mirror to storage; drop deleted ones."""
         root = self.workspace(session.id)
-        seen = self._seen.setdefault(session.id, {})
-        if not seen:
-            for entry in await self.db.files.list(session.id):
-                seen[entry.path] = _Seen(-1, -1, entry.sha256)
-        current = await asyncio.to_thread(_scan, root)
+        seen = self._seen.get(session.id)
+        if seen is None:
+            seen = self._seen[session.id] = {
+                e.path: _Seen(-1, -1, e.sha256) for e in await self.db.files.list(session.id)
+            }
+        current = await asyncio.to_thread(workspace_io.scan, root)
         changed: list[FileEntry] = []
-        for rel, (size, mtime_ns) in current.items():
+        for rel in set(seen) - set(current):
+            await self.db.files.delete(session.id, rel)
+            await self.storage.delete(file_key(session.id, rel))
+            del seen[rel]
+        for rel, (size, mtime_ns) in sorted(current.items()):
             known = seen.get(rel)
             if known and known.size == size and known.mtime_ns == mtime_ns:
                 continue
-            data = await asyncio.to_thread((root / rel).read_bytes)
-            sha = hashlib.sha256(data).hexdigest()
-            seen[rel] = _Seen(size, mtime_ns, sha)
-            if known and known.sha256 == sha:
+            if size > self.read_limit:
+                log.warning("not mirroring %s of session %s: %d bytes", rel, session.id, size)
                 continue
-            modified = dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.UTC)
-            entry = FileEntry(rel, len(data), sha, modified)
-            await self.storage.put(file_key(session.id, rel), data)
-            await self.db.files.upsert(session.id, entry)
-            changed.append(entry)
-        for rel in set(seen) - set(current):
-            del seen[rel]
-            await self.db.files.delete(session.id, rel)
+            try:
+                data = await asyncio.to_thread(workspace_io.read_file, root, rel, self.read_limit)
+            except (NotFound, TooLarge):
+                continue  # changed under our feet (the kernel is still writing); next time
+            sha = hashlib.sha256(data).hexdigest()
+            if not (known and known.sha256 == sha):
+                modified = dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.UTC)
+                entry = FileEntry(rel, len(data), sha, modified)
+                await self.storage.put(file_key(session.id, rel), data)
+                await self.db.files.upsert(session.id, entry)
+                changed.append(entry)
+            seen[rel] = _Seen(size, mtime_ns, sha)
         return changed
 
     async def store_artifacts(
@@ -179,33 +179,3 @@ class FileService:
     async def forget(self, session_id: str) -> None:
         """Drop a deleted session's cache (its storage prefix is removed by the caller)."""
         self._seen.pop(session_id, None)
-
-
-def _write_owned(root: Path, target: Path, data: bytes) -> None:
-    """Write atomically; as root, give the file (and new dirs) to the workspace's owner."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.upload-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-    if os.geteuid() == 0:
-        owner = root.stat()
-        rel = target.relative_to(root)
-        for part in [rel, *rel.parents][:-1]:  # the file and each directory below the root
-            os.lchown(root / part, owner.st_uid, owner.st_gid)
-
-
-def _scan(root: Path) -> dict[str, tuple[int, int]]:
-    """Regular files under ``root`` (symlinks not followed): relative path → (size, mtime_ns)."""
-    found: dict[str, tuple[int, int]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            try:
-                stat = os.lstat(full)
-            except FileNotFoundError:
-                continue
-            if os.path.islink(full) or not os.path.isfile(full):
-                continue
-            found[os.path.relpath(full, root)] = (stat.st_size, stat.st_mtime_ns)
-    return found

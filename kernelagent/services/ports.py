@@ -100,6 +100,10 @@ class Storage(Protocol):
         """Keys under ``prefix`` (recursive), relative to the storage root, sorted."""
         ...
 
+    async def delete(self, key: str) -> None:
+        """Remove one object; a missing one is not an error."""
+        ...
+
     async def delete_prefix(self, prefix: str) -> None: ...
 
 

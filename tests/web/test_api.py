@@ -368,3 +368,55 @@ async def test_notebook_reaches_storage_shortly_after_a_cell(ka_server):
         await asyncio.sleep(0.1)
     nb = nbformat.reads((await ka_server.services.storage.get(key)).decode(), as_version=4)
     assert nb.cells[0].outputs[0]["data"]["text/plain"] == "'stored'"
+
+
+async def test_hostile_kernel_links_and_fifos_cannot_reach_host_files(ka_server, tmp_path):
+    """The kernel writes symlinks whose targets the (root) server would resolve on the host."""
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("server secret")
+    victim = tmp_path / "host-victim.txt"
+    victim.write_text("untouched")
+    sid = (await ka_server.session())["id"]
+    code = (
+        "import os\n"
+        f"os.symlink({str(secret)!r}, 'leak.txt')\n"
+        f"os.symlink({str(tmp_path)!r}, 'hostdir')\n"
+        f"os.symlink({str(victim)!r}, 'upload-me.txt')\n"
+        "os.mkfifo('pipe')\n"
+        "open('plain.txt', 'w').write('ok')\n"
+    )
+    assert (await ka_server.run(sid, code))["cell"]["metadata"]["kernelagent"]["status"] == "ok"
+    listed = await ka_server.json(f"/api/v1/sessions/{sid}/files")
+    assert [f["path"] for f in listed["files"]] == ["plain.txt"]
+    for path in ["leak.txt", "hostdir/host-secret.txt", "pipe"]:
+        response = await ka_server.fetch(f"/api/v1/sessions/{sid}/files/{path}")
+        assert response.code == 404, (path, response.body)
+        assert b"server secret" not in response.body
+    stored = await ka_server.services.storage.list(f"sessions/{sid}/files/")
+    assert stored == [f"sessions/{sid}/files/plain.txt"]
+    # an upload onto the kernel's symlink replaces the link; the host file is not written
+    boundary = "kab"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+        f'filename="upload-me.txt"\r\n\r\nnew content\r\n--{boundary}--\r\n'
+    ).encode()
+    response = await ka_server.fetch(
+        f"/api/v1/sessions/{sid}/files",
+        "POST",
+        raw=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.code == 201
+    assert victim.read_text() == "untouched"
+    workspace = ka_server.services.files.workspace(sid)
+    assert not (workspace / "upload-me.txt").is_symlink()
+    assert (workspace / "upload-me.txt").read_text() == "new content"
+    # an upload below a symlinked directory is refused
+    response = await ka_server.fetch(
+        f"/api/v1/sessions/{sid}/files?path=hostdir/planted.txt",
+        "POST",
+        raw=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.code == 400
+    assert not (tmp_path / "planted.txt").exists()
