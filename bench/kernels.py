@@ -150,7 +150,7 @@ async def bench_pool(runs: int, tmp: Path) -> dict[str, list[float]]:
             await kernels.shutdown(kernel.id, now=True)
     finally:
         await pool.stop()
-        await kernels.shutdown_all()
+        await kernels.close()
     return {"handout": handout, "handout_to_ready": to_ready}
 
 

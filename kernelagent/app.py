@@ -157,7 +157,7 @@ class KernelAgentApp:
             await s.notebooks.stop()
             await s.execution.close()
             await s.pool.stop()
-            await s.kernels.shutdown_all()
+            await s.kernels.close()
             await s.locks.close()
             await s.db.close()
 

@@ -59,6 +59,7 @@ async def run_doctor(settings: Settings) -> int:
         kernel_id = await kernels.start(workspace)
     except KernelAgentError as e:
         report(False, f"sandboxed kernel ({kernels.kernel_name}): {e}")
+        await kernels.close()
         return 1
     try:
         elapsed = time.perf_counter() - started
@@ -86,5 +87,5 @@ async def run_doctor(settings: Settings) -> int:
         report(inside["usr"] == "read-only", f"/usr is {inside['usr']}")
         report(inside["data_limit"] > 0, f"RLIMIT_DATA {inside['data_limit']} bytes")
     finally:
-        await kernels.shutdown(kernel_id, now=True)
+        await kernels.close()
     return 1 if failures else 0

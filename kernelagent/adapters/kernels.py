@@ -122,6 +122,11 @@ class LocalKernels:
             with contextlib.suppress(KeyError):
                 await self.mkm.shutdown_kernel(kernel_id, now=True)
 
+    async def close(self) -> None:
+        """Stop every kernel and close the ZMQ context (left to GC, it warns and may linger)."""
+        await self.shutdown_all()
+        self.mkm.context.destroy(linger=0)
+
     async def is_alive(self, kernel_id: str) -> bool:
         return bool(await self.manager(kernel_id).is_alive())
 

@@ -286,7 +286,11 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._exit_reason = f"CPU time limit exceeded ({limits.cpu_seconds} s)"
         elif status < 0 or status > 128:
             signum = -status if status < 0 else status - 128
-            self._exit_reason = f"killed by signal {signal.Signals(signum).name}"
+            try:
+                name = signal.Signals(signum).name
+            except ValueError:
+                name = str(signum)
+            self._exit_reason = f"killed by signal {name}"
         else:
             tail = self.log_tail()
             self._exit_reason = f"exited with status {status}" + (f": {tail}" if tail else "")
@@ -295,7 +299,9 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         """The last lines the sandbox wrote to stderr (bwrap's own errors land here)."""
         if not self._layout or not self._layout.log_file.exists():
             return ""
-        text = self._layout.log_file.read_text(errors="replace").strip().splitlines()
+        with open(self._layout.log_file, "rb") as log:  # the kernel may have made it huge
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            text = log.read().decode(errors="replace").strip().splitlines()
         return " / ".join(text[-lines:])
 
     async def cleanup(self, restart: bool = False) -> None:

@@ -120,6 +120,11 @@ def python_dirs(executable: str) -> list[Path]:
     for exe in (Path(executable), Path(os.path.realpath(executable))):
         prefix = exe.parent.parent
         is_env = (prefix / "pyvenv.cfg").exists() or any((prefix / "lib").glob("python3*"))
+        if prefix == Path("/"):
+            raise ValueError(
+                f"{executable} lives at the root of the filesystem; binding its environment "
+                "would expose the whole host: use a Python installed in /usr or a virtualenv"
+            )
         if is_env and prefix not in dirs and not _under(prefix, Path("/usr")):
             dirs.append(prefix)
     if not dirs and not _under(Path(os.path.realpath(executable)), Path("/usr")):

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kernelagent.domain import Artifact, Cell, CellStatus, Role, Session, new_id, now
+from kernelagent.errors import NotFound
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelBackend
 from kernelagent.services.outputs import OutputCollector, extract_artifacts
@@ -85,8 +86,13 @@ class ExecutionService:
     ) -> Execution:
         """Run ``code`` as the next cell of ``session``; returns the recorded cell."""
         async with self.locks.hold(session.id, timeout=LOCK_WAIT):
-            session = await self.db.sessions.get(session.id) or session
+            current = await self.db.sessions.get(session.id)
+            if current is None:  # deleted while this cell waited for the lock
+                raise NotFound("no such session")
+            session = current
             kernel_id = await self.sessions.ensure_kernel(session)
+            if session.kernel_id and session.kernel_id != kernel_id:
+                self._forget_client(session.kernel_id)
             cell = Cell(
                 id=new_id(),
                 session_id=session.id,
@@ -105,6 +111,10 @@ class ExecutionService:
             self.running.add(session.id)
             self._interrupted.discard(session.id)
             started = time.perf_counter()
+            outputs: list[dict[str, Any]] = []
+            status: CellStatus = "error"
+            count: int | None = None
+            reply: dict[str, Any] | None = None
             try:
                 outputs, status, count, reply = await self._run(
                     kernel_id,
@@ -115,21 +125,28 @@ class ExecutionService:
                     on_output,
                     request,
                 )
+            except Exception as e:
+                outputs = [*outputs, _failure(e)]
+                raise
             finally:
                 self.running.discard(session.id)
-            cell = dataclasses.replace(
-                cell,
-                outputs=outputs,
-                status=status,
-                execution_count=count,
-                duration_ms=round((time.perf_counter() - started) * 1000),
-            )
-            artifacts = await self.files.store_artifacts(
-                session, cell.id, extract_artifacts(outputs)
-            )
-            await self.db.cells.update(cell)
-            await self.db.sessions.update(session.id, updated_at=now())
-            await self.files.mirror(session)
+                cell = dataclasses.replace(
+                    cell,
+                    outputs=outputs,
+                    status=status,
+                    execution_count=count,
+                    duration_ms=round((time.perf_counter() - started) * 1000),
+                )
+                await self.db.cells.update(cell)  # the record holds whatever happened
+            artifacts: list[Artifact] = []
+            try:
+                artifacts = await self.files.store_artifacts(
+                    session, cell.id, extract_artifacts(outputs)
+                )
+                await self.db.sessions.update(session.id, updated_at=now())
+                await self.files.mirror(session)
+            except Exception:
+                log.exception("storing the outputs or files of cell %s failed", cell.id)
         if request and reply:  # after the record: a client that saw the reply finds the cell
             await request.deliver("shell", reply)
         return Execution(cell, artifacts)
@@ -333,6 +350,16 @@ class ExecutionService:
         for client in self._clients.values():
             client.stop_channels()
         self._clients.clear()
+
+
+def _failure(error: Exception) -> dict[str, Any]:
+    name = type(error).__name__
+    return {
+        "output_type": "error",
+        "ename": name,
+        "evalue": str(error),
+        "traceback": [f"kernelagent could not finish this cell: {name}: {error}"],
+    }
 
 
 def _died(reason: str) -> dict[str, Any]:

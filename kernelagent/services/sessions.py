@@ -45,13 +45,14 @@ class SessionService:
         self.storage = storage
 
     async def create(self, user: User, title: str = "") -> Session:
+        title = clean_title(title) or "Untitled"  # before a kernel is taken: a bad title leaks none
         session_id = new_id()
         kernel = await self.pool.acquire(self.files.workspace(session_id))
         created = now()
         session = Session(
             id=session_id,
             user_id=user.id,
-            title=clean_title(title) or "Untitled",
+            title=title,
             status="idle",
             kernel_id=kernel.id,
             parent_id=None,

@@ -89,8 +89,11 @@ class ApiHandler(web.RequestHandler):
         if isinstance(exc, _Unauthorized):
             self.set_status(401)
             code, message = "unauthorized", "a valid token is required (Authorization: token …)"
-        elif isinstance(exc, KernelAgentError):
+        elif isinstance(exc, KernelAgentError) and exc.status < 500:
             self.set_status(exc.status)
+            code, message = exc.code, str(exc)
+        elif isinstance(exc, KernelAgentError) and exc.code != "internal_error":
+            self.set_status(exc.status)  # 503s: sandbox, kernel death — their text is for users
             code, message = exc.code, str(exc)
         elif isinstance(exc, web.HTTPError):
             code, message = _code_for(status_code), exc.log_message or self._reason

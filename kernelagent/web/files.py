@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mimetypes
+from urllib.parse import quote
 
 from kernelagent.errors import InvalidInput, NotFound
 from kernelagent.services.files import FileService
@@ -45,7 +46,8 @@ class FileHandler(ApiHandler):
         session = await self.sessions.get(self.user, session_id)
         data, rel = await self.files.read(session, path)
         self.set_header("Content-Type", mimetypes.guess_type(rel)[0] or "application/octet-stream")
-        self.set_header("Content-Disposition", f'attachment; filename="{rel.rsplit("/", 1)[-1]}"')
+        name = rel.rsplit("/", 1)[-1]
+        self.set_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(name)}")
         self.finish(data)
 
 

@@ -35,7 +35,7 @@ async def test_settings_limits_reach_the_kernel(settings, tmp_path):
         assert nofile == 200
         assert data != resource.getrlimit(resource.RLIMIT_DATA)[0]
     finally:
-        await kernels.shutdown_all()
+        await kernels.close()
 
 
 async def test_kernel_dying_during_start_is_reported(settings, tmp_path, monkeypatch):
@@ -58,12 +58,18 @@ async def test_kernel_dying_during_start_is_reported(settings, tmp_path, monkeyp
     )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
     kernels = LocalKernels(dataclasses.replace(settings, kernel_name="broken"))
-    with pytest.raises(KernelDied, match="kernel died during start: exited with status 3"):
-        await kernels.start(tmp_path / "ws")
-    assert kernels.mkm.list_kernel_ids() == []
+    try:
+        with pytest.raises(KernelDied, match="kernel died during start: exited with status 3"):
+            await kernels.start(tmp_path / "ws")
+        assert kernels.mkm.list_kernel_ids() == []
+    finally:
+        await kernels.close()
 
 
 async def test_unknown_kernelspec_is_a_clear_error(settings, tmp_path):
     kernels = LocalKernels(dataclasses.replace(settings, kernel_name="no-such-kernel"))
-    with pytest.raises(NotFound, match=r"named 'no-such-kernel'.*kernelagent-python3"):
-        await kernels.start(tmp_path / "ws")
+    try:
+        with pytest.raises(NotFound, match=r"named 'no-such-kernel'.*kernelagent-python3"):
+            await kernels.start(tmp_path / "ws")
+    finally:
+        await kernels.close()

@@ -45,7 +45,7 @@ async def pool_and_kernels(settings):
         yield pool, kernels, settings
     finally:
         await pool.stop()
-        await kernels.shutdown_all()
+        await kernels.close()
 
 
 async def test_pooled_kernel_gets_the_session_workspace(pool_and_kernels):

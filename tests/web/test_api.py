@@ -397,7 +397,7 @@ async def test_hostile_kernel_links_and_fifos_cannot_reach_host_files(ka_server,
     # an upload onto the kernel's symlink replaces the link; the host file is not written
     boundary = "kab"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
         f'filename="upload-me.txt"\r\n\r\nnew content\r\n--{boundary}--\r\n'
     ).encode()
     response = await ka_server.fetch(
