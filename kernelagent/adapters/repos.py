@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -188,19 +189,38 @@ class SqlCellRepo(_Repo):
             tx.add(CellRow.from_domain(cell))
             tx.flush()
 
+    @writes
+    def append_next(self, tx: Transaction, cell: Cell) -> Cell:
+        """Insert ``cell`` at the session's next free index, in one transaction; returns it."""
+        query = select(func.max(CellRow.index)).where(CellRow.session_id == cell.session_id)
+        last = tx.exec(query).one()
+        cell = dataclasses.replace(cell, index=0 if last is None else last + 1)
+        with _violations(
+            f"cell index {cell.index} of session {cell.session_id} (or cell id {cell.id}) is taken",
+            missing=f"session {cell.session_id} not found",
+        ):
+            tx.add(CellRow.from_domain(cell))
+            tx.flush()
+        return cell
+
     @staticmethod
     def _exists(tx: Transaction, session_id: str, index: int) -> bool:
         query = select(CellRow.id).where(CellRow.session_id == session_id, CellRow.index == index)
         return tx.exec(query).first() is not None
 
     @writes
-    def update(self, tx: Transaction, cell: Cell) -> None:
-        """Replace the cell with the same id (outputs, status, timing); NotFound if missing."""
+    def update(self, tx: Transaction, cell: Cell, touch_session: bool = False) -> None:
+        """Replace the cell with the same id (outputs, status, timing); NotFound if missing.
+
+        ``touch_session`` also sets the session's ``updated_at`` to now, in the same transaction.
+        """
         row = tx.get(CellRow, cell.id)
         if row is None or row.session_id != cell.session_id:
             raise NotFound(f"cell {cell.id} not found in session {cell.session_id}")
         with _violations(f"cell index {cell.index} of session {cell.session_id} is taken"):
             row.set(cell)
+            if touch_session and (session := tx.get(SessionRow, cell.session_id)):
+                session.updated_at = now()
             tx.flush()
 
     @reads

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 
 from kernelagent.domain import Session, User
 from kernelagent.errors import Conflict, NotFound
@@ -25,8 +26,11 @@ def token_hash(token: str) -> str:
 class AuthService:
     """Creates users, resolves tokens, and checks ownership."""
 
+    CACHE_SECONDS = 30.0  # a token lookup per request costs a database round trip
+
     def __init__(self, db: Database):
         self.db = db
+        self._cache: dict[str, tuple[User, float]] = {}
 
     async def add_user(self, name: str, token: str | None = None) -> tuple[User, str]:
         """A new user and their token (the only time it is visible)."""
@@ -42,7 +46,16 @@ class AuthService:
         if not token:
             return None
         # looked up by hash: the database never compares (or holds) the secret itself
-        return await self.db.users.by_token_hash(token_hash(token))
+        digest = token_hash(token)
+        cached = self._cache.get(digest)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        user = await self.db.users.by_token_hash(digest)
+        if user is not None:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (user, time.monotonic() + self.CACHE_SECONDS)
+        return user
 
     @staticmethod
     def check_owner(user: User, session: Session | None) -> Session:

@@ -96,7 +96,7 @@ class ExecutionService:
             cell = Cell(
                 id=new_id(),
                 session_id=session.id,
-                index=await self.db.cells.next_index(session.id),
+                index=-1,  # assigned by append_next
                 cell_type="code",
                 source=code,
                 role=role,
@@ -107,7 +107,7 @@ class ExecutionService:
                 duration_ms=None,
                 metadata=dict(metadata or {}),
             )
-            await self.db.cells.append(cell)
+            cell = await self.db.cells.append_next(cell)
             self.running.add(session.id)
             self._interrupted.discard(session.id)
             started = time.perf_counter()
@@ -137,13 +137,13 @@ class ExecutionService:
                     execution_count=count,
                     duration_ms=round((time.perf_counter() - started) * 1000),
                 )
-                await self.db.cells.update(cell)  # the record holds whatever happened
+                # the record holds whatever happened (and the session's last activity)
+                await self.db.cells.update(cell, touch_session=True)
             artifacts: list[Artifact] = []
             try:
                 artifacts = await self.files.store_artifacts(
                     session, cell.id, extract_artifacts(outputs)
                 )
-                await self.db.sessions.update(session.id, updated_at=now())
                 await self.files.mirror(session)
             except Exception:
                 log.exception("storing the outputs or files of cell %s failed", cell.id)
@@ -177,7 +177,7 @@ class ExecutionService:
             cell = Cell(
                 id=new_id(),
                 session_id=session.id,
-                index=await self.db.cells.next_index(session.id),
+                index=-1,  # assigned by append_next
                 cell_type="markdown",
                 source=f"*{text}*",
                 role="system",
@@ -188,7 +188,7 @@ class ExecutionService:
                 duration_ms=None,
                 metadata={},
             )
-            await self.db.cells.append(cell)
+            cell = await self.db.cells.append_next(cell)
             return cell
 
     async def interrupt(self, session: Session) -> None:

@@ -50,8 +50,13 @@ class CellRepo(Protocol):
         """
         ...
 
-    async def update(self, cell: Cell) -> None:
-        """Replace the cell with the same id (outputs, status, timing)."""
+    async def append_next(self, cell: Cell) -> Cell:
+        """Insert at the session's next free index (``cell.index`` is ignored); returns it."""
+        ...
+
+    async def update(self, cell: Cell, touch_session: bool = False) -> None:
+        """Replace the cell with the same id (outputs, status, timing); ``touch_session`` also
+        bumps the session's ``updated_at`` in the same transaction."""
         ...
 
     async def next_index(self, session_id: str) -> int: ...
