@@ -8,7 +8,9 @@ holding the repos of ``repos.py``. URLs::
     postgresql://user@host:5432/kernelagent  production; run with the psycopg 3 driver
 
 SQLite is set up for a server: write-ahead log (readers never block the writer), foreign keys on,
-``synchronous=FULL`` (a committed write survives a power cut), a 30 s wait on a busy file, and
+``synchronous=NORMAL`` (in WAL mode a committed write survives any crash of the server process;
+only a power cut or OS crash may roll back the last commits — PostgreSQL is the backend for
+that kind of durability), a 30 s wait on a busy file, and
 transactions begun by us, ``BEGIN IMMEDIATE`` for writes, rather than by the sqlite3 module.
 Replicas opening a PostgreSQL database at once migrate one after another (advisory lock).
 """
@@ -40,7 +42,7 @@ WRITE_OPTION = "kernelagent_write"  # execution option: this transaction will wr
 WRITE = {WRITE_OPTION: True}
 BUSY_TIMEOUT = 30.0  # seconds a SQLite connection waits for another writer
 MIGRATION_LOCK = 0x6B61_6D69  # PostgreSQL advisory lock key held while migrating ("kami")
-SQLITE_PRAGMAS = ("foreign_keys=ON", "synchronous=FULL")
+SQLITE_PRAGMAS = ("foreign_keys=ON", "synchronous=NORMAL")
 
 
 class SqlDatabase:

@@ -21,7 +21,7 @@ import functools
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, delete, func
+from sqlalchemy import Engine, delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlmodel import Session as Transaction
@@ -214,14 +214,20 @@ class SqlCellRepo(_Repo):
 
         ``touch_session`` also sets the session's ``updated_at`` to now, in the same transaction.
         """
-        row = tx.get(CellRow, cell.id)
-        if row is None or row.session_id != cell.session_id:
-            raise NotFound(f"cell {cell.id} not found in session {cell.session_id}")
+        statement = (
+            update(CellRow)
+            .where(col(CellRow.id) == cell.id, col(CellRow.session_id) == cell.session_id)
+            .values(**CellRow.values(cell))
+        )
         with _violations(f"cell index {cell.index} of session {cell.session_id} is taken"):
-            row.set(cell)
-            if touch_session and (session := tx.get(SessionRow, cell.session_id)):
-                session.updated_at = now()
-            tx.flush()
+            if tx.exec(statement).rowcount != 1:  # type: ignore[call-overload]
+                raise NotFound(f"cell {cell.id} not found in session {cell.session_id}")
+            if touch_session:
+                tx.exec(  # type: ignore[call-overload]
+                    update(SessionRow)
+                    .where(col(SessionRow.id) == cell.session_id)
+                    .values(updated_at=now())
+                )
 
     @reads
     def next_index(self, tx: Transaction, session_id: str) -> int:

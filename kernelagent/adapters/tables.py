@@ -127,6 +127,11 @@ class CellRow(SQLModel, table=True):
             **_cell_fields(cell),
         )
 
+    @staticmethod
+    def values(cell: Cell) -> dict[str, Any]:
+        """Column values for an UPDATE of everything but ``id`` and ``session_id``."""
+        return {**_cell_fields(cell), "outputs": _dump(cell.outputs), "meta": _dump(cell.metadata)}
+
     def set(self, cell: Cell) -> None:
         """Copy everything but ``id`` and ``session_id`` from ``cell``."""
         for name, value in _cell_fields(cell).items():

@@ -227,7 +227,7 @@ class GatewayChannel:
             request = ClientRequest(msg, self._send)
             task = asyncio.create_task(
                 self.service.execution.execute(
-                    self.session,
+                    self.session.id,
                     content.get("code", ""),
                     role="gateway",
                     timeout=GATEWAY_TIMEOUT,

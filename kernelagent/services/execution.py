@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kernelagent.domain import Artifact, Cell, CellStatus, Role, Session, new_id, now
+from kernelagent.domain import Artifact, Cell, CellStatus, Role, Session, User, new_id, now
 from kernelagent.errors import NotFound
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelBackend
@@ -47,6 +47,7 @@ class ClientRequest:
 
 @dataclasses.dataclass(frozen=True)
 class Execution:
+    session: Session
     cell: Cell
     artifacts: list[Artifact]
 
@@ -76,20 +77,24 @@ class ExecutionService:
 
     async def execute(
         self,
-        session: Session,
+        session_id: str,
         code: str,
         role: Role,
         timeout: float | None = None,
         metadata: dict[str, Any] | None = None,
         on_output: OutputHook | None = None,
         request: ClientRequest | None = None,
+        owner: User | None = None,
     ) -> Execution:
-        """Run ``code`` as the next cell of ``session``; returns the recorded cell."""
-        async with self.locks.hold(session.id, timeout=LOCK_WAIT):
-            current = await self.db.sessions.get(session.id)
-            if current is None:  # deleted while this cell waited for the lock
+        """Run ``code`` as the next cell of the session; returns the recorded cell.
+
+        ``owner``: the session must be theirs (NotFound otherwise) — checked on the row read
+        under the lock, which also catches a session deleted while the cell queued.
+        """
+        async with self.locks.hold(session_id, timeout=LOCK_WAIT):
+            session = await self.db.sessions.get(session_id)
+            if session is None or (owner is not None and session.user_id != owner.id):
                 raise NotFound("no such session")
-            session = current
             kernel_id = await self.sessions.ensure_kernel(session)
             if session.kernel_id and session.kernel_id != kernel_id:
                 self._forget_client(session.kernel_id)
@@ -149,7 +154,7 @@ class ExecutionService:
                 log.exception("storing the outputs or files of cell %s failed", cell.id)
         if request and reply:  # after the record: a client that saw the reply finds the cell
             await request.deliver("shell", reply)
-        return Execution(cell, artifacts)
+        return Execution(session, cell, artifacts)
 
     async def restart(self, session: Session, kernel_id: str) -> None:
         """Restart the kernel in place (same id and sockets); a running cell ends as "died"."""

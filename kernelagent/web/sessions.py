@@ -77,8 +77,10 @@ class CellsHandler(ApiHandler):
 
     async def post(self, session_id: str) -> None:
         body = self.json_body(RunCell)
-        session = await self.sessions.get(self.user, session_id)
-        result = await self.execution.execute(session, body.code, role="web", timeout=body.timeout)
+        result = await self.execution.execute(
+            session_id, body.code, role="web", timeout=body.timeout, owner=self.user
+        )
+        session = result.session
         self.notebooks.schedule_save(session)
         cell = build_notebook([result.cell], title=session.title, session_id=session.id).cells[0]
         self.write_json(
