@@ -21,7 +21,7 @@ import functools
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, delete, func, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlmodel import Session as Transaction
@@ -173,6 +173,18 @@ class SqlSessionRepo(_Repo):
         tx.exec(delete(SessionRow).where(col(SessionRow.id) == session_id))
 
 
+_CELLS = CellRow.__table__  # type: ignore[attr-defined]
+_SESSIONS = SessionRow.__table__  # type: ignore[attr-defined]
+_UPDATE_CELL = update(_CELLS).where(
+    _CELLS.c.id == bindparam("_id"), _CELLS.c.session_id == bindparam("_session_id")
+)
+_TOUCH_SESSION = update(_SESSIONS).where(_SESSIONS.c.id == bindparam("_id"))
+_INSERT_CELL = insert(_CELLS)
+_LAST_INDEX = select(func.max(_CELLS.c.index)).where(
+    _CELLS.c.session_id == bindparam("_session_id")
+)
+
+
 class SqlCellRepo(_Repo):
     @writes
     def append(self, tx: Transaction, cell: Cell) -> None:
@@ -192,15 +204,15 @@ class SqlCellRepo(_Repo):
     @writes
     def append_next(self, tx: Transaction, cell: Cell) -> Cell:
         """Insert ``cell`` at the session's next free index, in one transaction; returns it."""
-        query = select(func.max(CellRow.index)).where(CellRow.session_id == cell.session_id)
-        last = tx.exec(query).one()
+        connection = tx.connection()
+        last = connection.execute(_LAST_INDEX, {"_session_id": cell.session_id}).scalar()
         cell = dataclasses.replace(cell, index=0 if last is None else last + 1)
         with _violations(
             f"cell index {cell.index} of session {cell.session_id} (or cell id {cell.id}) is taken",
             missing=f"session {cell.session_id} not found",
         ):
-            tx.add(CellRow.from_domain(cell))
-            tx.flush()
+            params = {"id": cell.id, "session_id": cell.session_id, **CellRow.values(cell)}
+            connection.execute(_INSERT_CELL, params)
         return cell
 
     @staticmethod
@@ -214,20 +226,14 @@ class SqlCellRepo(_Repo):
 
         ``touch_session`` also sets the session's ``updated_at`` to now, in the same transaction.
         """
-        statement = (
-            update(CellRow)
-            .where(col(CellRow.id) == cell.id, col(CellRow.session_id) == cell.session_id)
-            .values(**CellRow.values(cell))
-        )
+        # Core statements built once (the ORM path costs ~3 ms per cell on the hot path)
+        connection = tx.connection()
+        params = {"_id": cell.id, "_session_id": cell.session_id, **CellRow.values(cell)}
         with _violations(f"cell index {cell.index} of session {cell.session_id} is taken"):
-            if tx.exec(statement).rowcount != 1:  # type: ignore[call-overload]
+            if connection.execute(_UPDATE_CELL, params).rowcount != 1:
                 raise NotFound(f"cell {cell.id} not found in session {cell.session_id}")
             if touch_session:
-                tx.exec(  # type: ignore[call-overload]
-                    update(SessionRow)
-                    .where(col(SessionRow.id) == cell.session_id)
-                    .values(updated_at=now())
-                )
+                connection.execute(_TOUCH_SESSION, {"_id": cell.session_id, "updated_at": now()})
 
     @reads
     def next_index(self, tx: Transaction, session_id: str) -> int:

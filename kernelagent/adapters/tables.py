@@ -129,8 +129,12 @@ class CellRow(SQLModel, table=True):
 
     @staticmethod
     def values(cell: Cell) -> dict[str, Any]:
-        """Column values for an UPDATE of everything but ``id`` and ``session_id``."""
-        return {**_cell_fields(cell), "outputs": _dump(cell.outputs), "meta": _dump(cell.metadata)}
+        """Values by *column* name for a Core UPDATE of everything but ``id``/``session_id``."""
+        return {
+            **_cell_fields(cell),
+            "outputs": _dump(cell.outputs),
+            "metadata": _dump(cell.metadata),
+        }
 
     def set(self, cell: Cell) -> None:
         """Copy everything but ``id`` and ``session_id`` from ``cell``."""
