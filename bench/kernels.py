@@ -20,13 +20,13 @@ import asyncio
 import json
 import logging
 import queue
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import one_plus_one, summary  # bench/ is on sys.path when run as a script
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
 
 from kernelagent.adapters.kernels import LocalKernels
@@ -38,17 +38,6 @@ TARGETS = {
     "rtt_ratio_p50": 1.2,
     "start_ratio_p50": 1.5,
 }
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {
-        "n": len(ordered),
-        "p50_ms": round(statistics.median(ordered) * 1000, 2),
-        "p95_ms": round(p95 * 1000, 2),
-        "min_ms": round(ordered[0] * 1000, 2),
-    }
 
 
 async def first_kernel_info(client: AsyncKernelClient, timeout: float = 60) -> None:
@@ -83,18 +72,9 @@ async def round_trips(km: AsyncKernelManager, runs: int) -> list[float]:
     samples = []
     try:
         for i in range(runs + 5):
-            started = time.perf_counter()
-            msg_id = client.execute("1+1")
-            while True:
-                msg = await client.get_iopub_msg(timeout=10)
-                if (
-                    msg["parent_header"].get("msg_id") == msg_id
-                    and msg["msg_type"] == "status"
-                    and msg["content"]["execution_state"] == "idle"
-                ):
-                    break
+            elapsed = await one_plus_one(client)
             if i >= 5:  # warm-up
-                samples.append(time.perf_counter() - started)
+                samples.append(elapsed)
     finally:
         client.stop_channels()
     return samples

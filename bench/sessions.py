@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from common import one_plus_one, summary  # bench/ is on sys.path when run as a script
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
 
 from kernelagent.app import KernelAgentApp
@@ -52,17 +52,6 @@ TARGETS = {
 TOKEN = "kernelagent-bench-token"
 REQUEST_TIMEOUT = 60.0
 WARMUP = 3  # round trips dropped at the start of each block
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {
-        "n": len(ordered),
-        "p50_ms": round(statistics.median(ordered) * 1000, 2),
-        "p95_ms": round(p95 * 1000, 2),
-        "min_ms": round(ordered[0] * 1000, 2),
-    }
 
 
 def unused_port() -> int:
@@ -204,19 +193,6 @@ async def bench_create(pooled: Server, cold: Server, runs: int) -> dict[str, lis
     return dict(results)
 
 
-async def raw_round_trip(client: AsyncKernelClient) -> float:
-    started = time.perf_counter()
-    msg_id = client.execute("1+1")
-    while True:
-        msg = await client.get_iopub_msg(timeout=10)
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "status"
-            and msg["content"]["execution_state"] == "idle"
-        ):
-            return time.perf_counter() - started
-
-
 async def bench_rtt(srv: Server, tmp: Path, runs: int, blocks: int = 8) -> dict[str, list[float]]:
     workspace = tmp / "raw-workspace"
     workspace.mkdir()
@@ -239,7 +215,7 @@ async def bench_rtt(srv: Server, tmp: Path, runs: int, blocks: int = 8) -> dict[
                 if j >= WARMUP:
                     results["http"].append(time.perf_counter() - started)
             for j in range(per_block + WARMUP):
-                elapsed = await raw_round_trip(client)
+                elapsed = await one_plus_one(client)
                 if j >= WARMUP:
                     results["raw"].append(elapsed)
     finally:

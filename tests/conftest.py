@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -107,6 +108,27 @@ class Server:
         response = await self.fetch(path, method, body, **kw)
         assert response.code < 300, (response.code, response.body)
         return json.loads(response.body) if response.body else None
+
+    async def upload(
+        self, session_id: str, filename: str, content: bytes, path: str | None = None
+    ) -> HTTPResponse:
+        """``POST …/files`` as a browser sends it: multipart field ``file``, optional ``path``."""
+        boundary = "kernelagent-test-boundary"
+        body = (
+            (
+                f"--{boundary}\r\n"
+                f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n\r\n'
+            ).encode()
+            + content
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        query = f"?path={urllib.parse.quote(path)}" if path is not None else ""
+        return await self.fetch(
+            f"/api/v1/sessions/{session_id}/files{query}",
+            "POST",
+            raw=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
 
     async def new_user(self, name: str) -> str:
         _, token = await self.services.auth.add_user(name)

@@ -19,7 +19,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kernelagent.domain import Artifact, Cell, CellStatus, Role, Session, User, new_id, now
+from kernelagent.domain import (
+    Artifact,
+    Cell,
+    CellStatus,
+    CellType,
+    Role,
+    Session,
+    User,
+    new_id,
+    now,
+)
 from kernelagent.errors import NotFound
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelBackend
@@ -98,21 +108,9 @@ class ExecutionService:
             kernel_id = await self.sessions.ensure_kernel(session)
             if session.kernel_id and session.kernel_id != kernel_id:
                 self._forget_client(session.kernel_id)
-            cell = Cell(
-                id=new_id(),
-                session_id=session.id,
-                index=-1,  # assigned by append_next
-                cell_type="code",
-                source=code,
-                role=role,
-                outputs=[],
-                execution_count=None,
-                status="pending",
-                started_at=now(),
-                duration_ms=None,
-                metadata=dict(metadata or {}),
+            cell = await self.db.cells.append_next(
+                _new_cell(session.id, "code", code, role, "pending", dict(metadata or {}))
             )
-            cell = await self.db.cells.append_next(cell)
             self.running.add(session.id)
             self._interrupted.discard(session.id)
             started = time.perf_counter()
@@ -179,21 +177,9 @@ class ExecutionService:
     async def note(self, session: Session, text: str) -> Cell:
         """Record a system note (a markdown cell) at the next index, in order with the cells."""
         async with self.locks.hold(session.id, timeout=LOCK_WAIT):
-            cell = Cell(
-                id=new_id(),
-                session_id=session.id,
-                index=-1,  # assigned by append_next
-                cell_type="markdown",
-                source=f"*{text}*",
-                role="system",
-                outputs=[],
-                execution_count=None,
-                status="ok",
-                started_at=now(),
-                duration_ms=None,
-                metadata={},
+            cell = await self.db.cells.append_next(
+                _new_cell(session.id, "markdown", f"*{text}*", "system", "ok", {})
             )
-            cell = await self.db.cells.append_next(cell)
             return cell
 
     async def interrupt(self, session: Session) -> None:
@@ -355,6 +341,31 @@ class ExecutionService:
         for client in self._clients.values():
             client.stop_channels()
         self._clients.clear()
+
+
+def _new_cell(
+    session_id: str,
+    cell_type: CellType,
+    source: str,
+    role: Role,
+    status: CellStatus,
+    metadata: dict[str, Any],
+) -> Cell:
+    """A cell about to be appended (``append_next`` assigns its index)."""
+    return Cell(
+        id=new_id(),
+        session_id=session_id,
+        index=-1,
+        cell_type=cell_type,
+        source=source,
+        role=role,
+        outputs=[],
+        execution_count=None,
+        status=status,
+        started_at=now(),
+        duration_ms=None,
+        metadata=metadata,
+    )
 
 
 def _failure(error: Exception) -> dict[str, Any]:

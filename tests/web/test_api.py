@@ -8,7 +8,6 @@ import json
 import os
 import re
 import time
-import urllib.parse
 
 import nbformat
 import pytest
@@ -164,22 +163,8 @@ async def test_notebook_export_is_valid_nbformat_and_lands_in_storage(ka_server)
 
 async def test_files_upload_list_download_and_mirror(ka_server):
     sid = (await ka_server.session())["id"]
-    boundary = "kaboundary"
     content = b"a,b\n1,2\n3,4\n"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="data.csv"\r\n'
-            f"Content-Type: text/csv\r\n\r\n"
-        ).encode()
-        + content
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    response = await ka_server.fetch(
-        f"/api/v1/sessions/{sid}/files",
-        "POST",
-        raw=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
+    response = await ka_server.upload(sid, "data.csv", content)
     assert response.code == 201, response.body
     uploaded = json.loads(response.body)
     assert uploaded == {
@@ -209,17 +194,7 @@ async def test_paths_outside_the_workspace_are_refused(ka_server, path):
     workspace = ka_server.services.files.workspace(sid)
     os.symlink("/tmp", workspace / "link")
     before = sorted(p.name for p in workspace.parent.parent.rglob("*"))
-    boundary = "kab"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
-        f"x\r\n--{boundary}--\r\n"
-    ).encode()
-    response = await ka_server.fetch(
-        f"/api/v1/sessions/{sid}/files?path={urllib.parse.quote(path)}",
-        "POST",
-        raw=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
+    response = await ka_server.upload(sid, "f", b"x", path=path)
     assert response.code == 400, response.body
     assert json.loads(response.body)["error"]["code"] == "invalid_input"
     assert sorted(p.name for p in workspace.parent.parent.rglob("*")) == before
@@ -298,21 +273,7 @@ async def test_oversized_upload_is_413(ka_server):
     limit = ka_server.services.files.upload_limit
     ka_server.services.files.upload_limit = 1000
     try:
-        boundary = "kab"
-        body = (
-            (
-                f"--{boundary}\r\n"
-                f'Content-Disposition: form-data; name="file"; filename="big"\r\n\r\n'
-            ).encode()
-            + b"x" * 2000
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        response = await ka_server.fetch(
-            f"/api/v1/sessions/{sid}/files",
-            "POST",
-            raw=body,
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )
+        response = await ka_server.upload(sid, "big", b"x" * 2000)
     finally:
         ka_server.services.files.upload_limit = limit
     assert response.code == 413
@@ -395,28 +356,15 @@ async def test_hostile_kernel_links_and_fifos_cannot_reach_host_files(ka_server,
     stored = await ka_server.services.storage.list(f"sessions/{sid}/files/")
     assert stored == [f"sessions/{sid}/files/plain.txt"]
     # an upload onto the kernel's symlink replaces the link; the host file is not written
-    boundary = "kab"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-        f'filename="upload-me.txt"\r\n\r\nnew content\r\n--{boundary}--\r\n'
-    ).encode()
-    response = await ka_server.fetch(
-        f"/api/v1/sessions/{sid}/files",
-        "POST",
-        raw=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
+    response = await ka_server.upload(sid, "upload-me.txt", b"new content")
     assert response.code == 201
     assert victim.read_text() == "untouched"
     workspace = ka_server.services.files.workspace(sid)
     assert not (workspace / "upload-me.txt").is_symlink()
     assert (workspace / "upload-me.txt").read_text() == "new content"
     # an upload below a symlinked directory is refused
-    response = await ka_server.fetch(
-        f"/api/v1/sessions/{sid}/files?path=hostdir/planted.txt",
-        "POST",
-        raw=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    response = await ka_server.upload(
+        sid, "upload-me.txt", b"new content", path="hostdir/planted.txt"
     )
     assert response.code == 400
     assert not (tmp_path / "planted.txt").exists()
