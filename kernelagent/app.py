@@ -21,17 +21,21 @@ from pathlib import Path
 from tornado import httpserver, web
 
 from kernelagent.adapters.db import open_database
+from kernelagent.adapters.events import make_events
 from kernelagent.adapters.kernels import LocalKernels
+from kernelagent.adapters.llm import OpenAIChat
 from kernelagent.adapters.locks import make_locks
 from kernelagent.adapters.storage import FsspecStorage
 from kernelagent.config import Settings
+from kernelagent.services.agent import AgentLimits, AgentService, parse_prices
 from kernelagent.services.auth import AuthService
 from kernelagent.services.bridge import GatewayService
 from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
 from kernelagent.services.notebook_store import NotebookStore
-from kernelagent.services.ports import Database, SessionLocks, Storage
+from kernelagent.services.output_views import KERNEL_SETUP_CODE
+from kernelagent.services.ports import Database, EventLog, SessionLocks, Storage
 from kernelagent.services.sessions import SessionService
 from kernelagent.web.routes import routes
 
@@ -54,6 +58,8 @@ class Services:
     execution: ExecutionService
     notebooks: NotebookStore
     gateway: GatewayService
+    events: EventLog
+    agent: AgentService
 
 
 class KernelAgentApp:
@@ -78,6 +84,7 @@ class KernelAgentApp:
         db = await open_database(settings.database)
         storage = FsspecStorage(settings.storage, endpoint_url=settings.s3_endpoint_url or None)
         locks = make_locks(settings.redis_url or None)
+        events = make_events(settings.redis_url or None, settings.events_retention)
         kernels = LocalKernels(settings)
         pool = KernelPool(
             kernels,
@@ -93,7 +100,7 @@ class KernelAgentApp:
             upload_limit=settings.upload_limit,
             signed_url_ttl=settings.signed_url_ttl,
         )
-        sessions = SessionService(db, pool, kernels, files, storage)
+        sessions = SessionService(db, pool, kernels, files, storage, events)
         execution = ExecutionService(
             db,
             locks,
@@ -102,7 +109,38 @@ class KernelAgentApp:
             files,
             default_timeout=settings.cell_timeout,
             stream_limit=settings.stream_limit,
+            events=events,
+            kernel_setup_code=KERNEL_SETUP_CODE,
         )
+        llm = None
+        if settings.llm_configured:
+            llm = OpenAIChat(
+                settings.openai_api_key,
+                settings.openai_base_url,
+                timeout=settings.llm_timeout,
+                retries=settings.llm_retries,
+            )
+        agent = AgentService(
+            db,
+            sessions,
+            execution,
+            files,
+            events,
+            llm,
+            default_model=settings.model,
+            limits=AgentLimits(
+                max_steps=settings.agent_max_steps,
+                turn_timeout=settings.agent_turn_timeout,
+                token_budget=settings.agent_token_budget,
+                tool_result_chars=settings.tool_result_chars,
+                history_tokens=settings.history_tokens,
+                cell_timeout=settings.cell_timeout,
+                memory_limit=settings.memory_limit,
+                vision=settings.vision,
+            ),
+            prices=parse_prices(settings.prices),
+        )
+        await agent.recover()
         self.services = Services(
             settings=settings,
             db=db,
@@ -116,6 +154,8 @@ class KernelAgentApp:
             execution=execution,
             notebooks=NotebookStore(db, storage),
             gateway=GatewayService(sessions, execution, kernels),
+            events=events,
+            agent=agent,
         )
         await pool.start()
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else "bubblewrap"
@@ -153,12 +193,14 @@ class KernelAgentApp:
             await self.http.close_all_connections()
         if self.services:
             s = self.services
+            await s.agent.stop()
             await s.gateway.stop()
             await s.notebooks.stop()
             await s.execution.close()
             await s.pool.stop()
             await s.kernels.close()
             await s.locks.close()
+            await s.events.close()
             await s.db.close()
 
 

@@ -104,6 +104,49 @@ class Settings:
     kernel_start_timeout: float = _setting(
         60.0, "KERNELAGENT_KERNEL_START_TIMEOUT", "Seconds a kernel may take to become ready"
     )
+    openai_api_key: str = _setting("", "OPENAI_API_KEY", "Key of the OpenAI-compatible endpoint")
+    openai_base_url: str = _setting(
+        "", "OPENAI_BASE_URL", "OpenAI-compatible endpoint (vLLM, Ollama, …); default OpenAI"
+    )
+    model: str = _setting("gpt-4o-mini", "KERNELAGENT_MODEL", "Model a turn uses by default")
+    llm_timeout: float = _setting(
+        120.0, "KERNELAGENT_LLM_TIMEOUT", "Seconds one LLM request may take"
+    )
+    llm_retries: int = _setting(
+        3, "KERNELAGENT_LLM_RETRIES", "Retries of an LLM request after 429, 5xx or a cut stream"
+    )
+    agent_max_steps: int = _setting(
+        20, "KERNELAGENT_AGENT_MAX_STEPS", "LLM calls one turn may make"
+    )
+    agent_turn_timeout: float = _setting(
+        600.0,
+        "KERNELAGENT_AGENT_TURN_TIMEOUT",
+        "Seconds a turn may run (waits for the user excluded)",
+    )
+    agent_token_budget: int = _setting(
+        200_000, "KERNELAGENT_AGENT_TOKEN_BUDGET", "Prompt + completion tokens one turn may use"
+    )
+    tool_result_chars: int = _setting(
+        4000, "KERNELAGENT_TOOL_RESULT_CHARS", "Characters of one tool result the model sees"
+    )
+    history_tokens: int = _setting(
+        60_000, "KERNELAGENT_HISTORY_TOKENS", "Estimated tokens of history sent to the model"
+    )
+    vision: bool = _setting(
+        False, "KERNELAGENT_VISION", "Send images to the model (for vision-capable models)"
+    )
+    prices: str = _setting(
+        "",
+        "KERNELAGENT_PRICES",
+        'JSON {"model": [prompt $/1M tokens, completion $/1M tokens]} for cost per turn',
+    )
+    events_retention: int = _setting(
+        10_000, "KERNELAGENT_EVENTS_RETENTION", "Events kept per session for SSE replay"
+    )
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.openai_api_key or self.openai_base_url)
 
     @property
     def workspaces_dir(self) -> Path:

@@ -15,6 +15,7 @@ Role = Literal["user", "assistant", "agent", "web", "gateway", "system"]
 CellType = Literal["code", "markdown"]
 CellStatus = Literal["ok", "error", "timeout", "interrupted", "died", "pending"]
 SessionStatus = Literal["starting", "idle", "busy", "dead", "stopped"]
+TurnStatus = Literal["running", "waiting", "completed", "failed", "interrupted"]
 
 
 def new_id() -> str:
@@ -43,6 +44,23 @@ class Session:
     parent_id: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
+    approval_mode: bool = False  # each agent cell waits for the user's approval
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """One exchange: a user message and the agent's work until it answers, asks, or stops."""
+
+    id: str
+    session_id: str
+    status: TurnStatus
+    model: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None  # in dollars, when a price is configured for the model
+    error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +102,38 @@ class FileEntry:
     size: int
     sha256: str
     modified_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    """A tool call as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str  # raw JSON text (may be malformed: the model is told so)
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """One complete answer of the model: its text, its tool calls and what it cost."""
+
+    text: str
+    tool_calls: list[ToolCall]
+    usage: Usage
+    finish_reason: str | None

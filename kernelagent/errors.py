@@ -11,6 +11,8 @@
     ├── Conflict          409
     ├── LimitExceeded     429
     ├── SandboxError      503  the sandbox cannot run here (message: cause and fix)
+    ├── NotConfigured     503  a feature needs a setting (message: which one)
+    ├── LLMError          502  the LLM endpoint gave no usable reply (message: why, what to set)
     └── KernelDied        503  a kernel died (message: why, e.g. "out of memory (limit 1 GiB)")
 
 ``web/base.py`` maps each to ``{"error": {"code", "message"}}`` with the status above.
@@ -54,6 +56,14 @@ class LimitExceeded(KernelAgentError):
 
 class SandboxError(KernelAgentError):
     status, code = 503, "sandbox_unavailable"
+
+
+class NotConfigured(KernelAgentError):
+    status, code = 503, "not_configured"
+
+
+class LLMError(KernelAgentError):
+    status, code = 502, "llm_failed"
 
 
 class KernelDied(KernelAgentError):

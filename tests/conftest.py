@@ -8,11 +8,13 @@ missing PostgreSQL or Redis fails the run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import urllib.parse
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -143,14 +145,15 @@ class Server:
         )
 
 
-@pytest.fixture(params=["embedded", "networked"])
-async def ka_server(request, tmp_path, unused_port):
+def backend_settings(request, tmp_path, port: int, **overrides: Any) -> Settings:
+    """Settings of a test server over the backend set ``request.param`` names."""
     settings = Settings(
         data_dir=tmp_path / "data",
-        port=unused_port,
+        port=port,
         pool_size=0,
         pool_preimport="",
         token="owner-token-for-tests",
+        **overrides,
     )
     if request.param == "networked":
         request.applymarker(pytest.mark.postgres)
@@ -161,10 +164,21 @@ async def ka_server(request, tmp_path, unused_port):
             storage_url=request.getfixturevalue("moto_s3").url("kernelagent"),
             s3_endpoint_url=request.getfixturevalue("moto_s3").endpoint_url,
         )
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Server]:
     app = KernelAgentApp(settings)
     await app.start()
     try:
         token = await app.owner_token()
-        yield Server(app, unused_port, token)
+        yield Server(app, settings.port, token)
     finally:
         await app.stop()
+
+
+@pytest.fixture(params=["embedded", "networked"])
+async def ka_server(request, tmp_path, unused_port):
+    async with running(backend_settings(request, tmp_path, unused_port)) as server:
+        yield server

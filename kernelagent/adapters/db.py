@@ -33,6 +33,7 @@ from kernelagent.adapters.repos import (
     SqlCellRepo,
     SqlFileRepo,
     SqlSessionRepo,
+    SqlTurnRepo,
     SqlUserRepo,
 )
 from kernelagent.errors import KernelAgentError
@@ -56,6 +57,7 @@ class SqlDatabase:
         self.cells = SqlCellRepo(reader, writer)
         self.artifacts = SqlArtifactRepo(reader, writer)
         self.files = SqlFileRepo(reader, writer)
+        self.turns = SqlTurnRepo(reader, writer)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.engine.dispose)

@@ -27,15 +27,27 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlmodel import Session as Transaction
 from sqlmodel import col, select
 
-from kernelagent.adapters.tables import ArtifactRow, CellRow, FileRow, SessionRow, UserRow
-from kernelagent.domain import Artifact, Cell, FileEntry, Session, User, new_id, now
+from kernelagent.adapters.tables import (
+    ArtifactRow,
+    CellRow,
+    FileRow,
+    SessionRow,
+    TurnRow,
+    UserRow,
+)
+from kernelagent.domain import Artifact, Cell, FileEntry, Session, Turn, User, new_id, now
 from kernelagent.errors import Conflict, KernelAgentError, NotFound
 
 P = ParamSpec("P")
 T = TypeVar("T")
 R = TypeVar("R", bound="_Repo")
 
-UPDATABLE_SESSION_FIELDS = frozenset({"title", "status", "kernel_id", "updated_at"})
+UPDATABLE_SESSION_FIELDS = frozenset(
+    {"title", "status", "kernel_id", "updated_at", "approval_mode"}
+)
+UPDATABLE_TURN_FIELDS = frozenset(
+    {"status", "ended_at", "prompt_tokens", "completion_tokens", "cost", "error"}
+)
 
 
 class _Repo:
@@ -168,6 +180,7 @@ class SqlSessionRepo(_Repo):
     def delete(self, tx: Transaction, session_id: str) -> None:
         """Delete the session with its cells, artifacts and file rows; nothing if it is gone."""
         tx.exec(delete(ArtifactRow).where(col(ArtifactRow.session_id) == session_id))
+        tx.exec(delete(TurnRow).where(col(TurnRow.session_id) == session_id))
         tx.exec(delete(FileRow).where(col(FileRow.session_id) == session_id))
         tx.exec(delete(CellRow).where(col(CellRow.session_id) == session_id))
         tx.exec(delete(SessionRow).where(col(SessionRow.id) == session_id))
@@ -305,3 +318,48 @@ class SqlFileRepo(_Repo):
         tx.exec(
             delete(FileRow).where(col(FileRow.session_id) == session_id, col(FileRow.path) == path)
         )
+
+
+class SqlTurnRepo(_Repo):
+    @writes
+    def add(self, tx: Transaction, turn: Turn) -> None:
+        with _violations(f"turn {turn.id} already exists", f"session {turn.session_id} not found"):
+            tx.add(TurnRow.from_domain(turn))
+            tx.flush()
+
+    @reads
+    def get(self, tx: Transaction, turn_id: str) -> Turn | None:
+        row = tx.get(TurnRow, turn_id)
+        return None if row is None else row.to_domain()
+
+    @writes
+    def update(self, tx: Transaction, turn_id: str, **changes: Any) -> Turn:
+        if unknown := changes.keys() - UPDATABLE_TURN_FIELDS:
+            raise ValueError(f"cannot update turn field(s) {', '.join(sorted(unknown))}")
+        row = tx.get(TurnRow, turn_id)
+        if row is None:
+            raise NotFound(f"turn {turn_id} not found")
+        for name, value in changes.items():
+            setattr(row, name, value)
+        tx.flush()
+        return row.to_domain()
+
+    @writes
+    def fail_unfinished(self, tx: Transaction, error: str) -> int:
+        """Mark every running or waiting turn failed with ``error``; returns how many."""
+        result = tx.exec(
+            update(TurnRow)
+            .where(col(TurnRow.status).in_(("running", "waiting")))
+            .values(status="failed", error=error, ended_at=now())
+        )
+        return int(result.rowcount)
+
+    @reads
+    def list(self, tx: Transaction, session_id: str) -> list[Turn]:
+        """Oldest first."""
+        rows = tx.exec(
+            select(TurnRow)
+            .where(TurnRow.session_id == session_id)
+            .order_by(col(TurnRow.started_at), col(TurnRow.id))
+        )
+        return [row.to_domain() for row in rows]

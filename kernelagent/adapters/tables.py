@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, DateTime, Dialect, Text, TypeDecorator, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from kernelagent.domain import Artifact, Cell, FileEntry, Session, User
+from kernelagent.domain import Artifact, Cell, FileEntry, Session, Turn, User
 
 SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
@@ -88,6 +88,7 @@ class SessionRow(SQLModel, table=True):
     parent_id: str | None = None
     created_at: dt.datetime = Field(sa_type=UTCDateTime)
     updated_at: dt.datetime = Field(sa_type=UTCDateTime)
+    approval_mode: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
 
     @classmethod
     def from_domain(cls, session: Session) -> SessionRow:
@@ -204,3 +205,25 @@ class FileRow(SQLModel, table=True):
 
     def to_domain(self) -> FileEntry:
         return FileEntry(**_fields(self, FileEntry))
+
+
+class TurnRow(SQLModel, table=True):
+    __tablename__ = "turns"
+
+    id: str = Field(primary_key=True)
+    session_id: str = Field(foreign_key="sessions.id", ondelete="CASCADE", index=True)
+    status: str
+    model: str
+    started_at: dt.datetime = Field(sa_type=UTCDateTime)
+    ended_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+    error: str | None = Field(default=None, sa_type=Text)
+
+    @classmethod
+    def from_domain(cls, turn: Turn) -> TurnRow:
+        return cls(**dataclasses.asdict(turn))
+
+    def to_domain(self) -> Turn:
+        return Turn(**_fields(self, Turn))

@@ -279,6 +279,9 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         oom = self._cgroup.oom_kills() if self._cgroup else 0
         if oom or (status in SIGKILL_EXIT and self._cgroup is None and limits.memory):
             memory = human_bytes(limits.memory) if limits.memory else "none"
+            peak = self._cgroup.peak_memory() if self._cgroup else None
+            if peak:
+                memory += f", peak {human_bytes(peak)}"
             self._exit_reason = f"out of memory (limit {memory})"
             if not oom:
                 self._exit_reason = f"killed (signal 9; possibly out of memory, limit {memory})"

@@ -137,6 +137,15 @@ class Cgroup:
                 return int(value)
         return 0
 
+    def peak_memory(self) -> int | None:
+        """The most memory the cgroup used, in bytes (None when the kernel does not say)."""
+        name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
+        directory = self.dirs["memory" if self.version == 1 else "unified"]
+        try:
+            return int(_read(directory / name).strip())
+        except (OSError, ValueError):
+            return None
+
     def pids(self) -> list[int]:
         pids: set[int] = set()
         for d in self.dirs.values():

@@ -9,11 +9,17 @@ exception: a recorded ``execute_request`` goes through ``ExecutionService`` (sam
 record, role ``gateway``) with the client's own message, so its iopub carries the client's msg_id;
 the reply and any ``input_request`` come back through the channel. Silent executions and every
 other request (complete, inspect, history, comm, kernel_info, …) go to the kernel directly.
+
+A client that names itself (``?session_id=``, as JupyterLab does) and drops its connection does
+not lose what the kernel said meanwhile: its channel stays subscribed to iopub and buffers (also
+the replies of its executions) for ``RECONNECT_WINDOW`` seconds; the same client reconnecting gets
+the buffer first, then the live stream, without duplicates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -30,6 +36,8 @@ from kernelagent.services.sessions import SessionService
 log = logging.getLogger(__name__)
 
 GATEWAY_TIMEOUT = 24 * 3600.0  # a person's cell in JupyterLab runs until they interrupt it
+RECONNECT_WINDOW = 300.0  # seconds a disconnected client's messages are kept for it
+RECONNECT_BUFFER = 10_000  # messages kept per disconnected client (the oldest go first)
 SendToClient = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
@@ -61,6 +69,7 @@ class GatewayService:
         self.kernels = kernels  # adapters.kernels.LocalKernels (manager access for sockets)
         self.kernel_name = kernels.kernel_name
         self.channels: dict[str, set[GatewayChannel]] = {}
+        self.detached: dict[tuple[str, str], GatewayChannel] = {}  # (session, client) → buffering
         self._restarting: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -115,9 +124,13 @@ class GatewayService:
         await self.execution.stop_kernel(session)
         for channel in list(self.channels.get(session.id, ())):
             await channel.close()
+        for key, channel in list(self.detached.items()):
+            if key[0] == session.id:
+                await channel.close()
 
     async def broadcast_status(self, session_id: str, state: str) -> None:
-        for channel in list(self.channels.get(session_id, ())):
+        detached = [c for (sid, _), c in self.detached.items() if sid == session_id]
+        for channel in [*self.channels.get(session_id, ()), *detached]:
             await channel.send_status(state)
 
     async def open_channel(
@@ -126,13 +139,34 @@ class GatewayService:
         session = await self.sessions.get(user, kernel_id)
         kernel = await self.sessions.ensure_kernel(session)
         channel = GatewayChannel(self, session, kernel, send, client_session)
-        await channel.open()
+        earlier = self.detached.pop((session.id, client_session), None) if client_session else None
+        await channel.open(earlier)
         self.channels.setdefault(session.id, set()).add(channel)
         return channel
 
     def close_later(self, channel: GatewayChannel) -> None:
-        """Close a channel whose WebSocket went away (called from a sync callback)."""
-        task = asyncio.create_task(channel.close(), name=f"gateway-close-{channel.kernel_id}")
+        """A channel's WebSocket went away (called from a sync callback): buffer for the client
+        to come back if it named itself and the kernel is the same, else close."""
+        self._remove(channel)
+        if channel.client_session and not channel.is_closed:
+            key = (channel.session.id, channel.client_session)
+            replaced = self.detached.pop(key, None)
+            if replaced is not None:
+                self._spawn(replaced.close(), "gateway-close")
+            self.detached[key] = channel
+            self._spawn(channel.detach(), "gateway-detach")
+        else:
+            self._spawn(channel.close(), "gateway-close")
+
+    def close_expired(self, channel: GatewayChannel) -> None:
+        """The client did not come back within the window: drop its buffer."""
+        log.info("dropping the buffer of gateway client %s", channel.client_session)
+        self.closed(channel)
+        self._spawn(channel.close(), "gateway-close")
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -140,15 +174,23 @@ class GatewayService:
         for group in list(self.channels.values()):
             for channel in list(group):
                 await channel.close()
+        for channel in list(self.detached.values()):
+            await channel.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
-    def closed(self, channel: GatewayChannel) -> None:
+    def _remove(self, channel: GatewayChannel) -> None:
         group = self.channels.get(channel.session.id)
         if group is not None:
             group.discard(channel)
             if not group:
                 del self.channels[channel.session.id]
+
+    def closed(self, channel: GatewayChannel) -> None:
+        self._remove(channel)
+        key = (channel.session.id, channel.client_session or "")
+        if self.detached.get(key) is channel:
+            del self.detached[key]
 
 
 class GatewayChannel:
@@ -183,8 +225,14 @@ class GatewayChannel:
         self.readers: list[asyncio.Task[None]] = []
         self.pending: set[asyncio.Task[Any]] = set()
         self.is_closed = False
+        # while the client is away: what it would have been sent (None when connected)
+        self.buffer: collections.deque[tuple[str, dict[str, Any]]] | None = None
+        self.replayed: set[str] = set()  # msg ids sent from an earlier channel's buffer
+        self.expiry: asyncio.TimerHandle | None = None
 
-    async def open(self) -> None:
+    async def open(self, earlier: GatewayChannel | None = None) -> None:
+        """Connect the sockets; when the same client had a channel before, send what it buffered
+        first (the new iopub socket is subscribed before the old one stops: no gap)."""
         m = self.manager
         self.sockets = {
             "shell": m.connect_shell(),
@@ -194,30 +242,64 @@ class GatewayChannel:
         }
         for name, stream in self.sockets.items():
             stream.on_recv(lambda frames, name=name: self.inbox.put_nowait((name, frames)))
+        if earlier is not None:
+            for channel, msg in await earlier.take_buffer():
+                self.replayed.add(msg["header"].get("msg_id", ""))
+                await self._send(channel, msg)
+            # replies to its executions still running now come here
+            earlier.buffer, earlier.send = None, self._send
         self.readers.append(
             asyncio.create_task(self._forward(), name=f"gateway-forward-{self.kernel_id}")
         )
 
     async def _forward(self) -> None:
         """Kernel → client, in the order the kernel's messages arrived."""
-        session = self.jupyter_session
         while True:
             channel, frames = await self.inbox.get()
-            try:
-                _, parts = session.feed_identities(frames)
-                msg = session.deserialize(parts)
-            except Exception as e:  # noqa: BLE001 - a bad kernel frame is dropped, not fatal
-                log.warning(
-                    "dropped an unreadable %s message from %s: %s", channel, self.kernel_id, e
-                )
+            msg = self._read(channel, frames)
+            if msg is None:
+                continue
+            if self.replayed and msg["header"].get("msg_id") in self.replayed:
+                self.replayed.discard(msg["header"]["msg_id"])
                 continue
             await self._send(channel, msg)
 
+    def _read(self, channel: str, frames: list[bytes]) -> dict[str, Any] | None:
+        try:
+            _, parts = self.jupyter_session.feed_identities(frames)
+            return self.jupyter_session.deserialize(parts)  # type: ignore[no-any-return]
+        except Exception as e:  # noqa: BLE001 - a bad kernel frame is dropped, not fatal
+            log.warning("dropped an unreadable %s message from %s: %s", channel, self.kernel_id, e)
+            return None
+
     async def _send(self, channel: str, msg: dict[str, Any]) -> None:
+        if self.buffer is not None:
+            self.buffer.append((channel, msg))
+            return
         try:
             await self.send(channel, msg)
         except Exception:  # noqa: BLE001 - the client went away; close() cleans up
             log.debug("could not deliver a %s message to a closed channel", channel)
+
+    async def detach(self) -> None:
+        """The client went away: keep listening to iopub, buffer, and close after the window."""
+        self.buffer = collections.deque(maxlen=RECONNECT_BUFFER)
+        for name in ("shell", "control", "stdin"):
+            self.sockets.pop(name).close(linger=0)
+        self.expiry = asyncio.get_running_loop().call_later(
+            RECONNECT_WINDOW, self.service.close_expired, self
+        )
+
+    async def take_buffer(self) -> list[tuple[str, dict[str, Any]]]:
+        """Stop buffering and hand over everything kept, including what is still queued."""
+        buffered = list(self.buffer or ())
+        await self.close()
+        while not self.inbox.empty():
+            channel, frames = self.inbox.get_nowait()
+            msg = self._read(channel, frames)
+            if msg is not None:
+                buffered.append((channel, msg))
+        return buffered
 
     async def receive(self, channel: str, msg: dict[str, Any]) -> None:
         """A message from the client: route it to the execution path or straight to the kernel."""
@@ -264,6 +346,8 @@ class GatewayChannel:
         if self.is_closed:
             return
         self.is_closed = True
+        if self.expiry is not None:
+            self.expiry.cancel()
         for task in self.readers:
             task.cancel()
         for task in self.readers:

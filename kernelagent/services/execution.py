@@ -4,6 +4,12 @@
 ``execute_request`` → turn every iopub message of that request into nbformat outputs → on timeout,
 interrupt and keep the partial output → on a dead kernel, record the error with its reason and give
 the session a new kernel → store rich outputs as artifacts → mirror changed files → record the cell.
+Every step is also published on the session's event log (``cell.started``, ``cell.output``,
+``cell.completed``, ``cell.added`` for markdown cells), whoever ran the cell, so every watcher of
+the session sees agent, web and gateway cells alike as they happen.
+
+A kernel is prepared once before its first cell: ``kernel_setup_code`` runs silently (it adds the
+DataFrame summary that the agent's view of outputs uses), leaving no name in the user's namespace.
 Modelled on nbclient's ``async_execute_cell``: iopub until ``status: idle``, then the shell reply,
 while watching the kernel's liveness.
 """
@@ -34,7 +40,7 @@ from kernelagent.errors import NotFound
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelBackend
 from kernelagent.services.outputs import OutputCollector, extract_artifacts
-from kernelagent.services.ports import Database, SessionLocks
+from kernelagent.services.ports import Database, EventLog, SessionLocks
 from kernelagent.services.sessions import SessionService
 
 log = logging.getLogger(__name__)
@@ -72,8 +78,13 @@ class ExecutionService:
         files: FileService,
         default_timeout: float,
         stream_limit: int,
+        events: EventLog | None = None,
+        kernel_setup_code: str = "",
     ):
         self.db = db
+        self.events = events
+        self.kernel_setup_code = kernel_setup_code
+        self._prepared: set[str] = set()
         self.locks = locks
         self.kernels = kernels
         self.sessions = sessions
@@ -108,8 +119,14 @@ class ExecutionService:
             kernel_id = await self.sessions.ensure_kernel(session)
             if session.kernel_id and session.kernel_id != kernel_id:
                 self._forget_client(session.kernel_id)
+            await self._prepare(kernel_id)
             cell = await self.db.cells.append_next(
                 _new_cell(session.id, "code", code, role, "pending", dict(metadata or {}))
+            )
+            await self._publish(
+                session.id,
+                "cell.started",
+                {"cell_id": cell.id, "code": code, "role": role, "metadata": cell.metadata},
             )
             self.running.add(session.id)
             self._interrupted.discard(session.id)
@@ -142,6 +159,16 @@ class ExecutionService:
                 )
                 # the record holds whatever happened (and the session's last activity)
                 await self.db.cells.update(cell, touch_session=True)
+                await self._publish(
+                    session.id,
+                    "cell.completed",
+                    {
+                        "cell_id": cell.id,
+                        "status": cell.status,
+                        "execution_count": cell.execution_count,
+                        "duration_ms": cell.duration_ms,
+                    },
+                )
             artifacts: list[Artifact] = []
             try:
                 artifacts = await self.files.store_artifacts(
@@ -176,11 +203,69 @@ class ExecutionService:
 
     async def note(self, session: Session, text: str) -> Cell:
         """Record a system note (a markdown cell) at the next index, in order with the cells."""
-        async with self.locks.hold(session.id, timeout=LOCK_WAIT):
+        return await self.record_markdown(session.id, "system", f"*{text}*")
+
+    async def record_markdown(
+        self, session_id: str, role: Role, text: str, metadata: dict[str, Any] | None = None
+    ) -> Cell:
+        """Append a markdown cell (a message or a note) in order with the code cells."""
+        async with self.locks.hold(session_id, timeout=LOCK_WAIT):
             cell = await self.db.cells.append_next(
-                _new_cell(session.id, "markdown", f"*{text}*", "system", "ok", {})
+                _new_cell(session_id, "markdown", text, role, "ok", dict(metadata or {}))
             )
-            return cell
+        await self._publish(
+            session_id,
+            "cell.added",
+            {"cell_id": cell.id, "role": role, "source": text, "metadata": cell.metadata},
+        )
+        return cell
+
+    async def evaluate(self, session_id: str, expression: str, timeout: float = 10) -> str:
+        """The ``text/plain`` value of ``expression`` in the session's kernel, evaluated silently
+        (``user_expressions``: no cell, no history, no output) in order with the cells."""
+        async with self.locks.hold(session_id, timeout=LOCK_WAIT):
+            session = await self.db.sessions.get(session_id)
+            if session is None:
+                raise NotFound("no such session")
+            kernel_id = await self.sessions.ensure_kernel(session)
+            await self._prepare(kernel_id)
+            client = self._client(kernel_id)
+            msg_id = client.execute(
+                "", silent=True, store_history=False, user_expressions={"value": expression}
+            )
+            reply = await self._reply(client, msg_id, timeout)
+        value = ((reply or {}).get("content") or {}).get("user_expressions", {}).get("value", {})
+        if value.get("status") != "ok":
+            raise RuntimeError(f"{value.get('ename')}: {value.get('evalue')}")
+        return str(value.get("data", {}).get("text/plain", ""))
+
+    async def _prepare(self, kernel_id: str) -> None:
+        """Run the setup code once per kernel process (silently)."""
+        if not self.kernel_setup_code or kernel_id in self._prepared:
+            return
+        client = self._client(kernel_id)
+        msg_id = client.execute(self.kernel_setup_code, silent=True, store_history=False)
+        reply = await self._reply(client, msg_id, timeout=30)
+        if reply is None or reply["content"].get("status") != "ok":
+            log.warning("the setup code failed in kernel %s: %s", kernel_id, reply)
+        self._prepared.add(kernel_id)
+
+    async def _reply(self, client: Any, msg_id: str, timeout: float) -> dict[str, Any] | None:
+        with contextlib.suppress(queue.Empty, TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    reply = await client.get_shell_msg(timeout=timeout)
+                    if reply["parent_header"].get("msg_id") == msg_id:
+                        return reply  # type: ignore[no-any-return]
+        return None
+
+    async def _publish(self, session_id: str, type: str, data: dict[str, Any]) -> None:
+        if self.events is None:
+            return
+        try:
+            await self.events.publish(session_id, type, data)
+        except Exception:  # a lost event must not lose the cell
+            log.exception("could not publish %s for session %s", type, session_id)
 
     async def interrupt(self, session: Session) -> None:
         """Interrupt the running cell of ``session`` (recorded as "interrupted")."""
@@ -277,8 +362,26 @@ class ExecutionService:
             if msg_type == "error" and status == "ok":
                 status = "error"
             changed = collector.feed(msg_type, content)
-            if changed is not None and on_output:
-                await on_output(cell, changed)
+            if changed is not None:
+                for n, (index, output) in enumerate(
+                    zip(collector.last_indices, changed, strict=True)
+                ):
+                    await self._publish(
+                        session.id,
+                        "cell.output",
+                        {
+                            "cell_id": cell.id,
+                            "index": index,
+                            "output": output,
+                            "cleared": collector.cleared and n == 0,
+                        },
+                    )
+                if collector.cleared and not changed:
+                    await self._publish(
+                        session.id, "cell.output", {"cell_id": cell.id, "cleared": True}
+                    )
+                if on_output:
+                    await on_output(cell, changed)
         reply = await self._drain_reply(client, msg_id)
         if timed_out:
             status = "timeout"
@@ -287,6 +390,7 @@ class ExecutionService:
         return collector.outputs, status, count, reply
 
     def _forget_client(self, kernel_id: str) -> None:
+        self._prepared.discard(kernel_id)
         client = self._clients.pop(kernel_id, None)
         if client is not None:
             client.stop_channels()

@@ -13,10 +13,11 @@ Every method is async; implementations raise ``kernelagent.errors`` exceptions, 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from kernelagent.domain import Artifact, Cell, FileEntry, Session, User
+from kernelagent.domain import Artifact, Cell, FileEntry, Reply, Session, Turn, User
 
 
 class UserRepo(Protocol):
@@ -82,12 +83,29 @@ class FileRepo(Protocol):
     async def delete(self, session_id: str, path: str) -> None: ...
 
 
+class TurnRepo(Protocol):
+    async def add(self, turn: Turn) -> None: ...
+    async def get(self, turn_id: str) -> Turn | None: ...
+    async def update(self, turn_id: str, **changes: Any) -> Turn:
+        """Change ``status``, ``ended_at``, token counts, ``cost`` or ``error``."""
+        ...
+
+    async def list(self, session_id: str) -> list[Turn]:
+        """Oldest first."""
+        ...
+
+    async def fail_unfinished(self, error: str) -> int:
+        """Mark running or waiting turns (of a previous process) failed; returns how many."""
+        ...
+
+
 class Database(Protocol):
     users: UserRepo
     sessions: SessionRepo
     cells: CellRepo
     artifacts: ArtifactRepo
     files: FileRepo
+    turns: TurnRepo
 
     async def close(self) -> None: ...
 
@@ -110,6 +128,35 @@ class Storage(Protocol):
         ...
 
     async def delete_prefix(self, prefix: str) -> None: ...
+
+
+class EventLog(Protocol):
+    """Per-session events with increasing ids (``adapters.events``: in-process or Redis)."""
+
+    async def publish(self, session_id: str, type: str, data: dict[str, Any]) -> Any: ...
+    async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Any]:
+        """Events after id ``after`` (all when None), waiting up to ``wait`` s for the first."""
+        ...
+
+    async def delete(self, session_id: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class ChatModel(Protocol):
+    """An OpenAI-compatible chat endpoint (``adapters.llm.OpenAIChat``)."""
+
+    async def complete(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        on_text: Callable[[str], Awaitable[None]],
+        on_retry: Callable[[int, str], Awaitable[None]],
+    ) -> Reply:
+        """Stream one reply; LLMError (with what to change) when there is none."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class SessionLocks(Protocol):

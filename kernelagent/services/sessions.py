@@ -15,7 +15,7 @@ from kernelagent.errors import Unprocessable
 from kernelagent.services.auth import AuthService
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelBackend, KernelPool
-from kernelagent.services.ports import Database, Storage
+from kernelagent.services.ports import Database, EventLog, Storage
 
 TITLE_MAX = 200
 
@@ -37,7 +37,9 @@ class SessionService:
         kernels: KernelBackend,
         files: FileService,
         storage: Storage,
+        events: EventLog | None = None,
     ):
+        self.events = events
         self.db = db
         self.pool = pool
         self.kernels = kernels
@@ -76,6 +78,11 @@ class SessionService:
         await self.get(user, session_id)
         return await self.db.sessions.update(session_id, title=clean_title(title), updated_at=now())
 
+    async def set_approval_mode(self, user: User, session_id: str, on: bool) -> Session:
+        """In approval mode each cell the agent proposes waits for the user's decision."""
+        await self.get(user, session_id)
+        return await self.db.sessions.update(session_id, approval_mode=on)
+
     async def delete(self, user: User, session_id: str) -> None:
         session = await self.get(user, session_id)
         await self.db.sessions.delete(session.id)
@@ -85,6 +92,8 @@ class SessionService:
         await self.files.forget(session.id)
         await asyncio.to_thread(shutil.rmtree, self.files.workspace(session.id), True)
         await self.storage.delete_prefix(f"sessions/{session.id}/")
+        if self.events is not None:
+            await self.events.delete(session.id)
 
     async def ensure_kernel(self, session: Session) -> str:
         """The session's live kernel id, starting a new one (same workspace) if it is gone."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kernelagent.web.base import NotFoundHandler
+from kernelagent.web.events import EventsHandler
 from kernelagent.web.files import ArtifactHandler, FileHandler, FilesHandler
 from kernelagent.web.gateway.channels import ChannelsHandler
 from kernelagent.web.gateway.handlers import (
@@ -24,6 +25,7 @@ from kernelagent.web.sessions import (
     SessionHandler,
     SessionsHandler,
 )
+from kernelagent.web.turns import AnswerHandler, ApprovalHandler, MessagesHandler, TurnHandler
 
 SESSION = r"/api/v1/sessions/([^/]+)"
 KERNEL = r"/api/kernels/([^/]+)"
@@ -33,7 +35,8 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
     """``services``: the app's ``Services`` (see ``app.py``); each handler takes what it uses."""
     s = services
     common = {"auth": s.auth, "body_limit": s.settings.body_limit}
-    with_sessions = {**common, "sessions": s.sessions, "execution": s.execution}
+    with_sessions = {**common, "sessions": s.sessions, "execution": s.execution, "agent": s.agent}
+    agent = {**common, "agent": s.agent}
     gateway = {**common, "gateway": s.gateway}
     specs = {**gateway, "specs": s.kernels.specs}
     return [
@@ -45,7 +48,16 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
             CellsHandler,
             {**with_sessions, "files": s.files, "notebooks": s.notebooks},
         ),
-        (SESSION + r"/interrupt", InterruptHandler, with_sessions),
+        (SESSION + r"/interrupt", InterruptHandler, agent),
+        (SESSION + r"/messages", MessagesHandler, agent),
+        (SESSION + r"/turns/([^/]+)", TurnHandler, agent),
+        (SESSION + r"/turns/([^/]+)/answer", AnswerHandler, agent),
+        (SESSION + r"/turns/([^/]+)/approval", ApprovalHandler, agent),
+        (
+            SESSION + r"/events",
+            EventsHandler,
+            {**common, "sessions": s.sessions, "events": s.events},
+        ),
         (SESSION + r"/files", FilesHandler, {**common, "sessions": s.sessions, "files": s.files}),
         (
             SESSION + r"/files/(.+)",

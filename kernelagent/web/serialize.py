@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernelagent.domain import Artifact, FileEntry, Session
+from kernelagent.domain import Artifact, FileEntry, Session, Turn
 
 
-def session_json(session: Session, busy: bool = False) -> dict[str, Any]:
+def session_json(
+    session: Session, busy: bool = False, usage: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    extra = {"usage": usage} if usage is not None else {}
     return {
         "id": session.id,
         "title": session.title,
@@ -16,6 +19,25 @@ def session_json(session: Session, busy: bool = False) -> dict[str, Any]:
         "parent_id": session.parent_id,
         "created_at": session.created_at,
         "updated_at": session.updated_at,
+        "approval_mode": session.approval_mode,
+        **extra,
+    }
+
+
+def turn_json(turn: Turn) -> dict[str, Any]:
+    return {
+        "id": turn.id,
+        "session_id": turn.session_id,
+        "status": turn.status,
+        "model": turn.model,
+        "started_at": turn.started_at,
+        "ended_at": turn.ended_at,
+        "usage": {
+            "prompt_tokens": turn.prompt_tokens,
+            "completion_tokens": turn.completion_tokens,
+            "cost": turn.cost,
+        },
+        "error": turn.error,
     }
 
 

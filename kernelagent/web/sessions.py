@@ -1,9 +1,10 @@
-"""``/api/v1/sessions``: create, list, get, rename, delete; run a cell; interrupt."""
+"""``/api/v1/sessions``: create, list, get, update, delete; run a cell; interrupt."""
 
 from __future__ import annotations
 
 import pydantic
 
+from kernelagent.services.agent import AgentService
 from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.notebook_store import NotebookStore
@@ -17,8 +18,9 @@ class CreateSession(Request):
     title: str = ""
 
 
-class RenameSession(Request):
-    title: str
+class UpdateSession(Request):
+    title: str | None = None
+    approval_mode: bool | None = None
 
 
 class RunCell(Request):
@@ -51,14 +53,22 @@ class SessionsHandler(ApiHandler):
 class SessionHandler(ApiHandler):
     sessions: SessionService
     execution: ExecutionService
+    agent: AgentService
 
     async def get(self, session_id: str) -> None:
         session = await self.sessions.get(self.user, session_id)
-        self.write_json(session_json(session, session.id in self.execution.running))
+        usage = await self.agent.usage(session.id)
+        self.write_json(session_json(session, session.id in self.execution.running, usage))
 
     async def patch(self, session_id: str) -> None:
-        body = self.json_body(RenameSession)
-        session = await self.sessions.rename(self.user, session_id, body.title)
+        body = self.json_body(UpdateSession)
+        session = await self.sessions.get(self.user, session_id)
+        if body.title is not None:
+            session = await self.sessions.rename(self.user, session_id, body.title)
+        if body.approval_mode is not None:
+            session = await self.sessions.set_approval_mode(
+                self.user, session_id, body.approval_mode
+            )
         self.write_json(session_json(session, session.id in self.execution.running))
 
     async def delete(self, session_id: str) -> None:
@@ -94,11 +104,11 @@ class CellsHandler(ApiHandler):
 
 
 class InterruptHandler(ApiHandler):
-    sessions: SessionService
-    execution: ExecutionService
+    """Stops the running cell and the agent's turn, if any."""
+
+    agent: AgentService
 
     async def post(self, session_id: str) -> None:
-        session = await self.sessions.get(self.user, session_id)
-        await self.execution.interrupt(session)
+        await self.agent.interrupt(self.user, session_id)
         self.set_status(204)
         self.finish()

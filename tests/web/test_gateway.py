@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -266,3 +267,46 @@ async def test_websocket_needs_a_token_and_the_owner(ka_server):
         await WsClient.connect(ka_server, kernel["id"], token=other)
     with pytest.raises(Exception, match="401"):
         await WsClient.connect(ka_server, kernel["id"], token="bad")
+
+
+async def test_a_client_that_reconnects_gets_what_it_missed(ka_server):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    client_id = uuid.uuid4().hex
+    ws = await WsClient.connect(ka_server, kernel["id"], session_id=client_id)
+    code = "import time\nfor i in range(4):\n    print(i, flush=True)\n    time.sleep(0.2)\n'done'"
+    msg_id = await ws.send("shell", "execute_request", {"code": code, "silent": False})
+    await ws.until(lambda m: m["msg_type"] == "stream")  # running; then the network drops
+    ws.close()
+    stranger = await WsClient.connect(ka_server, kernel["id"], session_id=uuid.uuid4().hex)
+    await asyncio.sleep(1.2)  # the cell finishes while the client is away
+
+    back = await WsClient.connect(ka_server, kernel["id"], session_id=client_id)
+    try:
+        seen = await back.until(
+            lambda m: m["channel"] == "shell" and m["parent_header"].get("msg_id") == msg_id
+        )
+        mine = [m for m in seen if m["parent_header"].get("msg_id") == msg_id]
+        printed = "".join(m["content"]["text"] for m in mine if m["msg_type"] == "stream")
+        assert printed.endswith("3\n") and "1\n2\n" in printed
+        assert [
+            m["content"]["data"]["text/plain"] for m in mine if m["msg_type"] == "execute_result"
+        ] == ["'done'"]
+        assert mine[-1]["msg_type"] == "execute_reply"
+        ids = [m["msg_id"] for m in mine]
+        assert len(ids) == len(set(ids)), "a message was replayed twice"
+        # and nothing of it arrives again from the live stream
+        _, reply = await back.execute("'after'")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        back.close()
+    # a client the server did not know before gets the live stream only, no history
+    texts = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            m = await stranger.recv(timeout=0.5)
+            if m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == msg_id:
+                texts.append(m["content"]["text"])
+    stranger.close()
+    assert texts and "0\n" not in texts
+    cells = await ka_server.services.db.cells.list(kernel["id"])
+    assert (cells[0].source, cells[0].status) == (code, "ok")

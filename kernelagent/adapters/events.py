@@ -1,0 +1,165 @@
+"""Session event logs: what the SSE stream serves, replayable from any event id.
+
+Each session has an append-only log of ``Event``s with increasing ids. ``read(after=id)`` returns
+what came after ``id`` (waiting up to ``wait`` seconds when there is nothing yet), so a client that
+reconnects with ``Last-Event-ID`` gets every later event and none twice, and any number of clients
+can follow one session. Retention is bounded: the oldest events of a session go first once it holds
+``retention`` of them.
+
+``LocalEvents`` keeps the logs in this process (ids ``1``, ``2``, …). ``RedisEvents`` keeps each
+log in a Redis Stream (``XADD … MAXLEN ~ retention``; ids are the stream's own ``<ms>-<seq>``), so
+another server process can serve the stream of a turn this one runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import itertools
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from kernelagent.errors import InvalidInput, KernelAgentError
+
+SOCKET_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    data: dict[str, Any]
+
+
+class LocalEvents:
+    """Per-session deques and a condition that wakes readers on every publish."""
+
+    def __init__(self, retention: int = 10_000):
+        self.retention = retention
+        self._logs: dict[str, collections.deque[tuple[int, Event]]] = {}
+        self._counters: dict[str, itertools.count[int]] = {}
+        self._changed = asyncio.Condition()
+        self._closed = False
+
+    async def publish(self, session_id: str, type: str, data: dict[str, Any]) -> Event:
+        counter = self._counters.setdefault(session_id, itertools.count(1))
+        n = next(counter)
+        event = Event(str(n), type, data)
+        log = self._logs.setdefault(session_id, collections.deque(maxlen=self.retention))
+        log.append((n, event))
+        async with self._changed:
+            self._changed.notify_all()
+        return event
+
+    async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Event]:
+        start = _local_id(after)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with self._changed:  # checked under the lock: no publish slips in unnoticed
+            while not self._closed:
+                events = [e for n, e in self._logs.get(session_id, ()) if n > start]
+                remaining = deadline - loop.time()
+                if events or remaining <= 0:
+                    return events
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+            return []
+
+    async def delete(self, session_id: str) -> None:
+        self._logs.pop(session_id, None)
+
+    async def close(self) -> None:
+        """Wake every reader (they return nothing) and forget the logs."""
+        self._closed = True
+        async with self._changed:
+            self._changed.notify_all()
+        self._logs.clear()
+
+
+class RedisEvents:
+    """One Redis Stream per session: ``<prefix>events:<session>``."""
+
+    def __init__(self, url: str, retention: int = 10_000, *, prefix: str = "kernelagent:"):
+        self.retention = retention
+        self.prefix = prefix
+        # reads block up to ``wait`` seconds, so the read timeout must outlast them
+        self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=SOCKET_TIMEOUT)
+
+    def _key(self, session_id: str) -> str:
+        return f"{self.prefix}events:{session_id}"
+
+    async def publish(self, session_id: str, type: str, data: dict[str, Any]) -> Event:
+        payload = json.dumps(data, ensure_ascii=False, default=str)
+        try:
+            raw_id = await self.redis.xadd(
+                self._key(session_id),
+                {"type": type, "data": payload},
+                maxlen=self.retention,
+                approximate=True,
+            )
+        except RedisError as e:
+            raise KernelAgentError(f"Redis refused an event: {e}") from e
+        return Event(raw_id.decode(), type, data)
+
+    async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Event]:
+        start = _redis_id(after)
+        try:
+            answer = await self.redis.xread(
+                {self._key(session_id): start},
+                count=1000,
+                block=int(wait * 1000) if wait > 0 else None,
+            )
+        except RedisError as e:
+            raise KernelAgentError(f"Redis could not read events: {e}") from e
+        events = []
+        for _, entries in answer or ():
+            for raw_id, fields in entries:
+                events.append(
+                    Event(
+                        raw_id.decode(),
+                        fields[b"type"].decode(),
+                        json.loads(fields[b"data"]),
+                    )
+                )
+        return events
+
+    async def delete(self, session_id: str) -> None:
+        try:
+            await self.redis.delete(self._key(session_id))
+        except RedisError as e:
+            raise KernelAgentError(f"Redis could not delete events: {e}") from e
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _local_id(after: str | None) -> int:
+    if not after:
+        return 0
+    try:
+        return int(after)
+    except ValueError:
+        raise InvalidInput(f"Last-Event-ID {after!r} is not an event id of this stream") from None
+
+
+def _redis_id(after: str | None) -> str:
+    if not after:
+        return "0-0"
+    ms, _, seq = after.partition("-")
+    if not (ms.isdigit() and (seq.isdigit() or not seq)):
+        raise InvalidInput(f"Last-Event-ID {after!r} is not an event id of this stream")
+    return after
+
+
+def make_events(
+    redis_url: str | None, retention: int, prefix: str = "kernelagent:"
+) -> LocalEvents | RedisEvents:
+    """RedisEvents when a Redis URL is configured, else LocalEvents."""
+    if redis_url:
+        return RedisEvents(redis_url, retention, prefix=prefix)
+    return LocalEvents(retention)
