@@ -2,6 +2,7 @@
 
 kernelagent serve [--host H] [--port P] [--pool-size N] [--unsafe-no-sandbox]
 kernelagent user add NAME
+kernelagent ask "question" [--file F]... [-o F.ipynb] [--model M]
 kernelagent doctor
 kernelagent kernelspec install [--user | --prefix P]
 """
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("doctor", help="check the sandbox and settings on this machine")
 
+    ask = commands.add_parser("ask", help="run one agent turn headless; write the notebook")
+    ask.add_argument("question")
+    ask.add_argument("--file", action="append", default=[], help="upload into the workspace")
+    ask.add_argument("-o", "--output", help="notebook file (default kernelagent-<id>.ipynb)")
+    ask.add_argument("--model", help="model for this turn (default KERNELAGENT_MODEL)")
+
     user = commands.add_parser("user", help="manage users")
     user_commands = user.add_subparsers(dest="action", required=True)
     add_user = user_commands.add_parser("add", help="add a user and print their token")
@@ -63,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         from kernelagent.doctor import run_doctor
 
         return asyncio.run(run_doctor(settings))
+    if args.command == "ask":
+        from kernelagent.ask import main as ask_main
+
+        logging.getLogger().setLevel(logging.WARNING)
+        return ask_main(settings, args.question, args.file, args.output, args.model)
     if args.command == "user":
         return asyncio.run(_add_user(settings, args.name))
     if args.command == "kernelspec":

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
 import sys
+
+import nbformat
+import pytest
+from llm_server import ScriptedLLM, respond, text, tool_call
 
 from kernelagent.app import KernelAgentApp
 
@@ -53,3 +58,53 @@ async def test_owner_token_is_made_once_and_kept(tmp_path, settings):
             await app.stop()
     assert tokens[0] == tokens[1]
     assert (tmp_path / "owner-token").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.sandbox
+async def test_ask_runs_one_turn_headless_and_writes_the_notebook(tmp_path):
+    llm = await ScriptedLLM.start(api_key="sk-cli")
+    try:
+        llm.script(
+            tool_call(
+                "run_python", {"code": "import pandas as pd\nint(pd.read_csv('nums.csv').x.sum())"}
+            ),
+            respond(lambda body: text(f"The sum is {'6' if '6' in str(body) else '?'}.")),
+        )
+        data = tmp_path / "nums.csv"
+        data.write_text("x\n1\n2\n3\n")
+        out = tmp_path / "answer.ipynb"
+        env = {
+            **os.environ,
+            "KERNELAGENT_DATA_DIR": str(tmp_path / "data"),
+            "OPENAI_API_KEY": "sk-cli",
+            "OPENAI_BASE_URL": llm.base_url,
+            "KERNELAGENT_MODEL": "scripted",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kernelagent", "ask", "Sum x",
+            "--file", str(data), "-o", str(out), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 90)
+    finally:
+        await llm.stop()
+    shown = (stdout + stderr).decode()
+    assert process.returncode == 0, shown
+    assert "The sum is 6." in shown and "read_csv" in shown
+    notebook = nbformat.read(out, as_version=4)
+    nbformat.validate(notebook)
+    roles = [c.metadata["kernelagent"]["role"] for c in notebook.cells]
+    assert roles == ["user", "agent", "assistant"]
+    assert notebook.cells[1].outputs[0]["data"]["text/plain"] == "6"
+
+
+def test_ask_without_an_llm_says_what_to_set(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "kernelagent", "ask", "hi"],
+        env={**env, "KERNELAGENT_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr

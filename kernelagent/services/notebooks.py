@@ -127,9 +127,17 @@ def plotly_html_fallback(figure: Mapping[str, Any], div_id: str) -> str:
     )
 
 
+#: Mimetypes only kernelagent's own kernel setup adds (for the agent's view): not exported, so an
+#: exported notebook re-run in a plain kernel gives the same outputs.
+PRIVATE_MIME_PREFIX = "application/vnd.kernelagent."
+
+
 def _export_output(output: Mapping[str, Any], div_id: str) -> nbformat.NotebookNode:
     out = clean_output(output)
     data = out.get("data")
+    if isinstance(data, dict):
+        for mime in [m for m in data if m.startswith(PRIVATE_MIME_PREFIX)]:
+            del data[mime]
     if isinstance(data, dict) and "text/html" not in data:
         figure = data.get(PLOTLY_MIME_TYPE)
         if isinstance(figure, Mapping):

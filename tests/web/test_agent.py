@@ -12,6 +12,8 @@ from conftest import backend_settings, running
 from llm_server import ScriptedLLM, cut, delay, error, respond, text, tool_call, tool_calls
 from sse import EventStream
 
+from kernelagent.services.output_views import DATAFRAME_MIME_TYPE
+
 pytestmark = pytest.mark.sandbox
 
 
@@ -126,6 +128,12 @@ async def test_a_turn_runs_code_sees_a_summary_and_answers(server, llm):
     meta = code["metadata"]["kernelagent"]
     assert meta["tool_call_id"] and meta["attempt"] == 1 and meta["turn_id"] == turn_id
     assert any("text/html" in o.get("data", {}) for o in code["outputs"])
+    # the DataFrame summary the kernel adds for the model is in the record, not in the export
+    recorded = next(
+        c for c in await server.services.db.cells.list(session["id"]) if c.role == "agent"
+    )
+    assert any(DATAFRAME_MIME_TYPE in o.get("data", {}) for o in recorded.outputs)
+    assert not any(DATAFRAME_MIME_TYPE in o.get("data", {}) for o in code["outputs"])
 
     detail = await server.json(f"/api/v1/sessions/{session['id']}")
     assert detail["usage"]["turns"] == 1 and detail["usage"]["prompt_tokens"] > 0
