@@ -6,9 +6,12 @@ reconnects with ``Last-Event-ID`` gets every later event and none twice, and any
 can follow one session. Retention is bounded: the oldest events of a session go first once it holds
 ``retention`` of them.
 
-``LocalEvents`` keeps the logs in this process (ids ``1``, ``2``, …). ``RedisEvents`` keeps each
-log in a Redis Stream (``XADD … MAXLEN ~ retention``; ids are the stream's own ``<ms>-<seq>``), so
-another server process can serve the stream of a turn this one runs.
+``LocalEvents`` keeps the logs in this process; ids are ``<epoch>-<n>``, the epoch naming this
+process, so a client resuming with an id from before a restart gets the whole new log rather than
+waiting for the counter to catch up. ``RedisEvents`` keeps each log in a Redis Stream
+(``XADD … MAXLEN ~ retention``: trimmed by whole stream nodes, never below ``retention``; ids
+are the stream's own ``<ms>-<seq>``), so another server process can serve the stream of a turn
+this one runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import re
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -27,6 +32,8 @@ from redis.exceptions import RedisError
 from kernelagent.errors import InvalidInput, KernelAgentError
 
 SOCKET_TIMEOUT = 5.0
+STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})", re.ASCII)
+MAX_ID_PART = 2**64 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +48,7 @@ class LocalEvents:
 
     def __init__(self, retention: int = 10_000):
         self.retention = retention
+        self.epoch = time.time_ns() // 1_000_000
         self._logs: dict[str, collections.deque[tuple[int, Event]]] = {}
         self._counters: dict[str, itertools.count[int]] = {}
         self._changed = asyncio.Condition()
@@ -49,7 +57,8 @@ class LocalEvents:
     async def publish(self, session_id: str, type: str, data: dict[str, Any]) -> Event:
         counter = self._counters.setdefault(session_id, itertools.count(1))
         n = next(counter)
-        event = Event(str(n), type, data)
+        # a copy, as Redis would keep: later changes to ``data`` do not rewrite history
+        event = Event(f"{self.epoch}-{n}", type, json.loads(json.dumps(data, default=str)))
         log = self._logs.setdefault(session_id, collections.deque(maxlen=self.retention))
         log.append((n, event))
         async with self._changed:
@@ -57,7 +66,7 @@ class LocalEvents:
         return event
 
     async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Event]:
-        start = _local_id(after)
+        start = self._position(after)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         async with self._changed:  # checked under the lock: no publish slips in unnoticed
@@ -69,6 +78,14 @@ class LocalEvents:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), remaining)
             return []
+
+    def _position(self, after: str | None) -> int:
+        """The counter value after which to read; an id of another epoch (a previous process)
+        precedes everything this process logged."""
+        if not after:
+            return 0
+        epoch, n = _parse_id(after)
+        return n if epoch == self.epoch else 0
 
     async def delete(self, session_id: str) -> None:
         self._logs.pop(session_id, None)
@@ -112,7 +129,7 @@ class RedisEvents:
             answer = await self.redis.xread(
                 {self._key(session_id): start},
                 count=1000,
-                block=int(wait * 1000) if wait > 0 else None,
+                block=max(1, int(wait * 1000)) if wait > 0 else None,  # BLOCK 0: forever
             )
         except RedisError as e:
             raise KernelAgentError(f"Redis could not read events: {e}") from e
@@ -138,22 +155,18 @@ class RedisEvents:
         await self.redis.aclose()
 
 
-def _local_id(after: str | None) -> int:
-    if not after:
-        return 0
-    try:
-        return int(after)
-    except ValueError:
-        raise InvalidInput(f"Last-Event-ID {after!r} is not an event id of this stream") from None
+def _parse_id(after: str) -> tuple[int, int]:
+    match = STREAM_ID.fullmatch(after)
+    if match is None or max(int(match[1]), int(match[2])) > MAX_ID_PART:
+        raise InvalidInput(f"Last-Event-ID {after!r} is not an event id of this stream")
+    return int(match[1]), int(match[2])
 
 
 def _redis_id(after: str | None) -> str:
     if not after:
         return "0-0"
-    ms, _, seq = after.partition("-")
-    if not (ms.isdigit() and (seq.isdigit() or not seq)):
-        raise InvalidInput(f"Last-Event-ID {after!r} is not an event id of this stream")
-    return after
+    ms, seq = _parse_id(after)
+    return f"{ms}-{seq}"
 
 
 def make_events(

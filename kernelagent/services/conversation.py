@@ -26,6 +26,7 @@ from kernelagent.domain import Cell
 from kernelagent.services.output_views import view_outputs
 
 Message = dict[str, Any]
+NO_RESULT = "(no result: the turn ended before this call was answered)"
 OMITTED = "[output omitted to save context; run the code again or use read_artifact to see it]"
 
 
@@ -83,32 +84,58 @@ def messages_from_record(
         else:
             messages.append({"role": "user", "content": _context(cell, tool_budget)})
             open_step = None
-    return [_finish(m) for m in messages]
+    return [_finish(m) for m in _answer_every_call(messages)]
 
 
 def trim(messages: list[Message], budget_tokens: int) -> list[Message]:
-    """Fit ``messages`` (system prompt first) into ``budget_tokens``: oldest tool results first."""
+    """Fit ``messages`` (system prompt first) into ``budget_tokens``.
+
+    First the oldest tool results are shortened (not those the model is about to read: the
+    results of the newest tool calls, in the middle of a turn); then whole exchanges are dropped,
+    oldest first, keeping the system prompt, the turn's question (the newest user text) and the
+    newest exchange, and never a tool call without its results.
+    """
     messages = list(messages)
     if estimate_tokens(messages) <= budget_tokens:
         return messages
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=0)
-    for i, m in enumerate(messages[:last_user]):
+    question = max(
+        (
+            i
+            for i, m in enumerate(messages)
+            if m["role"] == "user" and isinstance(m["content"], str)
+        ),
+        default=0,
+    )
+    newest_calls = max((i for i, m in enumerate(messages) if m.get("tool_calls")), default=-1)
+    reading = newest_calls if newest_calls > question else len(messages)
+    for i, m in enumerate(messages):
+        if i > reading:
+            break
         if m["role"] == "tool" and len(m["content"]) > len(OMITTED):
             messages[i] = {**m, "content": OMITTED}
             if estimate_tokens(messages) <= budget_tokens:
                 return messages
-    # still too long: drop whole exchanges from the oldest, keeping tool calls with their results
-    while estimate_tokens(messages) > budget_tokens and len(messages) > 2:
-        drop = 1
-        if messages[1].get("tool_calls"):
-            while 1 + drop < len(messages) and messages[1 + drop]["role"] == "tool":
-                drop += 1
-        if 1 + drop >= len(messages):
-            break
-        del messages[1 : 1 + drop]
-        while len(messages) > 2 and messages[1]["role"] == "tool":
-            del messages[1]
-    return messages
+    groups = _groups(messages)
+    keep = {0, question, *groups[-1]}
+    dropped: set[int] = set()
+    for group in groups:
+        if keep.isdisjoint(group):
+            dropped.update(group)
+            left = [m for i, m in enumerate(messages) if i not in dropped]
+            if estimate_tokens(left) <= budget_tokens:
+                return left
+    return [m for i, m in enumerate(messages) if i not in dropped]
+
+
+def _groups(messages: list[Message]) -> list[list[int]]:
+    """Indices of messages that go together: an assistant's tool calls with their results."""
+    groups: list[list[int]] = []
+    for i, m in enumerate(messages):
+        if m["role"] == "tool" and groups and messages[groups[-1][0]].get("tool_calls"):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def _assistant(
@@ -122,6 +149,25 @@ def _assistant(
     message: Message = {"role": "assistant", "content": None, "tool_calls": []}
     messages.append(message)
     return message
+
+
+def _answer_every_call(messages: list[Message]) -> list[Message]:
+    """Each tool call's result right after its assistant message, as the chat API requires.
+
+    In the record an answer can come later (a cell someone ran, or a note, while ``ask_user``
+    waited) or never (the turn was interrupted while it waited): the result moves up, or a
+    placeholder stands in for it. Results of no call are dropped.
+    """
+    results = {m["tool_call_id"]: m for m in messages if m["role"] == "tool"}
+    ordered: list[Message] = []
+    for m in messages:
+        if m["role"] == "tool":
+            continue
+        ordered.append(m)
+        for call in m.get("tool_calls") or ():
+            result = results.pop(call["id"], None)
+            ordered.append(result or _tool_result(call["id"], NO_RESULT))
+    return ordered
 
 
 def _finish(message: Message) -> Message:

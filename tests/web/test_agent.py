@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 from conftest import backend_settings, running
@@ -91,7 +92,7 @@ async def test_a_turn_runs_code_sees_a_summary_and_answers(server, llm):
     assert types[0] == "turn.started" and types[-1] == "turn.completed", types
     for kind in ("message.delta", "cell.started", "cell.output", "cell.completed", "usage"):
         assert kind in types, kind
-    ids = [int(e.id) if e.id.isdigit() else e.id for e in events]
+    ids = [tuple(int(part) for part in e.id.split("-")) for e in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     streamed = "".join(e.data["text"] for e in events if e.type == "message.delta")
     assert "Total sales are 42" in streamed
@@ -380,3 +381,64 @@ async def test_without_an_llm_messages_are_refused_plainly(ka_server):
     )
     assert response.code == 503
     assert "OPENAI_API_KEY" in json.loads(response.body)["error"]["message"]
+
+
+async def test_timeouts_images_read_artifact_and_cost(request, tmp_path, unused_port, llm):
+    request.param = "embedded"
+    settings = agent_settings(
+        request, tmp_path, unused_port, llm, cell_timeout=1.5, prices='{"scripted": [2.0, 8.0]}'
+    )
+    told = []
+
+    def then(step_for):
+        def record(body):
+            told.append(last_tool_result(body))
+            return step_for(told[-1])
+
+        return respond(record)
+
+    plot = (
+        "import matplotlib.pyplot as plt\n"
+        "fig, ax = plt.subplots(figsize=(4, 3), dpi=100)\nax.plot([1, 2, 3])\nplt.show()"
+    )
+    llm.script(
+        tool_call(
+            "run_python", {"code": "import time\nprint('partial', flush=True)\ntime.sleep(30)"}
+        ),
+        then(lambda _: tool_call("run_python", {"code": plot})),
+        then(
+            lambda result: tool_call(
+                "read_artifact", {"artifact_id": result.split("artifact ")[1].split("]")[0]}
+            )
+        ),
+        then(lambda _: text("done", usage=(1000, 500))),
+    )
+    async with running(settings) as server:
+        session = await server.session()
+        # a fresh kernel's first matplotlib import builds its font cache: not within 1.5 s
+        await server.run(session["id"], "import matplotlib.pyplot", timeout=60)
+        turn_id = await ask(server, session["id"], "go")
+        await server.services.agent.wait(session["id"])
+        detail = await server.json(f"/api/v1/sessions/{session['id']}")
+        turn = await server.json(f"/api/v1/sessions/{session['id']}/turns/{turn_id}")
+    assert turn["status"] == "completed", turn
+    assert told[0].startswith("TIMEOUT") and "partial" in told[0]
+    image = re.search(r"\[image/png (\d+x\d+), artifact [0-9a-f-]{36}\]", told[1])
+    assert image and "base64" not in told[1] and len(told[1]) < 1000, told[1]
+    assert "image/png" in told[2] and image[1] in told[2]
+    assert turn["usage"]["cost"] > 0 and detail["usage"]["cost"] == turn["usage"]["cost"]
+    prompt, completion = turn["usage"]["prompt_tokens"], turn["usage"]["completion_tokens"]
+    assert turn["usage"]["cost"] == pytest.approx((prompt * 2.0 + completion * 8.0) / 1e6)
+
+
+async def test_the_token_budget_stops_a_turn(request, tmp_path, unused_port, llm):
+    request.param = "embedded"
+    settings = agent_settings(request, tmp_path, unused_port, llm, agent_token_budget=5000)
+    llm.script(tool_call("run_python", {"code": "1"}, usage=(4000, 2000)), text("never"))
+    async with running(settings) as server:
+        session = await server.session()
+        turn_id = await ask(server, session["id"], "go")
+        await server.services.agent.wait(session["id"])
+        turn = await server.json(f"/api/v1/sessions/{session['id']}/turns/{turn_id}")
+    assert turn["status"] == "failed" and "KERNELAGENT_AGENT_TOKEN_BUDGET" in turn["error"]
+    assert len(llm.requests) == 1
