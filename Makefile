@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install serve test lint bench doctor
+.PHONY: install serve test lint bench doctor browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,17 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# Debian's Chromium for the browser tests (Playwright drives it; its own download cannot work here)
+browser:
+	@command -v chromium >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+test: lint browser
 	$(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python bench/kernels.py --json bench/kernels.json
+	$(BIN)/python bench/sessions.py --json bench/sessions.json
+	$(BIN)/python bench/gateway.py

@@ -19,6 +19,7 @@ from kernelagent.web.gateway.handlers import (
 )
 from kernelagent.web.health import HealthHandler
 from kernelagent.web.notebooks import NotebookHandler
+from kernelagent.web.pages import page_routes
 from kernelagent.web.sessions import (
     CellsHandler,
     InterruptHandler,
@@ -80,4 +81,5 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
         (r"/api/kernelspecs/([^/]+)", KernelSpecHandler, specs),
         (r"/kernelspecs/([^/]+)/([^/]+)", KernelSpecResourceHandler, specs),
         (r"/api/.*", NotFoundHandler, {}),
+        *page_routes(s),
     ]
