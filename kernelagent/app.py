@@ -92,11 +92,12 @@ class KernelAgentApp:
             size=settings.pool_size,
             preimport=[m.strip() for m in settings.pool_preimport.split(",") if m.strip()],
         )
+        secret = settings.secret or _stored_secret(settings.data_dir)
         files = FileService(
             db,
             storage,
             settings.workspaces_dir,
-            secret=settings.secret or _stored_secret(settings.data_dir),
+            secret=secret,
             upload_limit=settings.upload_limit,
             signed_url_ttl=settings.signed_url_ttl,
         )
@@ -159,7 +160,12 @@ class KernelAgentApp:
         )
         await pool.start()
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else "bubblewrap"
-        self.web = web.Application(routes(self.services, sandbox))
+        self.web = web.Application(
+            routes(self.services, sandbox),
+            cookie_secret=secret,
+            xsrf_cookies=True,
+            xsrf_cookie_kwargs={"samesite": "Strict", "httponly": False},
+        )
         if listen:
             self.http = self.web.listen(
                 settings.port,

@@ -1,8 +1,12 @@
 """ApiHandler: token auth, JSON bodies parsed into typed requests, the one place errors map to HTTP.
 
 Every ``/api/v1`` handler derives from it: ``prepare()`` authenticates (``Authorization: token T``
-or ``Bearer T``) unless the handler sets ``auth_required = False``; kernelagent errors become
-``{"error": {"code", "message"}}`` with their status.
+or ``Bearer T``; or the web UI's signed cookie) unless the handler sets ``auth_required = False``;
+kernelagent errors become ``{"error": {"code", "message"}}`` with their status.
+
+A request authenticated by its ``Authorization`` header cannot be forged by another site, so only
+cookie-authenticated requests must carry tornado's XSRF token (``X-XSRFToken`` header or
+``_xsrf`` field), which the UI's pages provide.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from kernelagent.errors import InvalidInput, KernelAgentError, TooLarge, Unproce
 from kernelagent.services.auth import AuthService
 
 Body = TypeVar("Body", bound=pydantic.BaseModel)
+COOKIE = "kernelagent-token"  # the signed cookie holding a signed-in browser's token
+COOKIE_DAYS = 30
 
 
 class Request(pydantic.BaseModel):
@@ -51,9 +57,17 @@ class ApiHandler(web.RequestHandler):
     async def _authenticate(self) -> User | None:
         header = self.request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() not in {"token", "bearer"}:
-            return None
-        return await self.auth.authenticate(token.strip())
+        if scheme.lower() in {"token", "bearer"}:
+            return await self.auth.authenticate(token.strip())
+        cookie = self.get_signed_cookie(COOKIE, max_age_days=COOKIE_DAYS)
+        if cookie:
+            return await self.auth.authenticate(cookie.decode())
+        return None
+
+    def check_xsrf_cookie(self) -> None:
+        if self.request.headers.get("Authorization") or COOKIE not in self.request.cookies:
+            return  # no ambient credential a forged request could ride on
+        super().check_xsrf_cookie()
 
     @property
     def user(self) -> User:
