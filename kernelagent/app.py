@@ -11,6 +11,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import getpass
 import logging
@@ -36,7 +38,9 @@ from kernelagent.services.kernels import KernelPool
 from kernelagent.services.notebook_store import NotebookStore
 from kernelagent.services.output_views import KERNEL_SETUP_CODE
 from kernelagent.services.ports import Database, EventLog, SessionLocks, Storage
+from kernelagent.services.replay import Replayer
 from kernelagent.services.sessions import SessionService
+from kernelagent.services.worldlines import WorldlineService
 from kernelagent.web.routes import routes
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class Services:
     gateway: GatewayService
     events: EventLog
     agent: AgentService
+    worldlines: WorldlineService
 
 
 class KernelAgentApp:
@@ -70,6 +75,7 @@ class KernelAgentApp:
         self.services: Services | None = None
         self.web: web.Application | None = None
         self.http: httpserver.HTTPServer | None = None
+        self._culler: asyncio.Task[None] | None = None
 
     async def start(self, listen: bool = True) -> Services:
         settings = self.settings
@@ -112,6 +118,7 @@ class KernelAgentApp:
             stream_limit=settings.stream_limit,
             events=events,
             kernel_setup_code=KERNEL_SETUP_CODE,
+            replayer=Replayer(kernels, files, settings.cell_timeout),
         )
         llm = None
         if settings.llm_configured:
@@ -157,8 +164,18 @@ class KernelAgentApp:
             gateway=GatewayService(sessions, execution, kernels),
             events=events,
             agent=agent,
+            worldlines=WorldlineService(
+                db,
+                sessions,
+                execution,
+                files,
+                events,
+                Replayer(kernels, files, settings.cell_timeout),
+            ),
         )
         await pool.start()
+        if settings.kernel_idle_ttl > 0:
+            self._culler = asyncio.create_task(self._cull(execution, settings.kernel_idle_ttl))
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else "bubblewrap"
         self.web = web.Application(
             routes(self.services, sandbox),
@@ -193,7 +210,21 @@ class KernelAgentApp:
         _write_private(token_file, token)
         return token
 
+    @staticmethod
+    async def _cull(execution: ExecutionService, ttl: float) -> None:
+        """Shut down idle kernels (their sessions stay) every so often."""
+        while True:
+            await asyncio.sleep(min(60.0, ttl / 4))
+            try:
+                await execution.cull_idle(ttl)
+            except Exception:
+                log.exception("culling idle kernels failed")
+
     async def stop(self) -> None:
+        if self._culler:
+            self._culler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._culler
         if self.http:
             self.http.stop()
             await self.http.close_all_connections()

@@ -3,6 +3,7 @@
 kernelagent serve [--host H] [--port P] [--pool-size N] [--unsafe-no-sandbox]
 kernelagent user add NAME
 kernelagent ask "question" [--file F]... [-o F.ipynb] [--model M]
+kernelagent replay F.ipynb [--files DIR]
 kernelagent doctor
 kernelagent kernelspec install [--user | --prefix P]
 """
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("-o", "--output", help="notebook file (default kernelagent-<id>.ipynb)")
     ask.add_argument("--model", help="model for this turn (default KERNELAGENT_MODEL)")
 
+    replay = commands.add_parser("replay", help="re-execute a notebook in the sandbox; compare")
+    replay.add_argument("notebook")
+    replay.add_argument("--files", help="a directory whose files the notebook reads")
+
     user = commands.add_parser("user", help="manage users")
     user_commands = user.add_subparsers(dest="action", required=True)
     add_user = user_commands.add_parser("add", help="add a user and print their token")
@@ -75,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.getLogger().setLevel(logging.WARNING)
         return ask_main(settings, args.question, args.file, args.output, args.model)
+    if args.command == "replay":
+        from kernelagent.replay_cli import main as replay_main
+
+        logging.getLogger().setLevel(logging.WARNING)
+        return replay_main(settings, args.notebook, args.files)
     if args.command == "user":
         return asyncio.run(_add_user(settings, args.name))
     if args.command == "kernelspec":

@@ -140,6 +140,11 @@ class Settings:
         "KERNELAGENT_PRICES",
         'JSON {"model": [prompt $/1M tokens, completion $/1M tokens]} for cost per turn',
     )
+    kernel_idle_ttl: float = _setting(
+        1800.0,
+        "KERNELAGENT_KERNEL_IDLE_TTL",
+        "Seconds before an idle kernel is shut down (its session stays); 0 never",
+    )
     events_retention: int = _setting(
         10_000, "KERNELAGENT_EVENTS_RETENTION", "Events kept per session for SSE replay"
     )

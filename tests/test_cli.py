@@ -108,3 +108,37 @@ def test_ask_without_an_llm_says_what_to_set(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr
+
+
+@pytest.mark.sandbox
+def test_replay_reruns_a_notebook_and_reports_each_cell(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "open('in.txt').read().upper()",
+            outputs=[
+                nbformat.v4.new_output(
+                    "execute_result", {"text/plain": "'HELLO'"}, execution_count=1
+                )
+            ],
+        ),
+        nbformat.v4.new_code_cell(
+            "print(2 + 2)", outputs=[nbformat.v4.new_output("stream", name="stdout", text="5\n")]
+        ),
+    ]
+    path = tmp_path / "analysis.ipynb"
+    nbformat.write(nb, path)
+    beside = tmp_path / "files"
+    beside.mkdir()
+    (beside / "in.txt").write_text("hello")
+    env = {**os.environ, "KERNELAGENT_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-m", "kernelagent", "replay", str(path), "--files", str(beside)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 match, 1 differ, 0 error" in result.stdout
+    assert '-    "text": "5\\n"' in result.stdout or "differ" in result.stdout

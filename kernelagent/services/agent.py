@@ -538,11 +538,15 @@ class AgentService:
             reason = str(error.get("evalue", "the kernel died"))
             if "out of memory" in reason:
                 head = (
-                    f"OUT OF MEMORY: {reason}. The kernel was restarted and every variable is "
-                    "gone. Use less memory: fewer columns (usecols), chunks, smaller dtypes.\n"
+                    f"OUT OF MEMORY: {reason}. The next cell gets a new kernel with the earlier "
+                    "cells replayed (not this one). Use less memory: fewer columns (usecols), "
+                    "chunks, smaller dtypes.\n"
                 )
             else:
-                head = f"KERNEL DIED: {reason}. The session has a new kernel; variables are gone.\n"
+                head = (
+                    f"KERNEL DIED: {reason}. The next cell gets a new kernel whose state is "
+                    "rebuilt by replaying the earlier cells (not this one).\n"
+                )
         elif cell.status == "interrupted":
             head = "INTERRUPTED by the user.\n"
         elif error.get("ename") in ("ModuleNotFoundError", "ImportError"):

@@ -103,13 +103,15 @@ class GatewayService:
 
     async def interrupt(self, user: User, kernel_id: str) -> None:
         session = await self.sessions.get(user, kernel_id)
-        kernel = await self.sessions.ensure_kernel(session)
-        await self.kernels.interrupt(kernel)
+        if session.kernel_id:
+            with contextlib.suppress(KeyError):  # no kernel: nothing runs
+                await self.kernels.interrupt(session.kernel_id)
 
     async def restart(self, user: User, kernel_id: str) -> KernelModel:
         """Restart the session's kernel in place; open channels keep working across it."""
         session = await self.sessions.get(user, kernel_id)
-        kernel = await self.sessions.ensure_kernel(session)
+        kernel = await self.execution.live_kernel(session.id)
+        session = await self.sessions.get(user, kernel_id)
         self._restarting.add(session.id)
         try:
             await self.broadcast_status(session.id, "restarting")
@@ -137,7 +139,7 @@ class GatewayService:
         self, user: User, kernel_id: str, send: SendToClient, client_session: str | None
     ) -> GatewayChannel:
         session = await self.sessions.get(user, kernel_id)
-        kernel = await self.sessions.ensure_kernel(session)
+        kernel = await self.execution.live_kernel(session.id)
         channel = GatewayChannel(self, session, kernel, send, client_session)
         earlier = self.detached.pop((session.id, client_session), None) if client_session else None
         await channel.open(earlier)

@@ -10,6 +10,12 @@ the session sees agent, web and gateway cells alike as they happen.
 
 A kernel is prepared once before its first cell: ``kernel_setup_code`` runs silently (it adds the
 DataFrame summary that the agent's view of outputs uses), leaving no name in the user's namespace.
+
+A session whose kernel is gone (it died, was culled when idle, was shut down, or the server
+restarted) gets a new one on its next cell with its state rebuilt: the workspace is emptied, the
+recorded cells are replayed (uploads re-applied where they arrived), the files are put back as
+they were, and a note in the record says so. After each cell whose files changed, the workspace's
+snapshot id is kept in the cell's metadata (``snapshot``): "the files as they were after cell N".
 Modelled on nbclient's ``async_execute_cell``: iopub until ``status: idle``, then the shell reply,
 while watching the kernel's liveness.
 """
@@ -41,6 +47,7 @@ from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelBackend
 from kernelagent.services.outputs import OutputCollector, extract_artifacts
 from kernelagent.services.ports import Database, EventLog, SessionLocks
+from kernelagent.services.replay import Replayer, replayable
 from kernelagent.services.sessions import SessionService
 
 log = logging.getLogger(__name__)
@@ -80,7 +87,10 @@ class ExecutionService:
         stream_limit: int,
         events: EventLog | None = None,
         kernel_setup_code: str = "",
+        replayer: Replayer | None = None,
     ):
+        self.replayer = replayer
+        self.last_used: dict[str, float] = {}  # session id → loop time of its last cell
         self.db = db
         self.events = events
         self.kernel_setup_code = kernel_setup_code
@@ -116,10 +126,7 @@ class ExecutionService:
             session = await self.db.sessions.get(session_id)
             if session is None or (owner is not None and session.user_id != owner.id):
                 raise NotFound("no such session")
-            kernel_id = await self.sessions.ensure_kernel(session)
-            if session.kernel_id and session.kernel_id != kernel_id:
-                self._forget_client(session.kernel_id)
-            await self._prepare(kernel_id)
+            kernel_id = await self._live_kernel(session)
             cell = await self.db.cells.append_next(
                 _new_cell(session.id, "code", code, role, "pending", dict(metadata or {}))
             )
@@ -174,9 +181,15 @@ class ExecutionService:
                 artifacts = await self.files.store_artifacts(
                     session, cell.id, extract_artifacts(outputs)
                 )
-                await self.files.mirror(session)
+                if await self.files.mirror(session):
+                    snapshot = await self.files.snapshot(session)
+                    cell = dataclasses.replace(
+                        cell, metadata={**cell.metadata, "snapshot": snapshot}
+                    )
+                    await self.db.cells.update(cell)
             except Exception:
                 log.exception("storing the outputs or files of cell %s failed", cell.id)
+            self.last_used[session.id] = asyncio.get_running_loop().time()
         if request and reply:  # after the record: a client that saw the reply finds the cell
             await request.deliver("shell", reply)
         return Execution(session, cell, artifacts)
@@ -189,8 +202,8 @@ class ExecutionService:
         await self.kernels.restart(kernel_id)
         await self.note(session, "The kernel was restarted; its variables are gone.")
 
-    async def stop_kernel(self, session: Session) -> None:
-        """Shut the session's kernel down; the next cell starts a fresh one."""
+    async def stop_kernel(self, session: Session, why: str = "The kernel was shut down") -> None:
+        """Shut the session's kernel down; the next cell starts a new one with state rebuilt."""
         if not session.kernel_id:
             return
         if session.id in self.running:
@@ -199,7 +212,9 @@ class ExecutionService:
         with contextlib.suppress(KeyError):
             await self.kernels.shutdown(session.kernel_id, now=True)
         await self.db.sessions.update(session.id, kernel_id=None, status="stopped")
-        await self.note(session, "The kernel was shut down; the next cell starts a new one.")
+        await self.note(
+            session, f"{why}; the next cell starts a new one, with its state rebuilt by replay."
+        )
 
     async def note(self, session: Session, text: str) -> Cell:
         """Record a system note (a markdown cell) at the next index, in order with the cells."""
@@ -220,6 +235,80 @@ class ExecutionService:
         )
         return cell
 
+    async def record_upload(self, session: Session, path: str, size: int, sha256: str) -> Cell:
+        """Record an upload at this point of the notebook (replay re-applies it here)."""
+        snapshot = await self.files.snapshot(session)
+        return await self.record_markdown(
+            session.id,
+            "system",
+            f"*Uploaded `{path}` ({size:,} bytes).*",
+            {"upload": {"path": path, "size": size, "sha256": sha256}, "snapshot": snapshot},
+        )
+
+    async def live_kernel(self, session_id: str) -> str:
+        """The session's kernel, started and its state rebuilt if it was gone (in cell order)."""
+        async with self.locks.hold(session_id, timeout=LOCK_WAIT):
+            session = await self.db.sessions.get(session_id)
+            if session is None:
+                raise NotFound("no such session")
+            return await self._live_kernel(session)
+
+    async def _live_kernel(self, session: Session) -> str:
+        kernel_id = await self.sessions.ensure_kernel(session)
+        if kernel_id != session.kernel_id:
+            if session.kernel_id:
+                self._forget_client(session.kernel_id)
+            await self._rebuild(session, kernel_id)
+        await self._prepare(kernel_id)
+        return kernel_id
+
+    async def _rebuild(self, session: Session, kernel_id: str) -> None:
+        """Replay the record into a replacement kernel; the files end as they were."""
+        cells = await self.db.cells.list(session.id)
+        todo = replayable(cells)
+        if self.replayer is None or not any(c.cell_type == "code" for c in todo):
+            return
+        snapshot = latest_snapshot(cells)
+        started = time.perf_counter()
+        await self.files.restore(session, None)
+        try:
+            reports = await self.replayer.run(kernel_id, self.files.workspace(session.id), todo)
+        finally:
+            if snapshot is not None:
+                await self.files.restore(session, snapshot)
+        differ = sum(r.status != "match" for r in reports)
+        text = (
+            f"*The session's kernel was gone; a new one was started and its state rebuilt by "
+            f"replaying {len(reports)} cells in {time.perf_counter() - started:.1f} s"
+            + (f" ({differ} gave different outputs)" if differ else "")
+            + ".*"
+        )
+        cell = await self.db.cells.append_next(
+            _new_cell(session.id, "markdown", text, "system", "ok", {"rebuilt": len(reports)})
+        )
+        await self._publish(
+            session.id,
+            "cell.added",
+            {"cell_id": cell.id, "role": "system", "source": text, "metadata": cell.metadata},
+        )
+
+    async def cull_idle(self, ttl: float) -> list[str]:
+        """Shut down kernels idle for ``ttl`` seconds; their sessions stay. Returns their ids."""
+        loop_now = asyncio.get_running_loop().time()
+        culled = []
+        for session_id, used in list(self.last_used.items()):
+            if loop_now - used < ttl or session_id in self.running:
+                continue
+            del self.last_used[session_id]
+            session = await self.db.sessions.get(session_id)
+            if session is None or not session.kernel_id:
+                continue
+            await self.stop_kernel(
+                session, f"The kernel was shut down after {ttl / 60:g} minutes idle"
+            )
+            culled.append(session_id)
+        return culled
+
     async def evaluate(self, session_id: str, expression: str, timeout: float = 10) -> str:
         """The ``text/plain`` value of ``expression`` in the session's kernel, evaluated silently
         (``user_expressions``: no cell, no history, no output) in order with the cells."""
@@ -227,8 +316,7 @@ class ExecutionService:
             session = await self.db.sessions.get(session_id)
             if session is None:
                 raise NotFound("no such session")
-            kernel_id = await self.sessions.ensure_kernel(session)
-            await self._prepare(kernel_id)
+            kernel_id = await self._live_kernel(session)
             client = self._client(kernel_id)
             msg_id = client.execute(
                 "", silent=True, store_history=False, user_expressions={"value": expression}
@@ -433,18 +521,24 @@ class ExecutionService:
             return False
 
     async def _replace_kernel(self, kernel_id: str, session: Session) -> None:
+        """Drop a dead or stuck kernel; the next cell gets a new one with the state rebuilt."""
         self._forget_client(kernel_id)
         with contextlib.suppress(KeyError):  # a stuck or dead kernel must not be reused
             await self.kernels.shutdown(kernel_id, now=True)
-        await self.db.sessions.update(session.id, status="dead")
-        fresh = await self.db.sessions.get(session.id)
-        if fresh is not None:
-            await self.sessions.ensure_kernel(fresh)
+        await self.db.sessions.update(session.id, kernel_id=None, status="dead")
 
     async def close(self) -> None:
         for client in self._clients.values():
             client.stop_channels()
         self._clients.clear()
+
+
+def latest_snapshot(cells: list[Cell]) -> str | None:
+    """The snapshot id of the files after the last of ``cells`` (None: no file yet)."""
+    for cell in reversed(cells):
+        if cell.metadata.get("snapshot"):
+            return str(cell.metadata["snapshot"])
+    return None
 
 
 def _new_cell(
@@ -486,5 +580,8 @@ def _died(reason: str) -> dict[str, Any]:
     return {
         "ename": "KernelDied",
         "evalue": reason,
-        "traceback": [f"KernelDied: {reason}; the session has a new kernel, its state is gone"],
+        "traceback": [
+            f"KernelDied: {reason}; the next cell starts a new kernel, its state rebuilt by "
+            "replaying the notebook (without this cell)"
+        ],
     }

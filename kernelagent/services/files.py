@@ -5,6 +5,11 @@ a client names is confined to it: absolute paths, ``..``, NUL bytes and symlinks
 refused with InvalidInput before anything is written. After each cell, files that changed (by
 size and mtime, then content hash) are copied to storage under ``sessions/<id>/files/``; rich
 outputs go to storage once per content under ``artifacts/<sha[:2]>/<sha>``.
+
+Workspace history: every file version is also kept once per content under
+``blobs/<sha[:2]>/<sha>``, and ``snapshot()`` stores the workspace's manifest (path → sha256, JSON)
+the same way, so "the files as they were after cell N" is one small object, and an unchanged
+file is never stored twice. ``restore()`` puts a workspace back to a manifest.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path, PurePosixPath
@@ -34,6 +40,10 @@ def artifact_key(sha256: str) -> str:
 
 def file_key(session_id: str, path: str) -> str:
     return f"sessions/{session_id}/files/{path}"
+
+
+def blob_key(sha256: str) -> str:
+    return f"blobs/{sha256[:2]}/{sha256}"
 
 
 def notebook_key(session_id: str) -> str:
@@ -93,6 +103,7 @@ class FileService:
         await asyncio.to_thread(workspace_io.write_file, self.workspace(session.id), rel, data)
         entry = FileEntry(rel, len(data), hashlib.sha256(data).hexdigest(), now())
         await self.storage.put(file_key(session.id, rel), data)
+        await self._keep_blob(entry.sha256, data)
         await self.db.files.upsert(session.id, entry)
         return entry
 
@@ -106,8 +117,10 @@ class FileService:
         root = self.workspace(session.id)
         return await asyncio.to_thread(workspace_io.read_file, root, rel, self.read_limit), rel
 
-    async def mirror(self, session: Session) -> list[FileEntry]:
-        """Copy files that changed since the last mirror to storage; drop deleted ones."""
+    async def mirror(self, session: Session) -> bool:
+        """Copy files that changed since the last mirror to storage; drop deleted ones.
+
+        True when anything was added, changed or deleted (a new snapshot is due)."""
         root = self.workspace(session.id)
         seen = self._seen.get(session.id)
         if seen is None:
@@ -115,8 +128,9 @@ class FileService:
                 e.path: _Seen(-1, -1, e.sha256) for e in await self.db.files.list(session.id)
             }
         current = await asyncio.to_thread(workspace_io.scan, root)
-        changed: list[FileEntry] = []
+        changed = False
         for rel in set(seen) - set(current):
+            changed = True
             await self.db.files.delete(session.id, rel)
             await self.storage.delete(file_key(session.id, rel))
             del seen[rel]
@@ -136,8 +150,9 @@ class FileService:
                 modified = dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.UTC)
                 entry = FileEntry(rel, len(data), sha, modified)
                 await self.storage.put(file_key(session.id, rel), data)
+                await self._keep_blob(sha, data)
                 await self.db.files.upsert(session.id, entry)
-                changed.append(entry)
+                changed = True
             seen[rel] = _Seen(size, mtime_ns, sha)
         return changed
 
@@ -175,6 +190,44 @@ class FileService:
             raise Forbidden("invalid signature")
         if not expires.isdigit() or int(expires) < time.time():
             raise Forbidden("this link has expired")
+
+    async def snapshot(self, session: Session) -> str:
+        """Store the workspace's manifest (as mirrored); returns its id (the manifest's sha256)."""
+        entries = await self.db.files.list(session.id)
+        manifest = json.dumps({e.path: e.sha256 for e in entries}, sort_keys=True).encode()
+        sha = hashlib.sha256(manifest).hexdigest()
+        await self._keep_blob(sha, manifest)
+        return sha
+
+    async def manifest(self, snapshot: str | None) -> dict[str, str]:
+        """path → sha256 of a snapshot (``None``: the empty workspace)."""
+        if not snapshot:
+            return {}
+        return json.loads(await self.storage.get(blob_key(snapshot)))  # type: ignore[no-any-return]
+
+    async def place(self, workspace: Path, path: str, sha256: str) -> None:
+        """Write one stored file version into a workspace (replay re-applying an upload)."""
+        data = await self.storage.get(blob_key(sha256))
+        await asyncio.to_thread(workspace_io.write_file, workspace, self.confine(path), data)
+
+    async def restore(self, session: Session, snapshot: str | None) -> None:
+        """Make the session's workspace hold exactly the files of ``snapshot``, then mirror."""
+        root = self.workspace(session.id)
+        wanted = await self.manifest(snapshot)
+        await self.mirror(session)  # so the hashes below describe the files as they are
+        current = await asyncio.to_thread(workspace_io.scan, root)
+        for rel in set(current) - set(wanted):
+            await asyncio.to_thread(workspace_io.remove_file, root, rel)
+        have = {e.path: e.sha256 for e in await self.db.files.list(session.id)}
+        for rel, sha in wanted.items():
+            if rel not in current or have.get(rel) != sha:
+                await self.place(root, rel, sha)
+        await self.mirror(session)
+
+    async def _keep_blob(self, sha256: str, data: bytes) -> None:
+        key = blob_key(sha256)
+        if not await self.storage.exists(key):
+            await self.storage.put(key, data)
 
     async def forget(self, session_id: str) -> None:
         """Drop a deleted session's cache (its storage prefix is removed by the caller)."""

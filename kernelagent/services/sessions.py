@@ -46,7 +46,7 @@ class SessionService:
         self.files = files
         self.storage = storage
 
-    async def create(self, user: User, title: str = "") -> Session:
+    async def create(self, user: User, title: str = "", parent_id: str | None = None) -> Session:
         title = clean_title(title) or "Untitled"  # before a kernel is taken: a bad title leaks none
         session_id = new_id()
         kernel = await self.pool.acquire(self.files.workspace(session_id))
@@ -57,7 +57,7 @@ class SessionService:
             title=title,
             status="idle",
             kernel_id=kernel.id,
-            parent_id=None,
+            parent_id=parent_id,
             created_at=created,
             updated_at=created,
         )

@@ -117,6 +117,17 @@ def write_file(root: Path, rel: str, data: bytes) -> None:
             raise
 
 
+def remove_file(root: Path, rel: str) -> None:
+    """Remove ``rel`` under ``root`` (never following symlinks); a missing file is no error."""
+    *dirs, name = rel.split("/")
+    try:
+        dir_fd = _open_dir(root, tuple(dirs), create=False)
+    except OSError:
+        return
+    with _fd(dir_fd), contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
 def scan(root: Path) -> dict[str, tuple[int, int]]:
     """Regular files under ``root``, never following symlinks: relative path → (size, mtime_ns)."""
     found: dict[str, tuple[int, int]] = {}

@@ -6,6 +6,7 @@ import mimetypes
 from urllib.parse import quote
 
 from kernelagent.errors import InvalidInput, NotFound
+from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.ports import Database
 from kernelagent.services.sessions import SessionService
@@ -16,6 +17,7 @@ from kernelagent.web.serialize import file_json
 class FilesHandler(ApiHandler):
     sessions: SessionService
     files: FileService
+    execution: ExecutionService
 
     async def get(self, session_id: str) -> None:
         session = await self.sessions.get(self.user, session_id)
@@ -35,6 +37,7 @@ class FilesHandler(ApiHandler):
         except UnicodeDecodeError:
             raise InvalidInput("path must be UTF-8") from None
         entry = await self.files.upload(session, path, upload["body"])
+        await self.execution.record_upload(session, entry.path, entry.size, entry.sha256)
         self.write_json(file_json(entry), status=201)
 
 

@@ -27,6 +27,7 @@ from kernelagent.web.sessions import (
     SessionsHandler,
 )
 from kernelagent.web.turns import AnswerHandler, ApprovalHandler, MessagesHandler, TurnHandler
+from kernelagent.web.worldlines import BranchHandler, ImportHandler, ReplayHandler
 
 SESSION = r"/api/v1/sessions/([^/]+)"
 KERNEL = r"/api/kernels/([^/]+)"
@@ -54,12 +55,28 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
         (SESSION + r"/turns/([^/]+)", TurnHandler, agent),
         (SESSION + r"/turns/([^/]+)/answer", AnswerHandler, agent),
         (SESSION + r"/turns/([^/]+)/approval", ApprovalHandler, agent),
+        (SESSION + r"/replay", ReplayHandler, {**common, "worldlines": s.worldlines}),
+        (SESSION + r"/branch", BranchHandler, {**common, "worldlines": s.worldlines}),
+        (
+            r"/api/v1/notebooks",
+            ImportHandler,
+            {
+                **common,
+                "worldlines": s.worldlines,
+                "upload_limit": s.settings.upload_limit,
+                "body_limit": s.settings.upload_limit,
+            },
+        ),
         (
             SESSION + r"/events",
             EventsHandler,
             {**common, "sessions": s.sessions, "events": s.events},
         ),
-        (SESSION + r"/files", FilesHandler, {**common, "sessions": s.sessions, "files": s.files}),
+        (
+            SESSION + r"/files",
+            FilesHandler,
+            {**common, "sessions": s.sessions, "files": s.files, "execution": s.execution},
+        ),
         (
             SESSION + r"/files/(.+)",
             FileHandler,

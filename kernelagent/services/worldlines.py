@@ -1,0 +1,174 @@
+"""Worldlines: replay a session, branch it at any cell, import a notebook as a session.
+
+* ``replay()`` re-executes a session's record in a fresh sandboxed kernel with an empty workspace
+  (uploads re-applied where they arrived) and reports per cell; progress goes to the session's
+  events (``replay.started``, ``replay.progress``, ``replay.completed``).
+* ``branch()`` makes a new session whose record is the parent's up to and including a cell
+  (artifacts shared: they are content-addressed), whose kernel has the state of that point
+  (replayed) and whose files are as they were right after it (its snapshot). The parent is not
+  touched and keeps running.
+* ``import_notebook()`` makes a session of any valid ``.ipynb``; with ``replay`` its kernel state
+  is rebuilt the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import time
+from typing import Any
+
+import nbformat
+
+from kernelagent.domain import Cell, Session, User, new_id
+from kernelagent.errors import NotFound, Unprocessable
+from kernelagent.services.execution import ExecutionService, latest_snapshot
+from kernelagent.services.files import FileService
+from kernelagent.services.notebooks import cells_from_notebook
+from kernelagent.services.ports import Database, EventLog
+from kernelagent.services.replay import CellReport, Replayer
+from kernelagent.services.sessions import SessionService
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayResult:
+    cells: list[CellReport]
+    duration_ms: int
+
+    def json(self) -> dict[str, Any]:
+        summary = {s: sum(r.status == s for r in self.cells) for s in ("match", "differ", "error")}
+        return {
+            "cells": [r.json() for r in self.cells],
+            "summary": summary,
+            "duration_ms": self.duration_ms,
+        }
+
+
+class WorldlineService:
+    def __init__(
+        self,
+        db: Database,
+        sessions: SessionService,
+        execution: ExecutionService,
+        files: FileService,
+        events: EventLog,
+        replayer: Replayer,
+    ):
+        self.db = db
+        self.sessions = sessions
+        self.execution = execution
+        self.files = files
+        self.events = events
+        self.replayer = replayer
+
+    async def replay(self, user: User, session_id: str) -> ReplayResult:
+        """Re-run the session's record in a fresh kernel (the session's own is not touched)."""
+        session = await self.sessions.get(user, session_id)
+        cells = await self.db.cells.list(session.id)
+        scratch = self.files.workspaces_dir / ".replay" / new_id()
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        kernel = await self.sessions.pool.acquire(scratch)
+        total = sum(c.cell_type == "code" for c in cells)
+        await self.events.publish(session.id, "replay.started", {"total": total})
+
+        async def progress(report: CellReport, done: int, of: int) -> None:
+            await self.events.publish(
+                session.id, "replay.progress", {**report.json(), "done": done, "total": of}
+            )
+
+        started = time.perf_counter()
+        try:
+            reports = await self.replayer.run(kernel.id, kernel.workspace, cells, progress)
+        finally:
+            await self.sessions.kernels.shutdown(kernel.id, now=True)
+            await asyncio.to_thread(shutil.rmtree, scratch, True)
+        result = ReplayResult(reports, round((time.perf_counter() - started) * 1000))
+        await self.events.publish(session.id, "replay.completed", result.json()["summary"])
+        return result
+
+    async def branch(self, user: User, session_id: str, cell_id: str) -> Session:
+        parent = await self.sessions.get(user, session_id)
+        cells = await self.db.cells.list(parent.id)
+        upto = next((i for i, c in enumerate(cells) if c.id == cell_id), None)
+        if upto is None:
+            raise NotFound(f"no cell {cell_id!r} in this session")
+        child = await self.sessions.create(user, f"{parent.title} (branch)", parent_id=parent.id)
+        copied = []
+        for cell in cells[: upto + 1]:
+            copy = dataclasses.replace(
+                cell,
+                id=new_id(),
+                session_id=child.id,
+                metadata={**cell.metadata, "branched_from": cell.id},
+            )
+            await self.db.cells.append(copy)
+            for artifact in await self.db.artifacts.list_for_cell(cell.id):
+                await self.db.artifacts.add(
+                    dataclasses.replace(artifact, id=new_id(), session_id=child.id, cell_id=copy.id)
+                )
+            copied.append(copy)
+        await self._rebuild(child, copied)
+        return await self.sessions.get(user, child.id)
+
+    async def import_notebook(
+        self,
+        user: User,
+        raw: bytes,
+        title: str = "",
+        replay: bool = False,
+        files: dict[str, bytes] | None = None,
+    ) -> Session:
+        """``files``: placed in the workspace first (recorded as uploads before the cells), as
+        the files that lay beside the notebook."""
+        try:
+            nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
+            nbformat.validate(nb)
+            imported = cells_from_notebook(nb)
+        except Exception as e:  # noqa: BLE001 - nbformat raises many kinds for malformed input
+            raise Unprocessable(f"not a valid .ipynb notebook: {_first_line(e)}") from None
+        meta = nb.metadata.get("kernelagent", {})
+        title = title or str(meta.get("title") or "") or "Imported notebook"
+        session = await self.sessions.create(user, title)
+        cells = []
+        for path, data in sorted((files or {}).items()):
+            entry = await self.files.upload(session, path, data)
+            cells.append(
+                await self.execution.record_upload(session, entry.path, entry.size, entry.sha256)
+            )
+        first = len(cells)
+        for index, item in enumerate(imported, start=first):
+            cell = Cell(
+                id=new_id(),
+                session_id=session.id,
+                index=index,
+                cell_type=item["cell_type"],
+                source=item["source"],
+                role=item["role"],
+                outputs=item["outputs"],
+                execution_count=item["execution_count"],
+                status=item["status"] or "ok",
+                started_at=None,
+                duration_ms=None,
+                metadata={**item["metadata"], "imported_id": item["id"]},
+            )
+            await self.db.cells.append(cell)
+            cells.append(cell)
+        if replay:
+            await self._rebuild(session, cells)
+        return await self.sessions.get(user, session.id)
+
+    async def _rebuild(self, session: Session, cells: list[Cell]) -> None:
+        """Give the session's (fresh) kernel the state of the end of ``cells``."""
+        assert session.kernel_id
+        workspace = self.files.workspace(session.id)
+        await self.replayer.run(session.kernel_id, workspace, cells)
+        snapshot = latest_snapshot(cells)
+        if snapshot is not None:
+            await self.files.restore(session, snapshot)
+        else:
+            await self.files.mirror(session)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
