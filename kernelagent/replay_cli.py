@@ -9,6 +9,7 @@ Exit status 0 when every cell matched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -50,6 +51,8 @@ async def run_replay(settings: Settings, notebook: Path, files_dir: Path | None)
                 result = await services.worldlines.replay(user, session.id)
             finally:
                 follow.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follow
         table = Table("cell", "status", "detail")
         for report in result.cells:
             detail = report.error or report.diff.splitlines()[3:8]

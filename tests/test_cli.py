@@ -137,7 +137,7 @@ def test_replay_reruns_a_notebook_and_reports_each_cell(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60,
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 match, 1 differ, 0 error" in result.stdout

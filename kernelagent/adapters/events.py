@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -44,14 +43,15 @@ class Event:
 
 
 class LocalEvents:
-    """Per-session deques and a condition that wakes readers on every publish."""
+    """Per-session deques; readers wait on a future that every publish resolves and replaces
+    (checking and taking it involve no await, so no publish slips between them)."""
 
     def __init__(self, retention: int = 10_000):
         self.retention = retention
         self.epoch = time.time_ns() // 1_000_000
         self._logs: dict[str, collections.deque[tuple[int, Event]]] = {}
         self._counters: dict[str, itertools.count[int]] = {}
-        self._changed = asyncio.Condition()
+        self._changed: asyncio.Future[None] | None = None
         self._closed = False
 
     async def publish(self, session_id: str, type: str, data: dict[str, Any]) -> Event:
@@ -61,23 +61,28 @@ class LocalEvents:
         event = Event(f"{self.epoch}-{n}", type, json.loads(json.dumps(data, default=str)))
         log = self._logs.setdefault(session_id, collections.deque(maxlen=self.retention))
         log.append((n, event))
-        async with self._changed:
-            self._changed.notify_all()
+        self._wake()
         return event
 
     async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Event]:
         start = self._position(after)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        async with self._changed:  # checked under the lock: no publish slips in unnoticed
-            while not self._closed:
-                events = [e for n, e in self._logs.get(session_id, ()) if n > start]
-                remaining = deadline - loop.time()
-                if events or remaining <= 0:
-                    return events
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), remaining)
-            return []
+        while not self._closed:
+            events = [e for n, e in self._logs.get(session_id, ()) if n > start]
+            remaining = deadline - loop.time()
+            if events or remaining <= 0:
+                return events
+            if self._changed is None:
+                self._changed = loop.create_future()
+            await asyncio.wait({self._changed}, timeout=remaining)
+        await asyncio.sleep(0)  # closed: still yield, so a polling reader can be cancelled
+        return []
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
 
     def _position(self, after: str | None) -> int:
         """The counter value after which to read; an id of another epoch (a previous process)
@@ -93,8 +98,7 @@ class LocalEvents:
     async def close(self) -> None:
         """Wake every reader (they return nothing) and forget the logs."""
         self._closed = True
-        async with self._changed:
-            self._changed.notify_all()
+        self._wake()
         self._logs.clear()
 
 

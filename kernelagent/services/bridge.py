@@ -101,6 +101,12 @@ class GatewayService:
     async def get(self, user: User, kernel_id: str) -> KernelModel:
         return await self.model(await self.sessions.get(user, kernel_id))
 
+    async def ensure_live(self, user: User, kernel_id: str) -> tuple[Session, str]:
+        """The session and its kernel, brought back (state rebuilt) if it was gone: done before
+        a client's WebSocket is accepted, so the channel is ready when the client sees it open."""
+        session = await self.sessions.get(user, kernel_id)
+        return session, await self.execution.live_kernel(session.id)
+
     async def interrupt(self, user: User, kernel_id: str) -> None:
         session = await self.sessions.get(user, kernel_id)
         if session.kernel_id:
@@ -136,14 +142,17 @@ class GatewayService:
             await channel.send_status(state)
 
     async def open_channel(
-        self, user: User, kernel_id: str, send: SendToClient, client_session: str | None
+        self, session: Session, kernel: str, send: SendToClient, client_session: str | None
     ) -> GatewayChannel:
-        session = await self.sessions.get(user, kernel_id)
-        kernel = await self.execution.live_kernel(session.id)
+        """Counted among the kernel's connections at once; then its sockets connect."""
         channel = GatewayChannel(self, session, kernel, send, client_session)
         earlier = self.detached.pop((session.id, client_session), None) if client_session else None
-        await channel.open(earlier)
         self.channels.setdefault(session.id, set()).add(channel)
+        try:
+            await channel.open(earlier)
+        except BaseException:
+            await channel.close()
+            raise
         return channel
 
     def close_later(self, channel: GatewayChannel) -> None:

@@ -26,6 +26,8 @@ from kernelagent.domain import Cell
 from kernelagent.services.output_views import view_outputs
 
 Message = dict[str, Any]
+NOTE = "[note] "  # a recorded note (a restart, an upload), told to the model as context
+PERSON_RAN = "[The user ran this cell"  # a cell a person ran, told to the model as context
 NO_RESULT = "(no result: the turn ended before this call was answered)"
 OMITTED = "[output omitted to save context; run the code again or use read_artifact to see it]"
 
@@ -127,6 +129,16 @@ def trim(messages: list[Message], budget_tokens: int) -> list[Message]:
     return [m for i, m in enumerate(messages) if i not in dropped]
 
 
+def _is_question(message: Message) -> bool:
+    """A user's own words: not context (notes, cells they ran) nor images."""
+    content = message["content"]
+    return (
+        message["role"] == "user"
+        and isinstance(content, str)
+        and not content.startswith((NOTE, PERSON_RAN))
+    )
+
+
 def _groups(messages: list[Message]) -> list[list[int]]:
     """Indices of messages that go together: an assistant's tool calls with their results."""
     groups: list[list[int]] = []
@@ -183,10 +195,7 @@ def _tool_result(call_id: str, content: str) -> Message:
 def _context(cell: Cell, budget: int) -> str:
     """A cell the model did not run, told as context."""
     if cell.cell_type == "markdown":
-        return f"[note] {cell.source.strip('*')}"
+        return NOTE + cell.source.strip("*")
     who = {"gateway": "from JupyterLab", "web": "in the notebook"}.get(cell.role, "")
     outputs = view_outputs(cell.outputs, budget=budget)
-    return (
-        f"[The user ran this cell {who} themselves]\n```python\n{cell.source}\n```\n"
-        f"Output:\n{outputs}"
-    )
+    return f"{PERSON_RAN} {who} themselves]\n```python\n{cell.source}\n```\nOutput:\n{outputs}"

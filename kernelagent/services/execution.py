@@ -246,7 +246,14 @@ class ExecutionService:
         )
 
     async def live_kernel(self, session_id: str) -> str:
-        """The session's kernel, started and its state rebuilt if it was gone (in cell order)."""
+        """The session's kernel, started and its state rebuilt if it was gone (in cell order).
+
+        A live kernel is answered at once, without waiting for a running cell."""
+        session = await self.db.sessions.get(session_id)
+        if session is None:
+            raise NotFound("no such session")
+        if session.kernel_id and await self._alive(session.kernel_id):
+            return session.kernel_id
         async with self.locks.hold(session_id, timeout=LOCK_WAIT):
             session = await self.db.sessions.get(session_id)
             if session is None:

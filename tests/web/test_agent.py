@@ -89,6 +89,9 @@ async def test_a_turn_runs_code_sees_a_summary_and_answers(server, llm):
         events = await stream.until(ended(turn_id))
 
     types = [e.type for e in events]
+    assert types[0] == "cell.added"  # the upload, recorded where it arrived
+    events = events[types.index("turn.started") :]
+    types = [e.type for e in events]
     assert types[0] == "turn.started" and types[-1] == "turn.completed", types
     for kind in ("message.delta", "cell.started", "cell.output", "cell.completed", "usage"):
         assert kind in types, kind
@@ -120,12 +123,13 @@ async def test_a_turn_runs_code_sees_a_summary_and_answers(server, llm):
     notebook = json.loads((await server.fetch(f"/api/v1/sessions/{session['id']}/notebook")).body)
     cells = [(c["cell_type"], c["metadata"]["kernelagent"]["role"]) for c in notebook["cells"]]
     assert cells == [
+        ("markdown", "system"),  # the upload
         ("markdown", "user"),
         ("markdown", "assistant"),
         ("code", "agent"),
         ("markdown", "assistant"),
     ]
-    code = notebook["cells"][2]
+    code = notebook["cells"][3]
     meta = code["metadata"]["kernelagent"]
     assert meta["tool_call_id"] and meta["attempt"] == 1 and meta["turn_id"] == turn_id
     assert any("text/html" in o.get("data", {}) for o in code["outputs"])
@@ -302,7 +306,9 @@ async def test_the_conversation_continues_from_the_record(request, tmp_path, unu
         await second.services.agent.wait(session["id"])
     messages = llm.requests[-1]["messages"]
     roles = [m["role"] for m in messages]
-    assert roles == ["system", "user", "assistant", "tool", "assistant", "user"]
+    # the new process had no kernel: its state was rebuilt, and the model is told so
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "user", "user"]
+    assert messages[6]["content"].startswith("[note]") and "rebuilt" in messages[6]["content"]
     assert messages[2]["tool_calls"][0]["function"]["name"] == "run_python"
     assert json.loads(messages[2]["tool_calls"][0]["function"]["arguments"]) == {
         "code": "answer = 6 * 7\nanswer"

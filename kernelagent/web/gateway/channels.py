@@ -37,7 +37,8 @@ class ChannelsHandler(websocket.WebSocketHandler):
         if user is None:
             raise web.HTTPError(401, "a valid token is required")
         try:
-            await self.gateway.get(user, kernel_id)
+            # before the upgrade: once the client sees the socket open, the channel is ready
+            self.session, self.kernel = await self.gateway.ensure_live(user, kernel_id)
         except KernelAgentError as e:
             raise web.HTTPError(e.status, str(e)) from None
         self.user = user
@@ -61,7 +62,7 @@ class ChannelsHandler(websocket.WebSocketHandler):
         self.set_nodelay(True)
         try:
             self.channel = await self.gateway.open_channel(
-                self.user, kernel_id, self._send, self.get_query_argument("session_id", None)
+                self.session, self.kernel, self._send, self.get_query_argument("session_id", None)
             )
         except KernelAgentError as e:
             self.close(4004 if e.status == 404 else 1011, str(e))
