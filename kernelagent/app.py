@@ -231,6 +231,7 @@ class KernelAgentApp:
         if self.services:
             s = self.services
             await s.agent.stop()
+            await s.worldlines.stop()
             await s.gateway.stop()
             await s.notebooks.stop()
             await s.execution.close()

@@ -215,6 +215,20 @@ class SqlCellRepo(_Repo):
             tx.flush()
 
     @writes
+    def append_many(self, tx: Transaction, cells: list[Cell]) -> None:
+        """Insert a new session's cells (indices 0…n-1, in order) in one statement."""
+        if not cells:
+            return
+        if [c.index for c in cells] != list(range(len(cells))):
+            raise Conflict("append_many takes a new session's cells, indexed from 0")
+        with _violations(
+            f"a cell of session {cells[0].session_id} is taken",
+            missing=f"session {cells[0].session_id} not found",
+        ):
+            rows = [{"id": c.id, "session_id": c.session_id, **CellRow.values(c)} for c in cells]
+            tx.connection().execute(_INSERT_CELL, rows)
+
+    @writes
     def append_next(self, tx: Transaction, cell: Cell) -> Cell:
         """Insert ``cell`` at the session's next free index, in one transaction; returns it."""
         connection = tx.connection()
@@ -280,6 +294,24 @@ class SqlArtifactRepo(_Repo):
     def get(self, tx: Transaction, artifact_id: str) -> Artifact | None:
         row = tx.get(ArtifactRow, artifact_id)
         return None if row is None else row.to_domain()
+
+    @writes
+    def add_many(self, tx: Transaction, artifacts: list[Artifact]) -> None:
+        if not artifacts:
+            return
+        with _violations("an artifact already exists", missing="a cell of the artifacts is gone"):
+            tx.add_all([ArtifactRow.from_domain(a) for a in artifacts])
+            tx.flush()
+
+    @reads
+    def list_for_session(self, tx: Transaction, session_id: str) -> list[Artifact]:
+        """Oldest first."""
+        query = (
+            select(ArtifactRow)
+            .where(ArtifactRow.session_id == session_id)
+            .order_by(col(ArtifactRow.created_at), col(ArtifactRow.id))
+        )
+        return [row.to_domain() for row in tx.exec(query)]
 
     @reads
     def list_for_cell(self, tx: Transaction, cell_id: str) -> list[Artifact]:

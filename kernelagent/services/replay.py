@@ -15,10 +15,13 @@ but not in the record, or the kernel died).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import difflib
 import json
 import logging
+import queue
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -128,7 +131,7 @@ class Replayer:
         reports: list[CellReport] = []
         code_cells = sum(c.cell_type == "code" for c in cells)
         try:
-            await client.kc.wait_for_ready(timeout=60)
+            await _handshake(client.kc, timeout=60)
             dead: str | None = None
             for cell in cells:
                 if cell.cell_type == "markdown":
@@ -179,3 +182,22 @@ class Replayer:
             error = f"{raised.get('ename')}: {raised.get('evalue')}"
             return CellReport(cell.id, cell.index, "error", diff, error, duration)
         return CellReport(cell.id, cell.index, "differ" if diff else "match", diff, None, duration)
+
+
+async def _handshake(kc: Any, timeout: float) -> None:
+    """Until the kernel answers ``kernel_info`` and its iopub reaches us (so no output of the
+    first cell is lost): ``wait_for_ready`` does the same but then idles ≥ 0.2 s flushing iopub."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        msg_id = kc.kernel_info()
+        with contextlib.suppress(queue.Empty, TimeoutError):
+            while True:
+                reply = await kc.get_shell_msg(timeout=1)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+            while True:  # busy/idle of that request: iopub is subscribed
+                msg = await kc.get_iopub_msg(timeout=0.05)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    return
+    raise TimeoutError(f"the kernel did not answer within {timeout:g} s")

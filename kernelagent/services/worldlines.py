@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import nbformat
@@ -61,6 +62,7 @@ class WorldlineService:
         self.files = files
         self.events = events
         self.replayer = replayer
+        self._discarding: set[asyncio.Task[None]] = set()
 
     async def replay(self, user: User, session_id: str) -> ReplayResult:
         """Re-run the session's record in a fresh kernel (the session's own is not touched)."""
@@ -80,12 +82,22 @@ class WorldlineService:
         started = time.perf_counter()
         try:
             reports = await self.replayer.run(kernel.id, kernel.workspace, cells, progress)
-        finally:
-            await self.sessions.kernels.shutdown(kernel.id, now=True)
-            await asyncio.to_thread(shutil.rmtree, scratch, True)
+        finally:  # after the answer: nobody waits for the scratch kernel to go
+            task = asyncio.create_task(self._discard(kernel.id, scratch))
+            self._discarding.add(task)
+            task.add_done_callback(self._discarding.discard)
         result = ReplayResult(reports, round((time.perf_counter() - started) * 1000))
         await self.events.publish(session.id, "replay.completed", result.json()["summary"])
         return result
+
+    async def _discard(self, kernel_id: str, scratch: Path) -> None:
+        await self.sessions.kernels.shutdown(kernel_id, now=True)
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+    async def stop(self) -> None:
+        """Wait for scratch kernels still being shut down."""
+        if self._discarding:
+            await asyncio.gather(*self._discarding, return_exceptions=True)
 
     async def branch(self, user: User, session_id: str, cell_id: str) -> Session:
         parent = await self.sessions.get(user, session_id)
@@ -94,20 +106,24 @@ class WorldlineService:
         if upto is None:
             raise NotFound(f"no cell {cell_id!r} in this session")
         child = await self.sessions.create(user, f"{parent.title} (branch)", parent_id=parent.id)
-        copied = []
-        for cell in cells[: upto + 1]:
-            copy = dataclasses.replace(
+        copied = [
+            dataclasses.replace(
                 cell,
                 id=new_id(),
                 session_id=child.id,
                 metadata={**cell.metadata, "branched_from": cell.id},
             )
-            await self.db.cells.append(copy)
-            for artifact in await self.db.artifacts.list_for_cell(cell.id):
-                await self.db.artifacts.add(
-                    dataclasses.replace(artifact, id=new_id(), session_id=child.id, cell_id=copy.id)
-                )
-            copied.append(copy)
+            for cell in cells[: upto + 1]
+        ]
+        await self.db.cells.append_many(copied)
+        new_ids = {cell.id: copy.id for cell, copy in zip(cells, copied, strict=False)}
+        await self.db.artifacts.add_many(
+            [
+                dataclasses.replace(a, id=new_id(), session_id=child.id, cell_id=new_ids[a.cell_id])
+                for a in await self.db.artifacts.list_for_session(parent.id)
+                if a.cell_id in new_ids
+            ]
+        )
         await self._rebuild(child, copied)
         return await self.sessions.get(user, child.id)
 
@@ -137,8 +153,8 @@ class WorldlineService:
                 await self.execution.record_upload(session, entry.path, entry.size, entry.sha256)
             )
         first = len(cells)
-        for index, item in enumerate(imported, start=first):
-            cell = Cell(
+        imported_cells = [
+            Cell(
                 id=new_id(),
                 session_id=session.id,
                 index=index,
@@ -152,8 +168,14 @@ class WorldlineService:
                 duration_ms=None,
                 metadata={**item["metadata"], "imported_id": item["id"]},
             )
-            await self.db.cells.append(cell)
-            cells.append(cell)
+            for index, item in enumerate(imported, start=first)
+        ]
+        if first == 0:
+            await self.db.cells.append_many(imported_cells)
+        else:
+            for cell in imported_cells:  # after the uploads, at the next free indices
+                await self.db.cells.append(cell)
+        cells += imported_cells
         if replay:
             await self._rebuild(session, cells)
         return await self.sessions.get(user, session.id)
