@@ -310,3 +310,20 @@ async def test_a_client_that_reconnects_gets_what_it_missed(ka_server):
     assert texts and "0\n" not in texts
     cells = await ka_server.services.db.cells.list(kernel["id"])
     assert (cells[0].source, cells[0].status) == (code, "ok")
+
+
+async def test_deleting_a_kernel_keeps_the_session_and_its_state_comes_back(ka_server):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    await ka_server.run(kernel["id"], "kept = 'still here'")
+    assert (await ka_server.fetch(f"/api/kernels/{kernel['id']}", "DELETE")).code == 204
+    assert (await ka_server.json(f"/api/kernels/{kernel['id']}"))["execution_state"] == "dead"
+    # a client attaching again gets the session's kernel back, its state rebuilt by replay
+    ws = await WsClient.connect(ka_server, kernel["id"])
+    try:
+        iopub, _ = await ws.execute("kept")
+        result = next(m for m in iopub if m["msg_type"] == "execute_result")
+        assert result["content"]["data"]["text/plain"] == "'still here'"
+    finally:
+        ws.close()
+    notes = [c.source for c in await ka_server.services.db.cells.list(kernel["id"])]
+    assert any("shut down" in n for n in notes) and any("rebuilt" in n for n in notes)
