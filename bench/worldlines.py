@@ -12,11 +12,11 @@ keep-alive client of ``bench/sessions.py``:
    ``POST …/branch {"cell_id"}`` at the 10th, 50th and 200th cell until its 201, and until the
    new session's first ``POST …/cells {"code": "1+1"}`` has answered. Each child is deleted after
    its sample. While a branch runs, its pieces are timed in-process (wrappers on the service
-   instances and on jupyter_client's ``AsyncKernelClient.wait_for_ready``, counting only calls
+   instances and on the replay's kernel handshake, counting only calls
    made by the request's own task, removed afterwards): the request around ``branch()``,
    reading the parent, ``sessions.create`` (kernel hand-out from the pool + session row),
    copying cell rows and artifacts, the replay (per-cell ``NotebookClient.async_execute_cell``
-   round trips, output comparison, ``wait_for_ready``, the rest), and the files (snapshot restore
+   round trips, output comparison, the kernel handshake, the rest), and the files (snapshot restore
    or mirror).
 2. replay throughput, cells per second over the 200-cheap-cell session: ``POST …/replay`` (wall
    time as the client sees it, and the server's own ``duration_ms``) against nbclient executing
@@ -33,7 +33,7 @@ keep-alive client of ``bench/sessions.py``:
 3. what a branch could cost instead: the parent's namespace pickled name by name in one cell
    (modules kept by name), loaded in one cell of a new session (pooled kernel); the pickle
    bandwidth of a 32 MB DataFrame in the sandbox; and copying 200 cell rows with one batched
-   INSERT in one transaction against the repository's one ``append`` per row.
+   INSERT (what a branch does) against one ``append`` per row.
 
 The load average is recorded at the start and end of every part. Prints Markdown tables and
 writes JSON (n, p50, p95, min in ms; ratios). Target: kernelagent replay throughput ≥ 0.9× nbclient
@@ -63,7 +63,7 @@ from typing import Any
 
 import nbformat
 from common import one_plus_one, summary  # bench/ is on sys.path when run as a script
-from jupyter_client import AsyncKernelClient, AsyncKernelManager
+from jupyter_client import AsyncKernelManager
 from nbclient import NotebookClient
 from sessions import Server, server
 from sqlalchemy import insert
@@ -218,6 +218,22 @@ class Probe:
         setattr(module, attr, timed)
         self._patched.append((module, attr, original))
 
+    def wrap_async_function(self, module: Any, attr: str, name: str) -> None:
+        """Replace a module-level coroutine function; put back on restore."""
+        original = getattr(module, attr)
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self._counts():
+                return await original(*args, **kwargs)
+            started = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                self._add(name, started)
+
+        setattr(module, attr, timed)
+        self._patched.append((module, attr, original))
+
     def wrap_method(self, cls: type, attr: str, name: str) -> None:
         """Replace a coroutine method on a class (every instance); put back on restore."""
         original = getattr(cls, attr)
@@ -262,14 +278,14 @@ def install_probe(s: Any) -> Probe:
     probe.wrap(s.db.cells, "list", "db.cells.list")
     probe.wrap(s.sessions, "create", "sessions.create")
     probe.wrap(s.pool, "acquire", "pool.acquire")
-    probe.wrap(s.db.cells, "append", "db.cells.append")
-    probe.wrap(s.db.artifacts, "list_for_cell", "db.artifacts.list_for_cell")
-    probe.wrap(s.db.artifacts, "add", "db.artifacts.add")
+    probe.wrap(s.db.cells, "append_many", "db.cells.append_many")
+    probe.wrap(s.db.artifacts, "list_for_session", "db.artifacts.list_for_session")
+    probe.wrap(s.db.artifacts, "add_many", "db.artifacts.add_many")
     probe.wrap(w, "_rebuild", "_rebuild")
     probe.wrap(w.replayer, "run", "replayer.run")
     probe.wrap(w.replayer, "_one", "replayer._one")
     probe.wrap_function(replay_module, "compare", "compare")
-    probe.wrap_method(AsyncKernelClient, "wait_for_ready", "wait_for_ready")
+    probe.wrap_async_function(replay_module, "_handshake", "wait_for_ready")
     return probe
 
 
@@ -285,11 +301,11 @@ PARTS = (
     "read parent and its cells (sessions.get, db.cells.list)",
     "kernel hand-out + session row (sessions.create)",
     "  of which pool.acquire",
-    "copy cell rows (db.cells.append × N)",
-    "copy artifacts (list_for_cell × N, add)",
+    "copy cell rows (one batched INSERT)",
+    "copy artifacts (one query, one batched add)",
     "replay: N cells executed (async_execute_cell)",
     "replay: output comparison (compare × N)",
-    "replay: wait_for_ready (≥ 0.2 s iopub flush)",
+    "replay: kernel handshake (kernel_info until iopub answers)",
     "replay: client start/stop, progress, rest",
     "files: snapshot restore or mirror",
     "re-read child, rest of branch()",
@@ -303,8 +319,8 @@ def parts_of(wall: float, t: dict[str, float]) -> dict[str, float]:
         PARTS[1]: g["sessions.get"] + g["db.cells.list"],
         PARTS[2]: g["sessions.create"],
         PARTS[3]: g["pool.acquire"],
-        PARTS[4]: g["db.cells.append"],
-        PARTS[5]: g["db.artifacts.list_for_cell"] + g["db.artifacts.add"],
+        PARTS[4]: g["db.cells.append_many"],
+        PARTS[5]: g["db.artifacts.list_for_session"] + g["db.artifacts.add_many"],
         PARTS[6]: g["replayer._one"] - g["compare"],
         PARTS[7]: g["compare"],
         PARTS[8]: g["wait_for_ready"],
@@ -359,7 +375,7 @@ async def one_branch(srv: Server, probe: Probe, parent: Parent, at: int) -> dict
     done = time.perf_counter()
     totals, counts = probe.take()
     await srv.delete(child["id"])
-    if counts.get("replayer._one") != at or counts.get("db.cells.append") != at:
+    if counts.get("replayer._one") != at or counts.get("db.cells.append_many") != 1:
         raise RuntimeError(f"branch at {at} replayed/copied {counts}")
     return {
         "branch": branched - started,
@@ -640,7 +656,9 @@ async def main() -> int:
                 ),
             }
     rp = {k: summary(v) for k, v in replay.items()}
-    rate = {k: round(code_cells / (v["p50_ms"] / 1000), 1) for k, v in rp.items()}
+    rate = {
+        k: round(code_cells / (v["p50_ms"] / 1000), 1) for k, v in rp.items() if v["p50_ms"] > 0
+    }
     raw_s = {k: summary(v) for k, v in raw.items()}
     ratios = {
         f"replay_{ka}_vs_nbclient_{nb}_cells_per_s": ratio(
@@ -733,7 +751,7 @@ async def main() -> int:
         "kernelagent_wall": "kernelagent `POST …/replay`, wall (pooled sandboxed kernel)",
         "kernelagent_server": "kernelagent replay, server `duration_ms`",
         "kernelagent_shutdown": "  of which the replay kernel's shutdown",
-        "kernelagent_wait_for_ready": "  of which `wait_for_ready` (one, ≥ 0.2 s iopub flush)",
+        "kernelagent_wait_for_ready": "  of which the kernel handshake (`kernel_info`)",
         "kernelagent_progress": "  of which progress events (`events.publish` × N)",
         "kernelagent_cells": "  of which cells executed (`async_execute_cell` × N)",
         "kernelagent_held_wall": "kernelagent `POST …/replay`, pool refill held back, wall",

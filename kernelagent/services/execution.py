@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import queue
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -133,7 +134,13 @@ class ExecutionService:
             await self._publish(
                 session.id,
                 "cell.started",
-                {"cell_id": cell.id, "code": code, "role": role, "metadata": cell.metadata},
+                {
+                    "cell_id": cell.id,
+                    "index": cell.index,
+                    "code": code,
+                    "role": role,
+                    "metadata": cell.metadata,
+                },
             )
             self.running.add(session.id)
             self._interrupted.discard(session.id)
@@ -166,16 +173,8 @@ class ExecutionService:
                 )
                 # the record holds whatever happened (and the session's last activity)
                 await self.db.cells.update(cell, touch_session=True)
-                await self._publish(
-                    session.id,
-                    "cell.completed",
-                    {
-                        "cell_id": cell.id,
-                        "status": cell.status,
-                        "execution_count": cell.execution_count,
-                        "duration_ms": cell.duration_ms,
-                    },
-                )
+                if sys.exc_info()[0] is not None:  # failing: say so now, nothing more comes
+                    await self._publish_completed(cell)
             artifacts: list[Artifact] = []
             try:
                 artifacts = await self.files.store_artifacts(
@@ -190,6 +189,7 @@ class ExecutionService:
             except Exception:
                 log.exception("storing the outputs or files of cell %s failed", cell.id)
             self.last_used[session.id] = asyncio.get_running_loop().time()
+            await self._publish_completed(cell)  # after its artifacts: watchers can link them
         if request and reply:  # after the record: a client that saw the reply finds the cell
             await request.deliver("shell", reply)
         return Execution(session, cell, artifacts)
@@ -231,7 +231,13 @@ class ExecutionService:
         await self._publish(
             session_id,
             "cell.added",
-            {"cell_id": cell.id, "role": role, "source": text, "metadata": cell.metadata},
+            {
+                "cell_id": cell.id,
+                "index": cell.index,
+                "role": role,
+                "source": text,
+                "metadata": cell.metadata,
+            },
         )
         return cell
 
@@ -296,7 +302,13 @@ class ExecutionService:
         await self._publish(
             session.id,
             "cell.added",
-            {"cell_id": cell.id, "role": "system", "source": text, "metadata": cell.metadata},
+            {
+                "cell_id": cell.id,
+                "index": cell.index,
+                "role": "system",
+                "source": text,
+                "metadata": cell.metadata,
+            },
         )
 
     async def cull_idle(self, ttl: float) -> list[str]:
@@ -353,6 +365,19 @@ class ExecutionService:
                     if reply["parent_header"].get("msg_id") == msg_id:
                         return reply  # type: ignore[no-any-return]
         return None
+
+    async def _publish_completed(self, cell: Cell) -> None:
+        await self._publish(
+            cell.session_id,
+            "cell.completed",
+            {
+                "cell_id": cell.id,
+                "index": cell.index,
+                "status": cell.status,
+                "execution_count": cell.execution_count,
+                "duration_ms": cell.duration_ms,
+            },
+        )
 
     async def _publish(self, session_id: str, type: str, data: dict[str, Any]) -> None:
         if self.events is None:

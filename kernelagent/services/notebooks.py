@@ -165,7 +165,7 @@ def build_notebook(
     *,
     title: str,
     session_id: str,
-    kernel_display_name: str = "Python 3 (kernelagent sandbox)",
+    kernel_display_name: str = "Python 3 (ipykernel)",
     kernel_name: str = "python3",
     language_version: str | None = None,
 ) -> nbformat.NotebookNode:

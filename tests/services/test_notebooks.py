@@ -153,7 +153,7 @@ def test_built_notebook_is_valid_nbformat_4_5_with_kernel_metadata():
     assert (nb.nbformat, nb.nbformat_minor) == (4, 5)
     assert nb.metadata.kernelspec == {
         "name": "python3",
-        "display_name": "Python 3 (kernelagent sandbox)",
+        "display_name": "Python 3 (ipykernel)",
         "language": "python",
     }
     info = nb.metadata.language_info
