@@ -20,7 +20,12 @@ from html.parser import HTMLParser
 from typing import Any
 
 from kernelagent.domain import Artifact
-from kernelagent.services.outputs import PLOTLY_MIME_TYPE, extract_artifacts, is_json_mime
+from kernelagent.services.outputs import (
+    PLOTLY_MIME_TYPE,
+    extract_artifacts,
+    is_json_mime,
+    join_text,
+)
 
 __all__ = [
     "DATAFRAME_MIME_TYPE",
@@ -239,15 +244,7 @@ def _outputs_marker(omitted: int) -> str:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return "".join(value)
-    if value is None:
-        return ""
-    if isinstance(value, dict | list | tuple):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+    return join_text(value, ensure_ascii=False)
 
 
 def _strip_ansi(text: str) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "clean_output",
     "extract_artifacts",
     "is_json_mime",
+    "join_text",
     "normalise",
     "truncation_marker",
 ]
@@ -73,7 +74,8 @@ def truncation_marker(dropped: int) -> str:
 # Output shapes
 
 
-def _join_text(value: Any) -> str:
+def join_text(value: Any, ensure_ascii: bool = True) -> str:
+    """A text value as one ``str``: nbformat's list of lines joined; anything else stringified."""
     if isinstance(value, str):
         return value
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
@@ -81,7 +83,7 @@ def _join_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list | tuple):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=ensure_ascii)
     return str(value)
 
 
@@ -102,7 +104,7 @@ def clean_bundle(data: Any) -> dict[str, Any]:
                     value = json.loads(value)
             bundle[mime] = copy.deepcopy(value)
         else:
-            bundle[mime] = _join_text(value)
+            bundle[mime] = join_text(value)
     return bundle
 
 
@@ -118,7 +120,7 @@ def clean_output(output: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "output_type": "stream",
             "name": str(output.get("name") or "stdout"),
-            "text": _join_text(output.get("text", "")),
+            "text": join_text(output.get("text", "")),
         }
     if kind in ("display_data", "execute_result"):
         out: dict[str, Any] = {
@@ -225,7 +227,7 @@ class OutputCollector:
         if msg_type not in OUTPUT_MSG_TYPES:
             return None
         if msg_type == "stream":
-            text = _join_text(content.get("text", ""))
+            text = join_text(content.get("text", ""))
             if not text:
                 return None
         if self._clear_pending:
@@ -346,7 +348,7 @@ def _mime_bytes(mime: str, value: Any) -> bytes | None:
     """The stored bytes of one mimebundle value, or ``None`` when it cannot be decoded."""
     if mime in BINARY_MIME_TYPES:
         try:
-            return base64.b64decode(_join_text(value))
+            return base64.b64decode(join_text(value))
         except (binascii.Error, ValueError):
             return None
     if is_json_mime(mime):
@@ -356,7 +358,7 @@ def _mime_bytes(mime: str, value: Any) -> bytes | None:
             except ValueError:
                 return value.encode("utf-8")
         return _canonical_json(value)
-    return _join_text(value).encode("utf-8")
+    return join_text(value).encode("utf-8")
 
 
 def extract_artifacts(outputs: Iterable[Mapping[str, Any]]) -> list[ArtifactBlob]:
@@ -450,7 +452,7 @@ def _scrub(value: Any) -> Any:
 
 def _payload_size(mime: str, value: Any) -> int:
     raw = _mime_bytes(mime, value)
-    return len(raw) if raw is not None else len(_join_text(value))
+    return len(raw) if raw is not None else len(join_text(value))
 
 
 def normalise(outputs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

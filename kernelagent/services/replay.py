@@ -34,13 +34,13 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from kernelagent.domain import Cell
 from kernelagent.errors import KernelAgentError
 from kernelagent.services.files import FileService
+from kernelagent.services.notebooks import PRIVATE_MIME_PREFIX
 from kernelagent.services.outputs import PLOTLY_MIME_TYPE, normalise
 
 log = logging.getLogger(__name__)
 
 ReplayStatus = Literal["match", "differ", "error"]
 Progress = Callable[["CellReport", int, int], Awaitable[None]]
-PRIVATE_MIME_PREFIX = "application/vnd.kernelagent."
 DIFF_LIMIT = 4000  # characters of diff kept per cell
 
 
