@@ -39,7 +39,7 @@ from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.output_views import view_artifact, view_outputs
 from kernelagent.services.ports import ChatModel, Database, EventLog
-from kernelagent.services.prompt import WORKSPACE_PROBE, parse_probe, system_prompt
+from kernelagent.services.prompt import WORKSPACE_PROBE, human_size, parse_probe, system_prompt
 from kernelagent.services.sessions import SessionService
 
 log = logging.getLogger(__name__)
@@ -553,6 +553,13 @@ class AgentService:
             head = (
                 f"MISSING MODULE: {error.get('evalue')}. The sandbox has no network, so nothing "
                 "can be installed: use the installed libraries.\n"
+            )
+        elif error.get("ename") == "MemoryError":
+            head = (
+                f"OUT OF MEMORY: the cell asked for more than the kernel's memory limit "
+                f"({human_size(self.limits.memory_limit)}) and got a MemoryError; the kernel and "
+                "its other variables survived. Use less memory: fewer columns (usecols), chunks, "
+                "smaller dtypes.\n"
             )
         elif cell.status == "error":
             head = "ERROR:\n"

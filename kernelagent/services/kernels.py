@@ -115,11 +115,15 @@ class KernelPool:
                     raise RuntimeError(self.last_error)
                 await asyncio.sleep(0.05)
 
-    async def acquire(self, workspace: Path) -> Kernel:
-        """A ready kernel whose ``/workspace`` is ``workspace``: pooled if any, else started now."""
+    async def acquire(self, workspace: Path, refill: bool = True) -> Kernel:
+        """A ready kernel whose ``/workspace`` is ``workspace``: pooled if any, else started now.
+
+        ``refill=False``: no replacement starts until ``refill()`` (a short CPU-bound job, such
+        as a replay, then does not share the machine with a kernel start)."""
         while self._ready:
             pooled = self._ready.popleft()
-            self._wanted.set()
+            if refill:
+                self._wanted.set()
             if not await self.backend.is_alive(pooled.id):
                 await self.backend.shutdown(pooled.id, now=True)
                 continue
@@ -130,8 +134,13 @@ class KernelPool:
                 await self.backend.shutdown(pooled.id, now=True)
                 break
             return Kernel(pooled.id, workspace)
-        self._wanted.set()
+        if refill:
+            self._wanted.set()
         return Kernel(await self.backend.start(workspace), workspace)
+
+    def refill(self) -> None:
+        """Start replacing the kernels handed out (see ``acquire``)."""
+        self._wanted.set()
 
     def _adopt(self, pooled: Kernel, workspace: Path) -> None:
         """Make the pooled kernel's directory the session's ``workspace`` (same filesystem)."""

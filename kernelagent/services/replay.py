@@ -158,7 +158,11 @@ class Replayer:
     ) -> CellReport:
         if dead is not None:
             return CellReport(cell.id, cell.index, "error", error=f"not run: {dead}")
-        node = nbformat.v4.new_code_cell(cell.source)
+        # built directly: ``new_code_cell`` validates against the schema (~0.7 ms a cell)
+        node = nbformat.from_dict(
+            {"cell_type": "code", "source": cell.source, "metadata": {}, "outputs": []}
+        )
+        node.execution_count = None
         nb.cells.append(node)
         started = time.perf_counter()
         try:

@@ -70,7 +70,7 @@ class WorldlineService:
         cells = await self.db.cells.list(session.id)
         scratch = self.files.workspaces_dir / ".replay" / new_id()
         scratch.parent.mkdir(parents=True, exist_ok=True)
-        kernel = await self.sessions.pool.acquire(scratch)
+        kernel = await self.sessions.pool.acquire(scratch, refill=False)
         total = sum(c.cell_type == "code" for c in cells)
         await self.events.publish(session.id, "replay.started", {"total": total})
 
@@ -93,6 +93,7 @@ class WorldlineService:
     async def _discard(self, kernel_id: str, scratch: Path) -> None:
         await self.sessions.kernels.shutdown(kernel_id, now=True)
         await asyncio.to_thread(shutil.rmtree, scratch, True)
+        self.sessions.pool.refill()  # held back while the replay ran
 
     async def stop(self) -> None:
         """Wait for scratch kernels still being shut down."""

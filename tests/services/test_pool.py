@@ -125,3 +125,16 @@ def test_preimport_code_binds_no_names():
     namespace: dict = {}
     exec(preimport_code(["json", "no_such_module_xyz"]), namespace)
     assert set(namespace) == {"__builtins__"}
+
+
+async def test_a_hand_out_can_hold_the_refill_back(pool_and_kernels):
+    pool, kernels, settings = pool_and_kernels
+    kernel = await pool.acquire(settings.workspaces_dir / "scratch", refill=False)
+    # a replacement (start + pre-imports) is ready in ~3 s here; none may come while held back
+    with pytest.raises(TimeoutError):
+        await pool.wait_filled(timeout=8)
+    assert pool.ready_count == 0
+    pool.refill()
+    await pool.wait_filled(timeout=90)
+    assert pool.ready_count == 1
+    await kernels.shutdown(kernel.id, now=True)

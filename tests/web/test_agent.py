@@ -30,11 +30,13 @@ def agent_settings(request, tmp_path, port, llm, **overrides):
         request,
         tmp_path,
         port,
-        openai_api_key="sk-test",
-        openai_base_url=llm.base_url,
-        model="scripted",
-        llm_retries=2,
-        **overrides,
+        **{
+            "openai_api_key": "sk-test",
+            "openai_base_url": llm.base_url,
+            "model": "scripted",
+            "llm_retries": 2,
+            **overrides,
+        },
     )
 
 
@@ -448,3 +450,46 @@ async def test_the_token_budget_stops_a_turn(request, tmp_path, unused_port, llm
         turn = await server.json(f"/api/v1/sessions/{session['id']}/turns/{turn_id}")
     assert turn["status"] == "failed" and "KERNELAGENT_AGENT_TOKEN_BUDGET" in turn["error"]
     assert len(llm.requests) == 1
+
+
+async def test_a_dead_kernel_is_told_to_the_model_typed(request, tmp_path, unused_port, llm):
+    request.param = "embedded"
+    settings = agent_settings(request, tmp_path, unused_port, llm, memory_limit=256 * 1024**2)
+    told = []
+
+    def then(step):
+        def record(body):
+            told.append(last_tool_result(body))
+            return step
+
+        return respond(record)
+
+    hog = "import numpy as np\nblocks = [np.ones(32 * 1024**2) for _ in range(64)]"
+    llm.script(
+        tool_call("run_python", {"code": "kept = 1"}),
+        then(tool_call("run_python", {"code": hog})),
+        then(tool_call("run_python", {"code": "import os\nos._exit(3)"})),
+        then(tool_call("run_python", {"code": "kept"})),
+        then(text("done")),
+    )
+    async with running(settings) as server:
+        session = await server.session()
+        await ask(server, session["id"], "go")
+        await server.services.agent.wait(session["id"])
+    # RLIMIT_DATA turns most blow-ups into a MemoryError the kernel survives
+    assert told[1].startswith("OUT OF MEMORY") and "256.0 MiB" in told[1], told[1]
+    assert "MemoryError" in told[1]
+    assert told[2].startswith("KERNEL DIED: exited with status 3"), told[2]
+    assert told[3].strip().endswith("1"), told[3]  # the state came back by replay
+
+
+async def test_an_llm_that_times_out_fails_the_turn(request, tmp_path, unused_port, llm):
+    request.param = "embedded"
+    settings = agent_settings(request, tmp_path, unused_port, llm, llm_timeout=0.5, llm_retries=1)
+    llm.script(delay(3, text("late")), delay(3, text("late again")))
+    async with running(settings) as server:
+        session = await server.session()
+        turn_id = await ask(server, session["id"], "hello")
+        await server.services.agent.wait(session["id"])
+        turn = await server.json(f"/api/v1/sessions/{session['id']}/turns/{turn_id}")
+    assert turn["status"] == "failed" and "timed out" in turn["error"], turn
