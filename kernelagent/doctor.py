@@ -1,7 +1,8 @@
-"""``kernelagent doctor``: does the sandbox work on this machine, and if not, why.
+"""``kernelagent doctor``: does everything the server needs work here, and if not, why.
 
 It starts a real sandboxed kernel with the server's settings and checks, from inside, what the
-sandbox promises (uid, no network, private PIDs, limits); each line says ok or what is wrong.
+sandbox promises (uid, no network, private PIDs, limits); then the database, Redis, storage and
+the LLM endpoint as configured. Each line says ok or what is wrong and which setting to change.
 """
 
 from __future__ import annotations
@@ -9,9 +10,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from kernelagent.adapters.db import open_database
 from kernelagent.adapters.kernels import LocalKernels
+from kernelagent.adapters.llm import OpenAIChat
+from kernelagent.adapters.locks import make_locks
+from kernelagent.adapters.storage import FsspecStorage
 from kernelagent.config import Settings
 from kernelagent.errors import KernelAgentError
 
@@ -50,6 +56,7 @@ async def run_doctor(settings: Settings) -> int:
     except OSError as e:
         report(False, f"data directory {settings.data_dir}: {e} (set KERNELAGENT_DATA_DIR)")
 
+    await _check_backends(settings, report)
     if settings.unsafe_no_sandbox:
         report(False, "KERNELAGENT_UNSAFE_NO_SANDBOX is set: kernels run without a sandbox")
     kernels = LocalKernels(settings)
@@ -89,3 +96,45 @@ async def run_doctor(settings: Settings) -> int:
     finally:
         await kernels.close()
     return 1 if failures else 0
+
+
+async def _check_backends(settings: Settings, report: Callable[[bool, str], None]) -> None:
+    """Database, Redis, storage and the LLM, each as configured."""
+    where = settings.database_url.split("@")[-1] if settings.database_url else "SQLite"
+    try:
+        db = await open_database(settings.database)
+        await db.users.list()
+        await db.close()
+        report(True, f"database ({where}) answers and is migrated")
+    except Exception as e:  # noqa: BLE001 - each failure is reported, not raised
+        report(False, f"database ({where}): {e} (KERNELAGENT_DATABASE_URL)")
+    if settings.redis_url:
+        locks = make_locks(settings.redis_url)
+        try:
+            async with locks.hold("kernelagent-doctor", timeout=5):
+                pass
+            report(True, "Redis answers (locks)")
+        except Exception as e:  # noqa: BLE001
+            report(False, f"Redis: {e} (KERNELAGENT_REDIS_URL)")
+        finally:
+            await locks.close()
+    try:
+        storage = FsspecStorage(settings.storage, endpoint_url=settings.s3_endpoint_url or None)
+        key = f"doctor/{time.time_ns()}"
+        await storage.put(key, b"ok")
+        if await storage.get(key) != b"ok":
+            raise KernelAgentError("what was written did not read back")
+        await storage.delete(key)
+        report(True, f"storage {settings.storage} is readable and writable")
+    except Exception as e:  # noqa: BLE001
+        report(False, f"storage {settings.storage}: {e} (KERNELAGENT_STORAGE_URL)")
+    if not settings.llm_configured:
+        report(True, "no LLM configured (OPENAI_API_KEY): the agent is off, cells run directly")
+        return
+    llm = OpenAIChat(settings.openai_api_key, settings.openai_base_url, timeout=15, retries=0)
+    try:
+        report(True, f"LLM endpoint answers: {await llm.check(settings.model)}")
+    except KernelAgentError as e:
+        report(False, f"LLM: {e}")
+    finally:
+        await llm.close()

@@ -138,6 +138,25 @@ class OpenAIChat:
         ]
         return Reply("".join(text), tool_calls, usage, finish)
 
+    async def check(self, model: str) -> str:
+        """Whether the endpoint answers with this key and serves ``model`` (for ``doctor``)."""
+        try:
+            models = [m.id async for m in await self.client.models.list()]
+        except openai.AuthenticationError as e:
+            raise LLMError(
+                f"the endpoint refused the API key ({e.status_code}): check OPENAI_API_KEY"
+            ) from e
+        except openai.APIConnectionError as e:
+            raise LLMError(f"cannot reach the endpoint ({e}): check OPENAI_BASE_URL") from e
+        except openai.APIError as e:
+            raise LLMError(f"the endpoint failed: {e}") from e
+        if model not in models:
+            listed = ", ".join(models[:10]) + (" …" if len(models) > 10 else "")
+            raise LLMError(
+                f"the endpoint does not list model {model!r} (KERNELAGENT_MODEL); it has: {listed}"
+            )
+        return f"{len(models)} models, {model!r} among them"
+
     async def close(self) -> None:
         await self.client.close()
 
