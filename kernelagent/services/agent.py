@@ -158,6 +158,7 @@ class AgentService:
     # ------------------------------------------------------------------ the API's verbs
 
     async def start(self, user: User, session_id: str, content: str, model: str | None) -> Turn:
+        session = await self.sessions.get(user, session_id)
         if self.llm is None:
             raise NotConfigured(
                 "no LLM is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for another "
@@ -165,7 +166,6 @@ class AgentService:
             )
         if not content.strip():
             raise InvalidInput("the message is empty")
-        session = await self.sessions.get(user, session_id)
         if session.id in self.active:
             raise Conflict(
                 "a turn is already running in this session: wait for it, answer it, or interrupt it"

@@ -19,6 +19,7 @@ from kernelagent.web.gateway.handlers import (
 )
 from kernelagent.web.health import HealthHandler
 from kernelagent.web.notebooks import NotebookHandler
+from kernelagent.web.openapi import OpenApiHandler
 from kernelagent.web.pages import page_routes
 from kernelagent.web.sessions import (
     CellsHandler,
@@ -43,6 +44,7 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
     specs = {**gateway, "specs": s.kernels.specs}
     return [
         (r"/api/v1/health", HealthHandler, {"pool": s.pool, "sandbox": sandbox}),
+        (r"/api/v1/openapi\.json", OpenApiHandler, {}),
         (r"/api/v1/sessions", SessionsHandler, with_sessions),
         (SESSION, SessionHandler, with_sessions),
         (
