@@ -67,6 +67,20 @@ def last_tool_result(request_body) -> str:
     return next(m for m in reversed(request_body["messages"]) if m["role"] == "tool")["content"]
 
 
+def recording(told: list[str]):
+    """``then(step)``: a scripted step that first keeps the tool result the model was given;
+    ``step`` may be a function of that result."""
+
+    def then(step):
+        def record(body):
+            told.append(last_tool_result(body))
+            return step(told[-1]) if callable(step) else step
+
+        return respond(record)
+
+    return then
+
+
 async def test_a_turn_runs_code_sees_a_summary_and_answers(server, llm):
     session = await server.session("sales")
     upload = await server.upload(session["id"], "sales.csv", b"region,amount\nnorth,10\nsouth,32\n")
@@ -152,12 +166,7 @@ async def test_errors_go_back_to_the_model_typed(server, llm):
     session = await server.session()
     results = []
 
-    def then(step):
-        def record(body):
-            results.append(last_tool_result(body))
-            return step
-
-        return respond(record)
+    then = recording(results)
 
     llm.script(
         tool_call("run_python", {"code": "import no_such_module_here"}),
@@ -221,12 +230,7 @@ async def test_approval_mode_holds_each_cell(server, llm):
     await server.json(f"/api/v1/sessions/{session['id']}", "PATCH", {"approval_mode": True})
     told = []
 
-    def then(step):
-        def record(body):
-            told.append(last_tool_result(body))
-            return step
-
-        return respond(record)
+    then = recording(told)
 
     llm.script(
         tool_call("run_python", {"code": "x = 1\nx"}),
@@ -398,12 +402,7 @@ async def test_timeouts_images_read_artifact_and_cost(request, tmp_path, unused_
     )
     told = []
 
-    def then(step_for):
-        def record(body):
-            told.append(last_tool_result(body))
-            return step_for(told[-1])
-
-        return respond(record)
+    then = recording(told)
 
     plot = (
         "import matplotlib.pyplot as plt\n"
@@ -457,12 +456,7 @@ async def test_a_dead_kernel_is_told_to_the_model_typed(request, tmp_path, unuse
     settings = agent_settings(request, tmp_path, unused_port, llm, memory_limit=256 * 1024**2)
     told = []
 
-    def then(step):
-        def record(body):
-            told.append(last_tool_result(body))
-            return step
-
-        return respond(record)
+    then = recording(told)
 
     hog = "import numpy as np\nblocks = [np.ones(32 * 1024**2) for _ in range(64)]"
     llm.script(
