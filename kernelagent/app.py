@@ -27,6 +27,7 @@ from kernelagent.adapters.events import make_events
 from kernelagent.adapters.kernels import LocalKernels
 from kernelagent.adapters.llm import OpenAIChat
 from kernelagent.adapters.locks import make_locks
+from kernelagent.adapters.runtime import make_runtime
 from kernelagent.adapters.storage import FsspecStorage
 from kernelagent.config import Settings
 from kernelagent.services.agent import AgentLimits, AgentService, parse_prices
@@ -37,9 +38,11 @@ from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
 from kernelagent.services.notebook_store import NotebookStore
 from kernelagent.services.output_views import KERNEL_SETUP_CODE
-from kernelagent.services.ports import Database, EventLog, SessionLocks, Storage
+from kernelagent.services.ports import Database, EventLog, RuntimeState, SessionLocks, Storage
+from kernelagent.services.recording import Recorder
 from kernelagent.services.replay import Replayer
 from kernelagent.services.sessions import SessionService
+from kernelagent.services.supervisor import KernelSupervisor
 from kernelagent.services.worldlines import WorldlineService
 from kernelagent.web.routes import routes
 
@@ -54,11 +57,14 @@ class Services:
     db: Database
     storage: Storage
     locks: SessionLocks
+    state: RuntimeState
     kernels: LocalKernels
     pool: KernelPool
     auth: AuthService
+    recorder: Recorder
     files: FileService
     sessions: SessionService
+    supervisor: KernelSupervisor
     execution: ExecutionService
     notebooks: NotebookStore
     gateway: GatewayService
@@ -86,39 +92,46 @@ class KernelAgentApp:
                 getpass.getuser(),
             )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        settings.workspaces_dir.mkdir(parents=True, exist_ok=True)
         db = await open_database(settings.database)
         storage = FsspecStorage(settings.storage, endpoint_url=settings.s3_endpoint_url or None)
-        locks = make_locks(settings.redis_url or None)
+        # a crashed process's session locks free themselves as soon as it counts as gone
+        locks = make_locks(settings.redis_url or None, ttl=settings.process_lease)
         events = make_events(settings.redis_url or None, settings.events_retention)
+        state = make_runtime(settings.redis_url or None, settings.process_lease)
+        await state.start()
         kernels = LocalKernels(settings)
+        kernels.clear_scratch()
         pool = KernelPool(
             kernels,
-            settings.workspaces_dir / ".pool",
             size=settings.pool_size,
             preimport=[m.strip() for m in settings.pool_preimport.split(",") if m.strip()],
         )
         secret = settings.secret or _stored_secret(settings.data_dir)
+        recorder = Recorder(db, locks, events)
         files = FileService(
             db,
             storage,
-            settings.workspaces_dir,
+            kernels,
+            recorder,
             secret=secret,
             upload_limit=settings.upload_limit,
             signed_url_ttl=settings.signed_url_ttl,
         )
-        sessions = SessionService(db, pool, kernels, files, storage, events)
+        sessions = SessionService(db, pool, kernels, files, storage, state, events)
+        replayer = Replayer(kernels, files, settings.cell_timeout, settings.stream_limit)
+        supervisor = KernelSupervisor(
+            db, locks, kernels, pool, files, recorder, replayer, state, KERNEL_SETUP_CODE
+        )
         execution = ExecutionService(
             db,
             locks,
             kernels,
-            sessions,
+            supervisor,
+            recorder,
             files,
+            state,
             default_timeout=settings.cell_timeout,
             stream_limit=settings.stream_limit,
-            events=events,
-            kernel_setup_code=KERNEL_SETUP_CODE,
-            replayer=Replayer(kernels, files, settings.cell_timeout),
         )
         llm = None
         if settings.llm_configured:
@@ -133,7 +146,8 @@ class KernelAgentApp:
             sessions,
             execution,
             files,
-            events,
+            recorder,
+            state,
             llm,
             default_model=settings.model,
             limits=AgentLimits(
@@ -148,34 +162,30 @@ class KernelAgentApp:
             ),
             prices=parse_prices(settings.prices),
         )
-        await agent.recover()
+        await agent.start_recovery(every=settings.process_lease)
         self.services = Services(
             settings=settings,
             db=db,
             storage=storage,
             locks=locks,
+            state=state,
             kernels=kernels,
             pool=pool,
             auth=AuthService(db),
+            recorder=recorder,
             files=files,
             sessions=sessions,
+            supervisor=supervisor,
             execution=execution,
             notebooks=NotebookStore(db, storage),
-            gateway=GatewayService(sessions, execution, kernels),
+            gateway=GatewayService(sessions, execution, supervisor, kernels, state),
             events=events,
             agent=agent,
-            worldlines=WorldlineService(
-                db,
-                sessions,
-                execution,
-                files,
-                events,
-                Replayer(kernels, files, settings.cell_timeout),
-            ),
+            worldlines=WorldlineService(db, locks, sessions, supervisor, files, events, replayer),
         )
         await pool.start()
         if settings.kernel_idle_ttl > 0:
-            self._culler = asyncio.create_task(self._cull(execution, settings.kernel_idle_ttl))
+            self._culler = asyncio.create_task(self._cull(supervisor, settings.kernel_idle_ttl))
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else "bubblewrap"
         self.web = web.Application(
             routes(self.services, sandbox),
@@ -183,6 +193,7 @@ class KernelAgentApp:
             xsrf_cookies=True,
             xsrf_cookie_kwargs={"samesite": "Strict", "httponly": False},
         )
+        await self.owner_token()  # before listening: ready means its users' tokens work
         if listen:
             self.http = self.web.listen(
                 settings.port,
@@ -211,12 +222,12 @@ class KernelAgentApp:
         return token
 
     @staticmethod
-    async def _cull(execution: ExecutionService, ttl: float) -> None:
+    async def _cull(supervisor: KernelSupervisor, ttl: float) -> None:
         """Shut down idle kernels (their sessions stay) every so often."""
         while True:
             await asyncio.sleep(min(60.0, ttl / 4))
             try:
-                await execution.cull_idle(ttl)
+                await supervisor.cull_idle(ttl)
             except Exception:
                 log.exception("culling idle kernels failed")
 
@@ -234,9 +245,9 @@ class KernelAgentApp:
             await s.worldlines.stop()
             await s.gateway.stop()
             await s.notebooks.stop()
-            await s.execution.close()
             await s.pool.stop()
             await s.kernels.close()
+            await s.state.close()
             await s.locks.close()
             await s.events.close()
             await s.db.close()

@@ -148,6 +148,12 @@ class Settings:
     events_retention: int = _setting(
         10_000, "KERNELAGENT_EVENTS_RETENTION", "Events kept per session for SSE replay"
     )
+    process_lease: float = _setting(
+        15.0,
+        "KERNELAGENT_PROCESS_LEASE",
+        "Seconds after which a server process that stopped answering (with Redis) counts as "
+        "gone: its turns fail and its sessions' kernels are rebuilt elsewhere",
+    )
 
     @property
     def llm_configured(self) -> bool:

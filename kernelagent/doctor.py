@@ -8,10 +8,9 @@ the LLM endpoint as configured. Each line says ok or what is wrong and which set
 from __future__ import annotations
 
 import json
-import tempfile
+import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from kernelagent.adapters.db import open_database
 from kernelagent.adapters.kernels import LocalKernels
@@ -60,7 +59,7 @@ async def run_doctor(settings: Settings) -> int:
     if settings.unsafe_no_sandbox:
         report(False, "KERNELAGENT_UNSAFE_NO_SANDBOX is set: kernels run without a sandbox")
     kernels = LocalKernels(settings)
-    workspace = Path(tempfile.mkdtemp(prefix="kernelagent-doctor-"))
+    workspace = f".doctor-{secrets.token_hex(6)}"
     started = time.perf_counter()
     try:
         kernel_id = await kernels.start(workspace)
@@ -95,6 +94,7 @@ async def run_doctor(settings: Settings) -> int:
         report(inside["data_limit"] > 0, f"RLIMIT_DATA {inside['data_limit']} bytes")
     finally:
         await kernels.close()
+        await kernels.remove_workspace(workspace)
     return 1 if failures else 0
 
 

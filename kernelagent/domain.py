@@ -61,6 +61,9 @@ class Turn:
     completion_tokens: int = 0
     cost: float | None = None  # in dollars, when a price is configured for the model
     error: str | None = None
+    # while "waiting": what for, and what the turn needs to go on from the record (the
+    # paused tool call, the calls after it, its step); the user's decision joins it
+    pending: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +130,68 @@ class Usage:
     @property
     def total(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    """A request from one server process to the others (or to one, ``to``): "interrupt" a
+    session's running cell and turn, or "run_turn" (start or resume a turn where its kernel is).
+    """
+
+    kind: Literal["interrupt", "run_turn"]
+    session_id: str
+    turn_id: str | None = None
+    to: str | None = None  # a process id; None: every process
+    sender: str | None = None  # the process that sent it
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelMessage:
+    """One Jupyter message from a kernel, parsed once where it arrives (the kernel adapter).
+
+    Services read ``msg_type``, ``content`` and ``parent_id``; a gateway client is sent the
+    whole message as the kernel sent it (``header`` and ``parent_header`` untouched).
+    """
+
+    channel: str  # "shell", "iopub", "stdin" or "control"
+    header: dict[str, Any]
+    parent_header: dict[str, Any]
+    metadata: dict[str, Any]
+    content: dict[str, Any]
+    buffers: tuple[bytes, ...] = ()
+
+    @property
+    def msg_type(self) -> str:
+        return str(self.header.get("msg_type", ""))
+
+    @property
+    def msg_id(self) -> str:
+        return str(self.header.get("msg_id", ""))
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.parent_header.get("msg_id")
+
+    @classmethod
+    def status(cls, state: str, username: str = "kernelagent") -> KernelMessage:
+        """A synthetic iopub ``status`` (jupyter_server sends "restarting" the same way)."""
+        header = {
+            "msg_id": new_id(),
+            "msg_type": "status",
+            "username": username,
+            "session": new_id(),
+            "date": now(),
+            "version": "5.3",
+        }
+        return cls("iopub", header, {}, {}, {"execution_state": state})
+
+
+@dataclasses.dataclass(frozen=True)
+class FileStat:
+    """A regular file of a workspace: enough to tell whether it changed since it was seen."""
+
+    size: int
+    mtime_ns: int
 
 
 @dataclasses.dataclass(frozen=True)

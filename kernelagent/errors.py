@@ -67,4 +67,11 @@ class LLMError(KernelAgentError):
 
 
 class KernelDied(KernelAgentError):
+    """``cause``: "died" (the process is gone: the session needs a new kernel), "restarted"
+    (in place, same kernel) or "shutdown" (on purpose)."""
+
     status, code = 503, "kernel_died"
+
+    def __init__(self, message: str, cause: str = "died"):
+        super().__init__(message)
+        self.cause = cause

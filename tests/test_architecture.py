@@ -9,6 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "kernelagent"
 
 FORBIDDEN = {
     "sandbox": ("kernelagent.",),  # except kernelagent.sandbox itself, checked below
+    "kernelside": ("kernelagent.",),  # runs in the kernel: only itself
     "services": ("kernelagent.web", "kernelagent.adapters", "kernelagent.sandbox", "tornado"),
     "adapters": ("kernelagent.web", "kernelagent.services", "kernelagent.sandbox", "tornado.web"),
     "web": ("kernelagent.adapters", "kernelagent.sandbox"),
@@ -30,7 +31,7 @@ def test_layers_import_only_downwards():
     for layer, forbidden in FORBIDDEN.items():
         for path in (PACKAGE / layer).rglob("*.py"):
             for name in imports(path):
-                if layer == "sandbox" and name.startswith("kernelagent.sandbox"):
+                if layer in ("sandbox", "kernelside") and name.startswith(f"kernelagent.{layer}"):
                     continue
                 if name.startswith(forbidden):
                     problems.append(f"{path.relative_to(PACKAGE)} imports {name}")
@@ -42,3 +43,72 @@ def test_nothing_outside_the_sandbox_imports_it():
         if "sandbox" in path.relative_to(PACKAGE).parts:
             continue
         assert not any(n.startswith("kernelagent.sandbox") for n in imports(path)), path
+
+
+# What drives a kernel (jupyter_client's managers, clients and Session, ZMQ, nbclient) belongs to
+# the kernel adapters and the sandbox: everything else speaks the ``KernelBackend`` port.
+KERNEL_MACHINERY = (
+    "zmq",
+    "nbclient",
+    "jupyter_client.manager",
+    "jupyter_client.multikernelmanager",
+    "jupyter_client.client",
+    "jupyter_client.asynchronous",
+    "jupyter_client.blocking",
+    "jupyter_client.threaded",
+    "jupyter_client.channels",
+    "jupyter_client.session",
+    "jupyter_client.ioloop",
+)
+KERNEL_MACHINERY_NAMES = {
+    "KernelManager",
+    "AsyncKernelManager",
+    "MultiKernelManager",
+    "AsyncMultiKernelManager",
+    "KernelClient",
+    "AsyncKernelClient",
+    "BlockingKernelClient",
+    "Session",
+    "launch_kernel",
+}
+
+
+def kernel_machinery(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith(KERNEL_MACHINERY)]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith(KERNEL_MACHINERY):
+                found.append(node.module)
+            elif node.module == "jupyter_client":
+                found += [
+                    f"jupyter_client.{a.name}"
+                    for a in node.names
+                    if a.name in KERNEL_MACHINERY_NAMES
+                ]
+    return found
+
+
+def test_only_the_kernel_adapters_drive_kernels():
+    problems = []
+    for path in PACKAGE.rglob("*.py"):
+        layer = path.relative_to(PACKAGE).parts[0]
+        if layer in ("adapters", "sandbox"):
+            continue
+        problems += [f"{path.relative_to(PACKAGE)} imports {n}" for n in kernel_machinery(path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_machinery_check_sees_what_it_looks_for(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import zmq\nfrom jupyter_client import AsyncKernelClient, kernelspec\n"
+        "from jupyter_client.session import Session\nfrom nbclient import NotebookClient\n"
+    )
+    assert kernel_machinery(sample) == [
+        "zmq",
+        "jupyter_client.AsyncKernelClient",
+        "jupyter_client.session",
+        "nbclient",
+    ]

@@ -94,8 +94,9 @@ async def test_ask_runs_one_turn_headless_and_writes_the_notebook(tmp_path):
     notebook = nbformat.read(out, as_version=4)
     nbformat.validate(notebook)
     roles = [c.metadata["kernelagent"]["role"] for c in notebook.cells]
-    assert roles == ["user", "agent", "assistant"]
-    assert notebook.cells[1].outputs[0]["data"]["text/plain"] == "6"
+    assert roles == ["system", "user", "agent", "assistant"]  # the upload, recorded first
+    assert notebook.cells[0].metadata["kernelagent"]["upload"]["path"] == "nums.csv"
+    assert notebook.cells[2].outputs[0]["data"]["text/plain"] == "6"
 
 
 def test_ask_without_an_llm_says_what_to_set(tmp_path):

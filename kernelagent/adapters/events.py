@@ -1,10 +1,10 @@
 """Session event logs: what the SSE stream serves, replayable from any event id.
 
-Each session has an append-only log of ``Event``s with increasing ids. ``read(after=id)`` returns
-what came after ``id`` (waiting up to ``wait`` seconds when there is nothing yet), so a client that
-reconnects with ``Last-Event-ID`` gets every later event and none twice, and any number of clients
-can follow one session. Retention is bounded: the oldest events of a session go first once it holds
-``retention`` of them.
+Each session has an append-only log of events (``kernelagent.events``) with increasing ids.
+``read(after=id)`` returns what came after ``id`` (waiting up to ``wait`` seconds when there is
+nothing yet), so a client that reconnects with ``Last-Event-ID`` gets every later event and none
+twice, and any number of clients can follow one session. Retention is bounded: the oldest events of
+a session go first once it holds ``retention`` of them.
 
 ``LocalEvents`` keeps the logs in this process; ids are ``<epoch>-<n>``, the epoch naming this
 process, so a client resuming with an id from before a restart gets the whole new log rather than
@@ -18,28 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import itertools
 import json
+import logging
 import re
 import time
-from typing import Any
 
+import pydantic
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from kernelagent.errors import InvalidInput, KernelAgentError
+from kernelagent.events import Logged, SessionEvent, parse_event
+
+log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT = 5.0
 STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})", re.ASCII)
 MAX_ID_PART = 2**64 - 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Event:
-    id: str
-    type: str
-    data: dict[str, Any]
 
 
 class LocalEvents:
@@ -49,22 +45,22 @@ class LocalEvents:
     def __init__(self, retention: int = 10_000):
         self.retention = retention
         self.epoch = time.time_ns() // 1_000_000
-        self._logs: dict[str, collections.deque[tuple[int, Event]]] = {}
+        self._logs: dict[str, collections.deque[tuple[int, Logged]]] = {}
         self._counters: dict[str, itertools.count[int]] = {}
         self._changed: asyncio.Future[None] | None = None
         self._closed = False
 
-    async def publish(self, session_id: str, type: str, data: dict[str, Any]) -> Event:
+    async def publish(self, session_id: str, event: SessionEvent) -> Logged:
         counter = self._counters.setdefault(session_id, itertools.count(1))
         n = next(counter)
-        # a copy, as Redis would keep: later changes to ``data`` do not rewrite history
-        event = Event(f"{self.epoch}-{n}", type, json.loads(json.dumps(data, default=str)))
-        log = self._logs.setdefault(session_id, collections.deque(maxlen=self.retention))
-        log.append((n, event))
+        # a copy, as Redis would keep: later changes to the publisher's dicts rewrite no history
+        logged = Logged(f"{self.epoch}-{n}", event.model_copy(deep=True))
+        entries = self._logs.setdefault(session_id, collections.deque(maxlen=self.retention))
+        entries.append((n, logged))
         self._wake()
-        return event
+        return logged
 
-    async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Event]:
+    async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Logged]:
         start = self._position(after)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -114,20 +110,20 @@ class RedisEvents:
     def _key(self, session_id: str) -> str:
         return f"{self.prefix}events:{session_id}"
 
-    async def publish(self, session_id: str, type: str, data: dict[str, Any]) -> Event:
-        payload = json.dumps(data, ensure_ascii=False, default=str)
+    async def publish(self, session_id: str, event: SessionEvent) -> Logged:
+        payload = event.model_dump_json(exclude={"type"})
         try:
             raw_id = await self.redis.xadd(
                 self._key(session_id),
-                {"type": type, "data": payload},
+                {"type": event.type, "data": payload},
                 maxlen=self.retention,
                 approximate=True,
             )
         except RedisError as e:
             raise KernelAgentError(f"Redis refused an event: {e}") from e
-        return Event(raw_id.decode(), type, data)
+        return Logged(raw_id.decode(), event)
 
-    async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Event]:
+    async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Logged]:
         start = _redis_id(after)
         try:
             answer = await self.redis.xread(
@@ -140,13 +136,12 @@ class RedisEvents:
         events = []
         for _, entries in answer or ():
             for raw_id, fields in entries:
-                events.append(
-                    Event(
-                        raw_id.decode(),
-                        fields[b"type"].decode(),
-                        json.loads(fields[b"data"]),
-                    )
-                )
+                try:
+                    event = parse_event(fields[b"type"].decode(), json.loads(fields[b"data"]))
+                except (KeyError, ValueError, pydantic.ValidationError) as e:
+                    log.warning("skipped an unreadable event %s of %s: %s", raw_id, session_id, e)
+                    continue
+                events.append(Logged(raw_id.decode(), event))
         return events
 
     async def delete(self, session_id: str) -> None:

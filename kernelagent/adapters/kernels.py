@@ -2,7 +2,17 @@
 
 The sandbox is not managed here: it is the kernelspec's provisioner (``kernelagent.sandbox``), so
 this adapter only picks the kernelspec, passes the provisioner its configuration, and speaks the
-Jupyter protocol. Failures come out as ``kernelagent.errors`` exceptions.
+Jupyter protocol. It implements the ``KernelBackend`` port; failures come out as
+``kernelagent.errors`` exceptions.
+
+* Each kernel has one client of this process (``_Link``): a reader task per channel hands every
+  message to the run (``_Run``) whose request it answers, by parent msg_id, so a cell, a silent
+  evaluation and the pool's warm-up never see each other's messages.
+* A gateway WebSocket gets sockets of its own (``_Channels``), as jupyter_server gives each one.
+* Workspaces are directories ``<workspaces>/<name>``; the kernel sees its own at ``/workspace``
+  through the sandbox's bind mount. ``adopt`` renames a pooled kernel's directory to a session's:
+  the bind mount follows the directory, so the running kernel sees its new files at once, and
+  restarts bind the new path. Names starting with "." are scratch, removed at start-up.
 """
 
 from __future__ import annotations
@@ -10,34 +20,242 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 from jupyter_client import AsyncKernelClient, AsyncKernelManager, AsyncMultiKernelManager
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.session import Session as JupyterSession
 from traitlets.config import Config
 
+from kernelagent.adapters import workspace_io
 from kernelagent.adapters.kernelspecs import kernel_dirs
 from kernelagent.config import Settings
-from kernelagent.errors import KernelDied, NotFound, SandboxError
+from kernelagent.domain import FileStat, KernelMessage
+from kernelagent.errors import InvalidInput, KernelDied, NotFound, SandboxError
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # kernelagent/, for the kernel-side code
+LIVENESS_POLL = 0.5  # seconds of silence after which a run checks that its kernel still lives
+HANDSHAKE_TIMEOUT = 30.0  # seconds for a kernel to answer this process's first request
+WORKSPACE_NAME = re.compile(r"\.?[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+CHANNELS = ("shell", "control", "stdin", "iopub")
+
+
+def parse(channel: str, msg: dict[str, Any]) -> KernelMessage:
+    return KernelMessage(
+        channel,
+        msg.get("header") or {},
+        msg.get("parent_header") or {},
+        msg.get("metadata") or {},
+        msg.get("content") or {},
+        tuple(bytes(b) for b in msg.get("buffers") or ()),
+    )
+
+
+class _Ended:
+    """Put in a run's queue when its kernel went away: ``next`` raises ``error``."""
+
+    def __init__(self, error: KernelDied):
+        self.error = error
+
+
+class _Run:
+    """One request's messages, as ``_Link`` hands them over."""
+
+    def __init__(self, link: _Link, msg_id: str):
+        self.link = link
+        self.msg_id = msg_id
+        self.messages: asyncio.Queue[KernelMessage | _Ended] = asyncio.Queue()
+        self.replies: asyncio.Queue[KernelMessage | _Ended] = asyncio.Queue()
+
+    async def next(self, timeout: float) -> KernelMessage | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            wait = min(deadline - loop.time(), LIVENESS_POLL)
+            if wait <= 0:
+                return None
+            try:
+                if self.messages.empty():
+                    item = await asyncio.wait_for(self.messages.get(), wait)
+                else:
+                    item = self.messages.get_nowait()
+            except TimeoutError:
+                if not await self.link.alive():
+                    reason = await self.link.kernels.exit_reason(self.link.kernel_id)
+                    raise KernelDied(reason or "the kernel died") from None
+                continue
+            if isinstance(item, _Ended):
+                raise item.error
+            return item
+
+    async def reply(self, timeout: float) -> KernelMessage | None:
+        try:
+            if self.replies.empty():
+                item = await asyncio.wait_for(self.replies.get(), timeout)
+            else:
+                item = self.replies.get_nowait()
+        except TimeoutError:
+            return None
+        return None if isinstance(item, _Ended) else item
+
+    async def send_input(self, message: dict[str, Any]) -> None:
+        self.link.client.session.send(self.link.client.stdin_channel.socket, message)
+
+    def close(self) -> None:
+        self.link.runs.pop(self.msg_id, None)
+
+
+class _Link:
+    """This process's client of one kernel, and the runs waiting for its messages."""
+
+    def __init__(self, kernels: LocalKernels, kernel_id: str):
+        self.kernels = kernels
+        self.kernel_id = kernel_id
+        self.client: AsyncKernelClient = kernels.manager(kernel_id).client()
+        self.client.start_channels()
+        self.runs: dict[str, _Run] = {}
+        self.readers = [
+            asyncio.create_task(self._read(name), name=f"kernel-{name}-{kernel_id}")
+            for name in ("shell", "iopub", "stdin")
+        ]
+        self.ready = asyncio.ensure_future(self._handshake(HANDSHAKE_TIMEOUT))
+
+    async def _handshake(self, timeout: float) -> None:
+        """Until the kernel answers ``kernel_info`` and its iopub reaches us (a SUB socket
+        misses what is published before its subscription arrives: the first cell's outputs)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            request = self.client.session.msg("kernel_info_request", {})
+            run = _Run(self, request["header"]["msg_id"])
+            self.runs[run.msg_id] = run
+            self.client.session.send(self.client.shell_channel.socket, request)
+            try:
+                if await run.reply(1.0) is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(run.messages.get(), 0.2)
+                        return
+            finally:
+                run.close()
+        raise KernelDied(f"the kernel did not answer within {timeout:g} s")
+
+    async def alive(self) -> bool:
+        return await self.kernels.is_alive(self.kernel_id)
+
+    async def _read(self, name: str) -> None:
+        channel = getattr(self.client, f"{name}_channel")
+        session = self.client.session
+        while True:
+            frames = await channel.socket.recv_multipart()
+            try:
+                _, parts = session.feed_identities(frames)
+                msg = parse(name, session.deserialize(parts))
+            except Exception:  # noqa: BLE001 - an unreadable frame is dropped
+                continue
+            run = self.runs.get(msg.parent_id or "")
+            if run is not None:
+                (run.replies if name == "shell" else run.messages).put_nowait(msg)
+
+    def end(self, error: KernelDied) -> None:
+        """Every run in flight ends with ``error``; the client stops."""
+        self.ready.cancel()
+        for run in self.runs.values():
+            run.messages.put_nowait(_Ended(error))
+            run.replies.put_nowait(_Ended(error))
+        self.runs.clear()
+        for task in self.readers:
+            task.cancel()
+        self.client.stop_channels()
+
+
+class _Channels:
+    """A gateway client's sockets to one kernel; a Session of its own, since Session.deserialize
+    rejects a signature it has seen before and every channel sees the same iopub messages."""
+
+    def __init__(self, manager: AsyncKernelManager):
+        ours = manager.session
+        self.session = JupyterSession(
+            key=ours.key, signature_scheme=ours.signature_scheme, username=ours.username
+        )
+        self.inbox: asyncio.Queue[tuple[str, list[bytes]]] = asyncio.Queue()
+        self.sockets = {name: getattr(manager, f"connect_{name}")() for name in CHANNELS}
+        for name, stream in self.sockets.items():
+            stream.on_recv(lambda frames, name=name: self.inbox.put_nowait((name, frames)))
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        sock = self.sockets.get(channel)
+        if sock is None:
+            raise InvalidInput(f"no channel {channel!r} to send on")
+        self.session.send(sock, message, buffers=message.get("buffers") or None)
+
+    async def receive(self) -> KernelMessage:
+        while True:
+            name, frames = await self.inbox.get()
+            msg = self._parse(name, frames)
+            if msg is not None:
+                return msg
+
+    def received(self) -> list[KernelMessage]:
+        taken = []
+        while not self.inbox.empty():
+            msg = self._parse(*self.inbox.get_nowait())
+            if msg is not None:
+                taken.append(msg)
+        return taken
+
+    def _parse(self, name: str, frames: list[bytes]) -> KernelMessage | None:
+        try:
+            _, parts = self.session.feed_identities(frames)
+            return parse(name, self.session.deserialize(parts))
+        except Exception:  # noqa: BLE001 - a bad kernel frame is dropped, not fatal
+            return None
+
+    def keep_iopub_only(self) -> None:
+        for name in ("shell", "control", "stdin"):
+            stream = self.sockets.pop(name, None)
+            if stream is not None:
+                stream.close(linger=0)
+
+    def close(self) -> None:
+        for stream in self.sockets.values():
+            stream.close(linger=0)
+        self.sockets.clear()
 
 
 class LocalKernels:
-    """Starts, addresses and stops kernels; one ``AsyncKernelManager`` each."""
+    """Starts, drives and stops sandboxed kernels; one ``AsyncKernelManager`` each."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.kernel_name = "python3" if settings.unsafe_no_sandbox else settings.kernel_name
-        config = Config({"BubblewrapProvisioner": settings.provisioner_config()})
+        sandbox = settings.provisioner_config()
+        # the kernel-side extension is this package's: a kernel must see it even when the
+        # package is not inside the Python environment the sandbox binds (an editable install)
+        sandbox["ro_binds"] = [*sandbox.get("ro_binds", []), str(PACKAGE_DIR)]
+        config = Config({"BubblewrapProvisioner": sandbox})
         self.specs = KernelSpecManager(kernel_dirs=kernel_dirs(), config=config)
         self.mkm = AsyncMultiKernelManager(kernel_spec_manager=self.specs, config=config)
+        self.workspaces_dir = settings.workspaces_dir
+        self.workspaces_dir.mkdir(parents=True, exist_ok=True)
+        self._links: dict[str, _Link] = {}
+        self._kernelspec: tuple[dict[str, Any], dict[str, bytes]] | None = None
+        self._workspaces: dict[str, str] = {}  # kernel id → workspace name
 
-    async def start(self, workspace: Path) -> str:
-        """Start a kernel whose cwd (``/workspace`` in the sandbox) is ``workspace``; wait ready.
+    # ------------------------------------------------------------------ lifecycle
 
-        Cancelling the caller does not cancel a start half-way (that would orphan the process):
-        the start completes and the kernel is shut down before the cancellation propagates.
-        """
+    def clear_scratch(self) -> None:
+        """Remove scratch workspaces an earlier server process left (its pooled kernels,
+        replays): called by the server at start-up, before it starts any kernel."""
+        for stale in self.workspaces_dir.glob(".*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    async def start(self, workspace: str) -> str:
+        """Cancelling the caller does not cancel a start half-way (that would orphan the
+        process): the start completes and the kernel is shut down before the cancellation
+        propagates."""
         starting = asyncio.ensure_future(self._start(workspace))
         try:
             return await asyncio.shield(starting)
@@ -46,12 +264,13 @@ class LocalKernels:
                 await self.shutdown(await starting, now=True)
             raise
 
-    async def _start(self, workspace: Path) -> str:
+    async def _start(self, workspace: str) -> str:
         self.check_kernelspec()
-        workspace.mkdir(parents=True, exist_ok=True)
+        path = self.workspace_path(workspace)
+        path.mkdir(parents=True, exist_ok=True)
         try:
             kernel_id: str = await self.mkm.start_kernel(
-                kernel_name=self.kernel_name, cwd=str(workspace)
+                kernel_name=self.kernel_name, cwd=str(path)
             )
         except RuntimeError as e:
             # The provisioner's SandboxError names the cause and the fix; the sandbox package is
@@ -59,12 +278,25 @@ class LocalKernels:
             if type(e).__module__.startswith("kernelagent.sandbox"):
                 raise SandboxError(str(e)) from e
             raise
+        self._workspaces[kernel_id] = workspace
         try:
-            await self.wait_ready(kernel_id)
+            await self._wait_ready(kernel_id)
         except BaseException:
             await self.shutdown(kernel_id, now=True)
             raise
         return kernel_id
+
+    def kernelspec(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        if self._kernelspec is None:
+            self.check_kernelspec()
+            spec = self.specs.get_kernel_spec(self.kernel_name)
+            resources = {
+                path.name: path.read_bytes()
+                for path in sorted(Path(spec.resource_dir).iterdir())
+                if path.is_file() and path.name != "kernel.json"
+            }
+            self._kernelspec = (spec.to_dict(), resources)
+        return self._kernelspec
 
     def check_kernelspec(self) -> None:
         """Raise NotFound, listing what exists, when the configured kernelspec is missing."""
@@ -75,83 +307,184 @@ class LocalKernels:
             message = f"no kernelspec named {self.kernel_name!r} (available: {names})"
             raise NotFound(message) from None
 
-    async def wait_ready(self, kernel_id: str) -> None:
+    async def _wait_ready(self, kernel_id: str) -> None:
         client = self.client(kernel_id)
         try:
             await client.wait_for_ready(timeout=self.settings.kernel_start_timeout)
         except RuntimeError as e:
-            reason = self.exit_reason(kernel_id) or str(e)
+            reason = await self.exit_reason(kernel_id) or str(e)
             raise KernelDied(f"kernel died during start: {reason}") from e
         finally:
             client.stop_channels()
 
-    def manager(self, kernel_id: str) -> AsyncKernelManager:
-        return self.mkm.get_kernel(kernel_id)
-
-    def client(self, kernel_id: str) -> AsyncKernelClient:
-        """A new client with its channels started; the caller stops it."""
-        client: AsyncKernelClient = self.manager(kernel_id).client()
-        client.start_channels()
-        return client
-
-    async def run_silently(self, kernel_id: str, code: str, timeout: float) -> dict[str, Any]:
-        """Run ``code`` with no history or outputs (pool warm-up); returns the reply content."""
-        client = self.client(kernel_id)
-        try:
-            reply = await client.execute_interactive(
-                code, silent=True, store_history=False, timeout=timeout, output_hook=_ignore
-            )
-            return reply["content"]  # type: ignore[no-any-return]
-        finally:
-            client.stop_channels()
+    async def adopt(self, kernel_id: str, workspace: str) -> None:
+        """Rename the kernel's directory to ``workspace``'s (same filesystem), moving files
+        already in ``workspace`` into it first."""
+        manager = self.manager(kernel_id)
+        source = self.workspace_path(self._workspaces[kernel_id])
+        target = self.workspace_path(workspace)
+        await asyncio.to_thread(_adopt, source, target, self.kernel_uid(kernel_id))
+        self._workspaces[kernel_id] = workspace
+        if manager._launch_args is not None:  # what restart_kernel replays
+            manager._launch_args["cwd"] = str(target)
 
     async def interrupt(self, kernel_id: str) -> None:
-        await self.mkm.interrupt_kernel(kernel_id)
+        if kernel_id in self.mkm:
+            await self.mkm.interrupt_kernel(kernel_id)
 
     async def restart(self, kernel_id: str) -> None:
+        if kernel_id not in self.mkm:
+            raise KernelDied("the kernel is gone")
+        self._drop_link(kernel_id, "the kernel was restarted while this cell ran", "restarted")
         await self.mkm.restart_kernel(kernel_id)
-        await self.wait_ready(kernel_id)
+        await self._wait_ready(kernel_id)
 
     async def shutdown(self, kernel_id: str, now: bool = False) -> None:
-        if kernel_id in self.mkm:
-            await self.mkm.shutdown_kernel(kernel_id, now=now)
-
-    async def shutdown_all(self) -> None:
-        """Stop every kernel; one that vanished meanwhile (a cancelled start) is not an error."""
-        for kernel_id in self.mkm.list_kernel_ids():
-            with contextlib.suppress(KeyError):
-                await self.mkm.shutdown_kernel(kernel_id, now=True)
+        self._drop_link(kernel_id, "the kernel was shut down while this cell ran", "shutdown")
+        self._workspaces.pop(kernel_id, None)
+        with contextlib.suppress(KeyError):  # gone meanwhile (a cancelled start)
+            if kernel_id in self.mkm:
+                await self.mkm.shutdown_kernel(kernel_id, now=now)
 
     async def close(self) -> None:
         """Stop every kernel and close the ZMQ context (left to GC, it warns and may linger)."""
-        await self.shutdown_all()
+        for kernel_id in self.mkm.list_kernel_ids():
+            await self.shutdown(kernel_id, now=True)
         self.mkm.context.destroy(linger=0)
 
     async def is_alive(self, kernel_id: str) -> bool:
-        return bool(await self.manager(kernel_id).is_alive())
+        if kernel_id not in self.mkm:
+            return False
+        try:
+            return bool(await self.manager(kernel_id).is_alive())
+        except KeyError:
+            return False
 
-    def exit_reason(self, kernel_id: str) -> str | None:
-        """Why the kernel died ("out of memory (limit 1 GiB)"), when its sandbox can tell."""
-        provisioner = self.manager(kernel_id).provisioner
-        reason = getattr(provisioner, "exit_reason", None)
+    async def exit_reason(self, kernel_id: str) -> str | None:
+        if kernel_id not in self.mkm:
+            return None
+        reason = getattr(self.manager(kernel_id).provisioner, "exit_reason", None)
         return reason() if reason else None
+
+    # ------------------------------------------------------------------ messages
+
+    async def execute(
+        self,
+        kernel_id: str,
+        code: str = "",
+        *,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, str] | None = None,
+        message: dict[str, Any] | None = None,
+    ) -> _Run:
+        link = await self._link(kernel_id)
+        client = link.client
+        if message is None:
+            message = client.session.msg(
+                "execute_request",
+                {
+                    "code": code,
+                    "silent": silent,
+                    "store_history": store_history,
+                    "user_expressions": user_expressions or {},
+                    "allow_stdin": False,
+                    "stop_on_error": False,
+                },
+            )
+        run = _Run(link, str(message["header"]["msg_id"]))
+        link.runs[run.msg_id] = run
+        client.session.send(client.shell_channel.socket, message)
+        return run
+
+    async def connect(self, kernel_id: str) -> _Channels:
+        if kernel_id not in self.mkm:
+            raise KernelDied("the kernel is gone")
+        return _Channels(self.manager(kernel_id))
+
+    async def _link(self, kernel_id: str) -> _Link:
+        link = self._links.get(kernel_id)
+        if link is None:
+            if kernel_id not in self.mkm:
+                raise KernelDied("the kernel is gone")
+            link = self._links[kernel_id] = _Link(self, kernel_id)
+        try:
+            await asyncio.shield(link.ready)
+        except KernelDied:
+            self._drop_link(kernel_id, "the kernel did not answer", "died")
+            raise
+        except asyncio.CancelledError:
+            if link.ready.cancelled():  # ended meanwhile (restart, shutdown)
+                raise KernelDied("the kernel went away", "shutdown") from None
+            raise
+        return link
+
+    def _drop_link(self, kernel_id: str, why: str, cause: str) -> None:
+        link = self._links.pop(kernel_id, None)
+        if link is not None:
+            link.end(KernelDied(why, cause))
+
+    # ------------------------------------------------------------------ workspaces
+
+    def workspace_path(self, workspace: str) -> Path:
+        """The host directory of a workspace (tests, ``doctor``; services use the names)."""
+        if not WORKSPACE_NAME.fullmatch(workspace):
+            raise InvalidInput(f"not a workspace name: {workspace!r}")
+        return self.workspaces_dir / workspace
+
+    async def list_files(self, workspace: str) -> dict[str, FileStat]:
+        found = await asyncio.to_thread(workspace_io.scan, self.workspace_path(workspace))
+        return {rel: FileStat(size, mtime) for rel, (size, mtime) in found.items()}
+
+    async def read_file(self, workspace: str, path: str, limit: int) -> bytes:
+        root = self.workspace_path(workspace)
+        return await asyncio.to_thread(workspace_io.read_file, root, path, limit)
+
+    async def write_file(self, workspace: str, path: str, data: bytes) -> None:
+        root = self.workspace_path(workspace)
+        await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(workspace_io.write_file, root, path, data)
+
+    async def remove_file(self, workspace: str, path: str) -> None:
+        root = self.workspace_path(workspace)
+        await asyncio.to_thread(workspace_io.remove_file, root, path)
+
+    async def remove_workspace(self, workspace: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.workspace_path(workspace), True)
+
+    # ------------------------------------------------------------------ this adapter only
+
+    def manager(self, kernel_id: str) -> AsyncKernelManager:
+        """jupyter_client's manager of a kernel (``doctor``, tests, benchmarks)."""
+        return self.mkm.get_kernel(kernel_id)
+
+    def client(self, kernel_id: str) -> AsyncKernelClient:
+        """A new client with its channels started; the caller stops it (``doctor``, tests)."""
+        client: AsyncKernelClient = self.manager(kernel_id).client()
+        client.start_channels()
+        return client
 
     def kernel_uid(self, kernel_id: str) -> int:
         """Host uid of the kernel's processes; workspace files must belong to it."""
         provisioner = self.manager(kernel_id).provisioner
         return int(getattr(provisioner, "host_uid", os.geteuid()))
 
-    def move_workspace(self, kernel_id: str, workspace: Path) -> None:
-        """Record that the kernel's workspace directory was renamed (restarts bind the new path).
 
-        The bind mount follows the directory itself, so the running kernel keeps its files; only
-        the path used on the next (re)start changes. ``_launch_args`` is what
-        ``restart_kernel`` replays.
-        """
-        manager = self.manager(kernel_id)
-        if manager._launch_args is not None:
-            manager._launch_args["cwd"] = str(workspace)
+def _adopt(source: Path, target: Path, uid: int) -> None:
+    if target.exists():
+        for entry in target.iterdir():
+            moved = source / entry.name
+            entry.rename(moved)
+            if os.geteuid() == 0:
+                _chown_tree(moved, uid)
+        target.rmdir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
 
 
-def _ignore(msg: dict[str, Any]) -> None:
-    """Output hook for silent runs."""
+def _chown_tree(root: Path, uid: int) -> None:
+    os.lchown(root, uid, uid)
+    if root.is_dir() and not root.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, name), uid, uid)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -46,7 +47,7 @@ UPDATABLE_SESSION_FIELDS = frozenset(
     {"title", "status", "kernel_id", "updated_at", "approval_mode"}
 )
 UPDATABLE_TURN_FIELDS = frozenset(
-    {"status", "ended_at", "prompt_tokens", "completion_tokens", "cost", "error"}
+    {"status", "ended_at", "prompt_tokens", "completion_tokens", "cost", "error", "pending"}
 )
 
 
@@ -372,19 +373,35 @@ class SqlTurnRepo(_Repo):
         if row is None:
             raise NotFound(f"turn {turn_id} not found")
         for name, value in changes.items():
+            if name == "pending" and value is not None:
+                value = json.dumps(value, ensure_ascii=False)
             setattr(row, name, value)
         tx.flush()
         return row.to_domain()
 
     @writes
-    def fail_unfinished(self, tx: Transaction, error: str) -> int:
-        """Mark every running or waiting turn failed with ``error``; returns how many."""
+    def transition(self, tx: Transaction, turn_id: str, from_status: str, **changes: Any) -> bool:
+        """Apply ``changes`` only if the turn's status is still ``from_status`` (one answer
+        wins, whichever process it reached); whether it did."""
+        if unknown := changes.keys() - UPDATABLE_TURN_FIELDS:
+            raise ValueError(f"cannot update turn field(s) {', '.join(sorted(unknown))}")
+        if "pending" in changes and changes["pending"] is not None:
+            changes["pending"] = json.dumps(changes["pending"], ensure_ascii=False)
         result = tx.exec(
             update(TurnRow)
-            .where(col(TurnRow.status).in_(("running", "waiting")))
-            .values(status="failed", error=error, ended_at=now())
+            .where(col(TurnRow.id) == turn_id, col(TurnRow.status) == from_status)
+            .values(**changes)
         )
-        return int(result.rowcount)
+        return bool(result.rowcount)
+
+    @reads
+    def unfinished(self, tx: Transaction, session_id: str | None = None) -> list[Turn]:
+        """Running or waiting turns (of one session, or of all), oldest first."""
+        query = select(TurnRow).where(col(TurnRow.status).in_(("running", "waiting")))
+        if session_id is not None:
+            query = query.where(TurnRow.session_id == session_id)
+        rows = tx.exec(query.order_by(col(TurnRow.started_at), col(TurnRow.id)))
+        return [row.to_domain() for row in rows]
 
     @reads
     def list(self, tx: Transaction, session_id: str) -> list[Turn]:

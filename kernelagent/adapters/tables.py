@@ -212,7 +212,7 @@ class TurnRow(SQLModel, table=True):
 
     id: str = Field(primary_key=True)
     session_id: str = Field(foreign_key="sessions.id", ondelete="CASCADE", index=True)
-    status: str
+    status: str = Field(index=True)
     model: str
     started_at: dt.datetime = Field(sa_type=UTCDateTime)
     ended_at: dt.datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -220,10 +220,15 @@ class TurnRow(SQLModel, table=True):
     completion_tokens: int = 0
     cost: float | None = None
     error: str | None = Field(default=None, sa_type=Text)
+    pending: str | None = Field(default=None, sa_type=Text)  # JSON object
 
     @classmethod
     def from_domain(cls, turn: Turn) -> TurnRow:
-        return cls(**dataclasses.asdict(turn))
+        fields = dataclasses.asdict(turn)
+        fields["pending"] = None if turn.pending is None else _dump(turn.pending)
+        return cls(**fields)
 
     def to_domain(self) -> Turn:
-        return Turn(**_fields(self, Turn))
+        fields = _fields(self, Turn)
+        fields["pending"] = None if self.pending is None else json.loads(self.pending)
+        return Turn(**fields)

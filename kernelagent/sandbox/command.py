@@ -6,7 +6,8 @@ The launch chain, when the server runs as root::
 
     unshare --mount -- sh -c STAGE …    # private mount namespace: join cgroups, stage bind sources
       → prlimit --data=… --nproc=… --    # rlimits, inherited by everything below
-      → setpriv --reuid=U --regid=U …    # an unprivileged host uid, no capabilities
+      → setpriv --reuid=U --regid=U …    # an unprivileged host uid, no capabilities, and
+                                         # killed with the server (--pdeathsig)
       → bwrap --args FD -- python -m ipykernel_launcher -f /run/kernel.json
 
 and as an ordinary user just ``prlimit … -- bwrap --args FD -- python …``. bwrap resolves its bind
@@ -227,7 +228,9 @@ def launch_argv(
     uid = str(layout.host_uid)
     setpriv = [
         "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+        # a change of uid clears the parent-death signal the server armed: arm it again
+        "--pdeathsig", "SIGKILL", "--",
     ]  # fmt: skip
     steps: list[str] = []
     for procs in cgroup_procs:

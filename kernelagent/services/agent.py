@@ -2,21 +2,26 @@
 
 ``start()`` records the user's message and runs the turn in a background task (it goes on when
 the client goes away): build the conversation from the notebook record → ask the model (streamed,
-``message.delta``) → record its text → run its tool calls (``run_python`` through
-``ExecutionService``, so the same lock and record as a person's cell; ``ask_user`` and, in approval
-mode, every cell wait for the user) → give the model a budgeted view of the results → again, until
-it answers without calling a tool, or a budget (steps, wall clock, tokens) or an interrupt stops it.
-Every way a turn ends is recorded on the turn row and published (``turn.completed`` or
-``turn.failed`` with the reason); budget stops and LLM failures also leave a note in the notebook.
+``message.delta``) → record its text → run its tool calls (``services.tools``: ``run_python``
+through ``ExecutionService``, so the same lock and record as a person's cell) → give the model a
+budgeted view of the results → again, until it answers without calling a tool, or a budget
+(steps, wall clock, tokens) or an interrupt stops it.
+
+When the turn needs the user (``ask_user``, or a cell in approval mode) it pauses
+(``AwaitingUser``): no task waits, the turn row keeps what it waits for (``pending``) and the
+question is in the record. The answer, sent to any server process, even after a restart, resumes
+it where the session's kernel lives: the paused call is finished with the user's answer, the
+calls after it are run, and the loop goes on from the record. Interrupts reach the process
+running the turn as a signal (``RuntimeState``). Every way a turn ends is recorded on the turn
+row and published (``turn.completed`` or ``turn.failed`` with the reason); budget stops and LLM
+failures also leave a note in the notebook.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
-import io
 import json
 import logging
 from typing import Any, Literal
@@ -26,6 +31,7 @@ from kernelagent.domain import (
     Cell,
     Reply,
     Session,
+    Signal,
     ToolCall,
     Turn,
     Usage,
@@ -34,73 +40,46 @@ from kernelagent.domain import (
     now,
 )
 from kernelagent.errors import Conflict, InvalidInput, LLMError, NotConfigured, NotFound
+from kernelagent.events import (
+    ApprovalRequired,
+    AskUser,
+    MessageCompleted,
+    MessageDelta,
+    MessageRetry,
+    SessionEvent,
+    TurnCompleted,
+    TurnFailed,
+    TurnStarted,
+    UsageReported,
+)
+from kernelagent.services import tools
 from kernelagent.services.conversation import messages_from_record, trim
 from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
-from kernelagent.services.output_views import view_artifact, view_outputs
-from kernelagent.services.ports import ChatModel, Database, EventLog
-from kernelagent.services.prompt import WORKSPACE_PROBE, human_size, parse_probe, system_prompt
+from kernelagent.services.output_views import view_artifact
+from kernelagent.services.ports import ChatModel, Database, RuntimeState
+from kernelagent.services.prompt import WORKSPACE_PROBE, parse_probe, system_prompt
+from kernelagent.services.recording import Recorder
 from kernelagent.services.sessions import SessionService
+from kernelagent.services.tool_results import describe_cell, pictures
 
 log = logging.getLogger(__name__)
 
 Decision = Literal["approve", "reject", "edit"]
-
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "run_python",
-            "description": (
-                "Run Python code as the next cell of the persistent IPython kernel (cwd "
-                "/workspace). Returns a summary of its outputs: text, errors, tables, charts."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {"code": {"type": "string", "description": "The cell's code"}},
-                "required": ["code"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "ask_user",
-            "description": (
-                "Ask the user a question when their request is ambiguous or needs a decision; "
-                "the turn waits for the answer."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {"question": {"type": "string"}},
-                "required": ["question"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "read_artifact",
-            "description": (
-                "Look closer at one output by its artifact id (shown as `artifact <id>`). "
-                "view: 'text' (default), 'html' for raw HTML, 'data' for a chart's data."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "artifact_id": {"type": "string"},
-                    "view": {"type": "string", "enum": ["text", "html", "data"]},
-                },
-                "required": ["artifact_id"],
-            },
-        },
-    },
-]
-TOOL_NAMES = ", ".join(t["function"]["name"] for t in TOOLS)
+GONE = "the server process running this turn stopped"
 
 
 class TurnStopped(Exception):
     """A budget or the user ended the turn; the message says which."""
+
+
+class AwaitingUser(Exception):
+    """The turn pauses for the user: ``pending`` is kept with the turn, ``event`` published."""
+
+    def __init__(self, pending: dict[str, Any], event: SessionEvent):
+        super().__init__(pending.get("kind"))
+        self.pending = pending
+        self.event = event
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,15 +99,16 @@ class _Active:
     """A turn running in this process."""
 
     turn: Turn
-    model: str
     task: asyncio.Task[None] | None = None
     usage: Usage = dataclasses.field(default_factory=Usage)
-    waiting_for: Literal["answer", "approval"] | None = None
-    waiter: asyncio.Future[Any] | None = None
-    paused: float = 0.0  # seconds spent waiting for the user (not counted against the clock)
+    elapsed: float = 0.0  # seconds the turn ran before its last pause (the clock's budget)
+    started: float = 0.0  # loop time this part of the turn started
     in_cell: bool = False
     stopping: bool = False
     failed_attempts: int = 0  # run_python cells in a row that did not succeed
+
+    def spent(self) -> float:
+        return self.elapsed + asyncio.get_running_loop().time() - self.started
 
 
 class AgentService:
@@ -138,7 +118,8 @@ class AgentService:
         sessions: SessionService,
         execution: ExecutionService,
         files: FileService,
-        events: EventLog,
+        recorder: Recorder,
+        state: RuntimeState,
         llm: ChatModel | None,
         default_model: str,
         limits: AgentLimits,
@@ -148,12 +129,21 @@ class AgentService:
         self.sessions = sessions
         self.execution = execution
         self.files = files
-        self.events = events
+        self.recorder = recorder
+        self.state = state
         self.llm = llm
         self.default_model = default_model
         self.limits = limits
         self.prices = prices or {}
-        self.active: dict[str, _Active] = {}  # session id → its running turn
+        self.active: dict[str, _Active] = {}  # session id → its turn running in this process
+        self._stopping = False
+        self._recovery: asyncio.Task[None] | None = None
+        self.handlers = {
+            "run_python": self._run_python,
+            "ask_user": self._ask_user,
+            "read_artifact": self._read_artifact,
+        }
+        state.on_signal(self._on_signal)
 
     # ------------------------------------------------------------------ the API's verbs
 
@@ -166,29 +156,25 @@ class AgentService:
             )
         if not content.strip():
             raise InvalidInput("the message is empty")
-        if session.id in self.active:
+        if session.id in self.active or await self._unfinished(session.id):
             raise Conflict(
                 "a turn is already running in this session: wait for it, answer it, or interrupt it"
             )
         turn = Turn(new_id(), session.id, "running", model or self.default_model, now())
-        active = _Active(turn, turn.model)
-        self.active[session.id] = active
+        await self.state.claim("turn", turn.id)  # before the row: no recovery may take it
         try:
             await self.db.turns.add(turn)
-            await self._publish(
-                session.id, "turn.started", {"turn_id": turn.id, "model": turn.model}
-            )
-            await self.execution.record_markdown(session.id, "user", content, {"turn_id": turn.id})
+            await self._publish(session.id, TurnStarted(turn_id=turn.id, model=turn.model))
+            await self.recorder.markdown(session.id, "user", content, {"turn_id": turn.id})
         except BaseException:
-            self.active.pop(session.id, None)
+            await self.state.release("turn", turn.id)
             raise
-        active.task = asyncio.create_task(self._run(session, active), name=f"turn-{turn.id}")
+        await self._dispatch(session, turn)
         return turn
 
     async def answer(self, user: User, session_id: str, turn_id: str, text: str) -> None:
-        active = await self._waiting(user, session_id, turn_id, "answer")
-        assert active.waiter is not None
-        active.waiter.set_result(text)
+        session, turn = await self._paused(user, session_id, turn_id, "answer")
+        await self._resume(session, turn, {"answer": text})
 
     async def decide(
         self, user: User, session_id: str, turn_id: str, decision: str, code: str | None
@@ -197,22 +183,17 @@ class AgentService:
             raise InvalidInput("decision must be one of approve, reject, edit")
         if decision == "edit" and not (code or "").strip():
             raise InvalidInput("an edit needs the edited code in 'code'")
-        active = await self._waiting(user, session_id, turn_id, "approval")
-        assert active.waiter is not None
-        active.waiter.set_result((decision, code))
+        session, turn = await self._paused(user, session_id, turn_id, "approval")
+        await self._resume(session, turn, {"decision": decision, "code_edited": code})
 
     async def interrupt(self, user: User, session_id: str) -> None:
-        """Stop the running cell (if any) and the turn (if any)."""
+        """Stop the running cell (if any) and the turn (if any), in whichever process."""
         session = await self.sessions.get(user, session_id)
-        active = self.active.get(session.id)
-        await self.execution.interrupt(session)
-        if active is None:
-            return
-        active.stopping = True
-        if active.waiter is not None and not active.waiter.done():
-            active.waiter.cancel()
-        elif not active.in_cell and active.task is not None:
-            active.task.cancel()  # the cell itself ends as "interrupted", then the loop stops
+        await self._interrupt_here(session.id)
+        await self.state.signal(Signal("interrupt", session.id, sender=self.state.process_id))
+        for turn in await self.db.turns.unfinished(session.id):
+            if turn.status == "waiting":
+                await self._end_paused(turn, "interrupted", "interrupted by the user")
 
     async def turn(self, user: User, session_id: str, turn_id: str) -> Turn:
         session = await self.sessions.get(user, session_id)
@@ -222,7 +203,7 @@ class AgentService:
         return turn
 
     async def wait(self, session_id: str) -> None:
-        """Until the session's running turn (if any) has ended."""
+        """Until the session's turn running in this process (if any) has ended or paused."""
         active = self.active.get(session_id)
         if active is not None and active.task is not None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -238,15 +219,132 @@ class AgentService:
             "cost": round(sum(costs), 6) if costs else None,
         }
 
-    async def recover(self) -> None:
-        """At start-up: turns a previous server process left running cannot go on."""
-        failed = await self.db.turns.fail_unfinished("the server restarted during this turn")
+    # ------------------------------------------------------------------ where turns run
+
+    async def start_recovery(self, every: float) -> None:
+        """Fail the running turns of processes that are gone, now and every ``every`` s."""
+        await self.recover()
+        self._recovery = asyncio.create_task(self._recover_every(every), name="turn-recovery")
+
+    async def _recover_every(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("recovering turns failed")
+
+    async def recover(self) -> int:
+        """A running turn whose process is gone cannot go on: it fails, saying why. Paused
+        turns are kept (any process can resume them). Returns how many failed."""
+        failed = 0
+        for turn in await self.db.turns.unfinished():
+            if turn.status == "running" and await self._orphaned(turn):
+                failed += await self._end_orphan(turn)
         if failed:
-            log.warning("%d turn(s) were running when the server stopped; marked failed", failed)
+            log.warning("%d turn(s) of a stopped server process were marked failed", failed)
+        return failed
+
+    async def _orphaned(self, turn: Turn) -> bool:
+        here = any(a.turn.id == turn.id for a in self.active.values())
+        return not here and not await self.state.owner("turn", turn.id)
+
+    async def _end_orphan(self, turn: Turn) -> int:
+        ended = await self.db.turns.transition(
+            turn.id, "running", status="failed", error=GONE, ended_at=now(), pending=None
+        )
+        if ended:
+            await self._publish(
+                turn.session_id, TurnFailed(turn_id=turn.id, status="failed", error=GONE)
+            )
+            await self.recorder.note(turn.session_id, f"The turn stopped: {GONE}")
+        return int(ended)
+
+    async def _unfinished(self, session_id: str) -> bool:
+        """Whether the session has a turn running or paused (an orphan is ended first)."""
+        for turn in await self.db.turns.unfinished(session_id):
+            if turn.status == "running" and await self._orphaned(turn):
+                await self._end_orphan(turn)
+            else:
+                return True
+        return False
+
+    async def _dispatch(self, session: Session, turn: Turn) -> None:
+        """Run the turn where the session's kernel lives: here, or in the process owning it."""
+        owner = await self.state.owner("kernel", session.id)
+        if owner is None or owner == self.state.process_id:
+            self._launch(session, turn)
+            return
+        await self.state.claim("turn", turn.id, owner)
+        await self.state.signal(Signal("run_turn", session.id, turn.id, to=owner))
+
+    def _launch(self, session: Session, turn: Turn) -> None:
+        active = _Active(turn, usage=Usage(turn.prompt_tokens, turn.completion_tokens))
+        self.active[session.id] = active
+        active.task = asyncio.create_task(self._run(session, active), name=f"turn-{turn.id}")
+
+    async def _on_signal(self, signal: Signal) -> None:
+        if signal.sender == self.state.process_id:
+            return
+        if signal.kind == "interrupt":
+            await self._interrupt_here(signal.session_id)
+        elif signal.kind == "run_turn" and signal.turn_id:
+            turn = await self.db.turns.get(signal.turn_id)
+            session = await self.db.sessions.get(signal.session_id)
+            if turn and session and turn.status == "running" and session.id not in self.active:
+                await self.state.claim("turn", turn.id)
+                self._launch(session, turn)
+
+    async def _interrupt_here(self, session_id: str) -> None:
+        await self.execution.interrupt_here(session_id)
+        active = self.active.get(session_id)
+        if active is None:
+            return
+        active.stopping = True
+        if not active.in_cell and active.task is not None:
+            active.task.cancel()  # the cell itself ends as "interrupted", then the loop stops
+
+    async def _paused(
+        self, user: User, session_id: str, turn_id: str, kind: Literal["answer", "approval"]
+    ) -> tuple[Session, Turn]:
+        session = await self.sessions.get(user, session_id)
+        turn = await self.db.turns.get(turn_id)
+        if turn is None or turn.session_id != session.id:
+            raise NotFound("no such turn")
+        wanted = "an answer" if kind == "answer" else "an approval"
+        if turn.status not in ("running", "waiting"):
+            raise Conflict("this turn is not running")
+        if turn.status != "waiting" or (turn.pending or {}).get("kind") != kind:
+            raise Conflict(f"this turn is not waiting for {wanted}")
+        return session, turn
+
+    async def _resume(self, session: Session, turn: Turn, given: dict[str, Any]) -> None:
+        """The user's answer or decision joins the pending call; the turn goes on (one
+        answer wins, whichever process it reached)."""
+        pending = {**(turn.pending or {}), **given}
+        await self.state.claim("turn", turn.id)
+        if not await self.db.turns.transition(
+            turn.id, "waiting", status="running", pending=pending
+        ):
+            await self.state.release("turn", turn.id)
+            raise Conflict("this turn was answered already")
+        await self._dispatch(session, dataclasses.replace(turn, status="running", pending=pending))
+
+    async def _end_paused(self, turn: Turn, status: str, error: str) -> None:
+        if await self.db.turns.transition(
+            turn.id, "waiting", status=status, error=error, ended_at=now(), pending=None
+        ):
+            await self._publish(
+                turn.session_id, TurnFailed(turn_id=turn.id, status=status, error=error)
+            )
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
         for active in list(self.active.values()):
-            active.stopping = True
             if active.task is not None:
                 active.task.cancel()
         tasks = [a.task for a in self.active.values() if a.task is not None]
@@ -260,11 +358,18 @@ class AgentService:
     async def _run(self, session: Session, active: _Active) -> None:
         turn = active.turn
         error: str | None = None
-        status: Literal["completed", "failed", "interrupted"] = "completed"
+        status: Literal["completed", "failed", "interrupted", "waiting"] = "completed"
+        pause: AwaitingUser | None = None
+        active.started = asyncio.get_running_loop().time()
         try:
             await self._loop(session, active)
+        except AwaitingUser as e:
+            status, pause = "waiting", e
         except asyncio.CancelledError:
-            status, error = "interrupted", "interrupted by the user"
+            if self._stopping and not active.stopping:
+                status, error = "failed", "the server stopped during this turn"
+            else:
+                status, error = "interrupted", "interrupted by the user"
         except TurnStopped as e:
             status, error = ("interrupted" if active.stopping else "failed"), str(e)
         except LLMError as e:
@@ -274,35 +379,55 @@ class AgentService:
             status, error = "failed", f"internal error: {type(e).__name__}: {e}"
         finally:
             self.active.pop(session.id, None)
-        if error and status == "failed":
-            with contextlib.suppress(Exception):
-                await self.execution.note(session, f"The turn stopped: {error}")
         usage = active.usage
-        await self.db.turns.update(
-            turn.id,
-            status=status,
-            ended_at=now(),
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cost=self._cost(active.model, usage),
-            error=error,
-        )
-        if status == "completed":
-            await self._publish(session.id, "turn.completed", {"turn_id": turn.id})
-        else:
-            await self._publish(
-                session.id, "turn.failed", {"turn_id": turn.id, "status": status, "error": error}
+        totals = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost": self._cost(turn.model, usage),
+        }
+        try:
+            if pause is not None:
+                pending = {
+                    **pause.pending,
+                    "elapsed": active.spent(),
+                    "failed_attempts": active.failed_attempts,
+                }
+                await self.db.turns.update(turn.id, status="waiting", pending=pending, **totals)
+                await self._publish(session.id, pause.event)  # the turn is answerable now
+                return
+            if error and status == "failed":
+                with contextlib.suppress(Exception):
+                    await self.recorder.note(session.id, f"The turn stopped: {error}")
+            await self.db.turns.update(
+                turn.id, status=status, ended_at=now(), error=error, pending=None, **totals
             )
+            if status == "completed":
+                await self._publish(session.id, TurnCompleted(turn_id=turn.id))
+            else:
+                await self._publish(
+                    session.id, TurnFailed(turn_id=turn.id, status=status, error=error)
+                )
+        finally:
+            await self.state.release("turn", turn.id)
 
     async def _loop(self, session: Session, active: _Active) -> None:
         assert self.llm is not None
         limits = self.limits
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        pending = active.turn.pending
+        first = 0
+        if pending:  # resumed: finish the paused call and the calls after it, then go on
+            active.elapsed = float(pending.get("elapsed", 0.0))
+            active.failed_attempts = int(pending.get("failed_attempts", 0))
+            first = int(pending["step"])
+            await self._finish_paused(session, active, pending)
+            calls = [ToolCall(**c) for c in pending.get("remaining", [])]
+            await self._run_calls(session, active, first, calls)
+            await self.db.turns.update(active.turn.id, pending=None)
+            first += 1
         system = {"role": "system", "content": await self._system_prompt(session)}
         history = await self._history(session)
-        for step in range(limits.max_steps):
-            remaining = started + active.paused + limits.turn_timeout - loop.time()
+        for step in range(first, limits.max_steps):
+            remaining = limits.turn_timeout - active.spent()
             if remaining <= 0:
                 raise TurnStopped(
                     f"the turn reached its time budget of {limits.turn_timeout:g} s "
@@ -320,13 +445,12 @@ class AgentService:
             active.usage = active.usage + reply.usage
             await self._publish_usage(session.id, active)
             if reply.text.strip():
-                cell = await self.execution.record_markdown(
+                cell = await self.recorder.markdown(
                     session.id, "assistant", reply.text, {"turn_id": active.turn.id, "step": step}
                 )
                 await self._publish(
                     session.id,
-                    "message.completed",
-                    {"turn_id": active.turn.id, "cell_id": cell.id, "text": reply.text},
+                    MessageCompleted(turn_id=active.turn.id, cell_id=cell.id, text=reply.text),
                 )
             if not reply.tool_calls:
                 return
@@ -344,15 +468,7 @@ class AgentService:
                     ],
                 }
             )
-            images: list[dict[str, Any]] = []
-            for call in reply.tool_calls:
-                result, pictures = await self._call_tool(session, active, step, call)
-                history.append({"role": "tool", "tool_call_id": call.id, "content": result})
-                images += pictures
-            if images:
-                history.append(
-                    {"role": "user", "content": [{"type": "text", "text": "[images]"}, *images]}
-                )
+            history += await self._run_calls(session, active, step, reply.tool_calls)
             if active.stopping:
                 raise TurnStopped("interrupted by the user")
             if active.usage.total >= limits.token_budget:
@@ -365,6 +481,29 @@ class AgentService:
             "(KERNELAGENT_AGENT_MAX_STEPS) without a final answer"
         )
 
+    async def _run_calls(
+        self, session: Session, active: _Active, step: int, calls: list[ToolCall]
+    ) -> list[dict[str, Any]]:
+        """Run ``calls`` in order; their results as chat messages (images last). A call that
+        needs the user pauses the turn with the calls after it still to run."""
+        messages: list[dict[str, Any]] = []
+        images: list[dict[str, Any]] = []
+        for n, call in enumerate(calls):
+            try:
+                result, pictures = await self._call_tool(session, active, step, call)
+            except AwaitingUser as pause:
+                pause.pending.update(
+                    step=step, remaining=[dataclasses.asdict(c) for c in calls[n + 1 :]]
+                )
+                raise
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+            images += pictures
+        if images:
+            messages.append(
+                {"role": "user", "content": [{"type": "text", "text": "[images]"}, *images]}
+            )
+        return messages
+
     async def _ask_model(
         self, session: Session, active: _Active, messages: list[dict[str, Any]]
     ) -> Reply:
@@ -372,16 +511,16 @@ class AgentService:
         turn_id = active.turn.id
 
         async def on_text(piece: str) -> None:
-            await self._publish(session.id, "message.delta", {"turn_id": turn_id, "text": piece})
+            await self._publish(session.id, MessageDelta(turn_id=turn_id, text=piece))
 
         async def on_retry(attempt: int, failure: str) -> None:
             await self._publish(
-                session.id,
-                "message.retry",
-                {"turn_id": turn_id, "attempt": attempt, "error": failure},
+                session.id, MessageRetry(turn_id=turn_id, attempt=attempt, error=failure)
             )
 
-        return await self.llm.complete(active.model, messages, TOOLS, on_text, on_retry)
+        return await self.llm.complete(
+            active.turn.model, messages, tools.SCHEMAS, on_text, on_retry
+        )
 
     # ------------------------------------------------------------------ tools
 
@@ -389,62 +528,36 @@ class AgentService:
         self, session: Session, active: _Active, step: int, call: ToolCall
     ) -> tuple[str, list[dict[str, Any]]]:
         try:
-            args = json.loads(call.arguments or "{}")
-            if not isinstance(args, dict):
-                raise ValueError("the arguments must be a JSON object")
-        except ValueError as e:
-            return (
-                f"Error: the arguments of {call.name} are not valid JSON ({e}). "
-                'Call it again with a JSON object, e.g. {"code": "print(1)"}.',
-                [],
-            )
-        if call.name == "run_python":
-            code = args.get("code")
-            if not isinstance(code, str) or not code.strip():
-                return 'Error: run_python needs {"code": "<python source>"}.', []
-            return await self._run_python(session, active, step, call, code)
-        if call.name == "ask_user":
-            question = str(args.get("question") or "").strip()
-            if not question:
-                return 'Error: ask_user needs {"question": "..."}.', []
-            return await self._ask_user(session, active, step, call, question), []
-        if call.name == "read_artifact":
-            return await self._read_artifact(session, args), []
-        return f"Error: there is no tool named {call.name!r}; the tools are {TOOL_NAMES}.", []
+            tool, args = tools.parse_call(call)
+        except tools.BadCall as e:
+            return str(e), []
+        return await self.handlers[tool.name](session, active, step, call, args)
+
+    def _meta(self, active: _Active, step: int, call: ToolCall) -> dict[str, Any]:
+        return {"turn_id": active.turn.id, "step": step, "tool_call_id": call.id}
 
     async def _run_python(
-        self, session: Session, active: _Active, step: int, call: ToolCall, code: str
+        self, session: Session, active: _Active, step: int, call: ToolCall, args: Any
     ) -> tuple[str, list[dict[str, Any]]]:
-        meta: dict[str, Any] = {
-            "turn_id": active.turn.id,
-            "step": step,
-            "tool_call_id": call.id,
-            "attempt": active.failed_attempts + 1,
-        }
+        meta = {**self._meta(active, step, call), "attempt": active.failed_attempts + 1}
         current = await self.db.sessions.get(session.id)
         if current is not None and current.approval_mode:
             proposal = new_id()
-            await self._publish(
-                session.id,
-                "approval.required",
-                {"turn_id": active.turn.id, "cell_id": proposal, "code": code},
+            raise AwaitingUser(
+                {
+                    "kind": "approval",
+                    "call": dataclasses.asdict(call),
+                    "code": args.code,
+                    "proposal": proposal,
+                    "meta": meta,
+                },
+                ApprovalRequired(turn_id=active.turn.id, cell_id=proposal, code=args.code),
             )
-            decision, edited = await self._wait_for_user(session, active, "approval")
-            if decision == "reject":
-                await self.execution.record_markdown(
-                    session.id,
-                    "system",
-                    "*The user rejected this cell; it did not run.*",
-                    {**meta, "proposed_code": code, "rejected": True},
-                )
-                return (
-                    "The user rejected this code; it did not run. Ask what they want, "
-                    "or try something else.",
-                    [],
-                )
-            if decision == "edit":
-                meta["proposed_code"] = code
-                code = edited
+        return await self._execute(session, active, args.code, meta)
+
+    async def _execute(
+        self, session: Session, active: _Active, code: str, meta: dict[str, Any]
+    ) -> tuple[str, list[dict[str, Any]]]:
         active.in_cell = True
         try:
             execution = await self.execution.execute(
@@ -457,131 +570,69 @@ class AgentService:
         return self.describe_cell(cell, execution.artifacts), self._pictures(cell)
 
     async def _ask_user(
-        self, session: Session, active: _Active, step: int, call: ToolCall, question: str
-    ) -> str:
-        meta = {"turn_id": active.turn.id, "step": step, "tool_call_id": call.id}
-        cell = await self.execution.record_markdown(
-            session.id, "assistant", question, {**meta, "tool": "ask_user"}
+        self, session: Session, active: _Active, step: int, call: ToolCall, args: Any
+    ) -> tuple[str, list[dict[str, Any]]]:
+        meta = self._meta(active, step, call)
+        cell = await self.recorder.markdown(
+            session.id, "assistant", args.question, {**meta, "tool": "ask_user"}
         )
-        await self._publish(
-            session.id,
-            "ask_user",
-            {"turn_id": active.turn.id, "question": question, "cell_id": cell.id},
+        raise AwaitingUser(
+            {"kind": "answer", "call": dataclasses.asdict(call), "question": args.question},
+            AskUser(turn_id=active.turn.id, question=args.question, cell_id=cell.id),
         )
-        answer = await self._wait_for_user(session, active, "answer")
-        await self.execution.record_markdown(
-            session.id, "user", answer, {"turn_id": active.turn.id, "answer_to": call.id}
-        )
-        return str(answer)
 
-    async def _read_artifact(self, session: Session, args: dict[str, Any]) -> str:
-        artifact = await self.db.artifacts.get(str(args.get("artifact_id", "")))
+    async def _finish_paused(
+        self, session: Session, active: _Active, pending: dict[str, Any]
+    ) -> None:
+        """The paused call, now that the user answered or decided."""
+        call = ToolCall(**pending["call"])
+        if pending["kind"] == "answer":
+            await self.recorder.markdown(
+                session.id,
+                "user",
+                str(pending["answer"]),
+                {"turn_id": active.turn.id, "answer_to": call.id},
+            )
+            return
+        meta, code = dict(pending["meta"]), str(pending["code"])
+        if pending["decision"] == "reject":
+            await self.recorder.markdown(
+                session.id,
+                "system",
+                "*The user rejected this cell; it did not run.*",
+                {**meta, "proposed_code": code, "rejected": True},
+            )
+            return
+        if pending["decision"] == "edit":
+            meta["proposed_code"], code = code, str(pending["code_edited"])
+        await self._execute(session, active, code, meta)
+
+    async def _read_artifact(
+        self, session: Session, active: _Active, step: int, call: ToolCall, args: Any
+    ) -> tuple[str, list[dict[str, Any]]]:
+        artifact = await self.db.artifacts.get(args.artifact_id)
         if artifact is None or artifact.session_id != session.id:
-            return f"Error: no artifact {args.get('artifact_id')!r} in this session."
+            return f"Error: no artifact {args.artifact_id!r} in this session.", []
         data = await self.files.artifact_bytes(artifact)
         try:
-            return view_artifact(
-                artifact.mime_type, data, args.get("view"), budget=self.limits.tool_result_chars * 2
-            )
+            budget = self.limits.tool_result_chars * 2
+            return view_artifact(artifact.mime_type, data, args.view, budget=budget), []
         except ValueError as e:
-            return f"Error: {e}"
-
-    async def _wait_for_user(
-        self, session: Session, active: _Active, kind: Literal["answer", "approval"]
-    ) -> Any:
-        loop = asyncio.get_running_loop()
-        active.waiting_for, active.waiter = kind, loop.create_future()
-        await self.db.turns.update(active.turn.id, status="waiting")
-        started = loop.time()
-        try:
-            return await active.waiter
-        except asyncio.CancelledError:
-            if active.stopping:
-                raise TurnStopped("interrupted by the user") from None
-            raise
-        finally:
-            active.paused += loop.time() - started
-            active.waiting_for, active.waiter = None, None
-            with contextlib.suppress(Exception):
-                await self.db.turns.update(active.turn.id, status="running")
-
-    async def _waiting(
-        self, user: User, session_id: str, turn_id: str, kind: Literal["answer", "approval"]
-    ) -> _Active:
-        session = await self.sessions.get(user, session_id)
-        active = self.active.get(session.id)
-        if active is None or active.turn.id != turn_id:
-            if await self.db.turns.get(turn_id) is None:
-                raise NotFound("no such turn")
-            raise Conflict("this turn is not running")
-        if active.waiting_for != kind or active.waiter is None or active.waiter.done():
-            wanted = "an answer" if kind == "answer" else "an approval"
-            raise Conflict(f"this turn is not waiting for {wanted}")
-        return active
+            return f"Error: {e}", []
 
     # ------------------------------------------------------------------ what the model sees
 
     def describe_cell(
         self, cell: Cell, artifacts: list[Artifact] | tuple[Artifact, ...] = ()
     ) -> str:
-        """The tool result for one executed cell: its outputs' budgeted view, failures typed."""
-        budget = self.limits.tool_result_chars
-        view = view_outputs(cell.outputs, artifacts, budget=budget)
-        error = next((o for o in cell.outputs if o.get("output_type") == "error"), {})
-        head = ""
-        if cell.status == "timeout":
-            head = (
-                f"TIMEOUT: the cell ran longer than {self.limits.cell_timeout:g} s and was "
-                "interrupted (state up to that point persists). Last output:\n"
-            )
-        elif cell.status == "died":
-            reason = str(error.get("evalue", "the kernel died"))
-            if "out of memory" in reason:
-                head = (
-                    f"OUT OF MEMORY: {reason}. The next cell gets a new kernel with the earlier "
-                    "cells replayed (not this one). Use less memory: fewer columns (usecols), "
-                    "chunks, smaller dtypes.\n"
-                )
-            else:
-                head = (
-                    f"KERNEL DIED: {reason}. The next cell gets a new kernel whose state is "
-                    "rebuilt by replaying the earlier cells (not this one).\n"
-                )
-        elif cell.status == "interrupted":
-            head = "INTERRUPTED by the user.\n"
-        elif error.get("ename") in ("ModuleNotFoundError", "ImportError"):
-            head = (
-                f"MISSING MODULE: {error.get('evalue')}. The sandbox has no network, so nothing "
-                "can be installed: use the installed libraries.\n"
-            )
-        elif error.get("ename") == "MemoryError":
-            head = (
-                f"OUT OF MEMORY: the cell asked for more than the kernel's memory limit "
-                f"({human_size(self.limits.memory_limit)}) and got a MemoryError; the kernel and "
-                "its other variables survived. Use less memory: fewer columns (usecols), chunks, "
-                "smaller dtypes.\n"
-            )
-        elif cell.status == "error":
-            head = "ERROR:\n"
-        proposed = cell.metadata.get("proposed_code")
-        if proposed is not None and proposed != cell.source:
-            ran = f"```python\n{cell.source}\n```"
-            head = f"The user edited your code before it ran; this ran:\n{ran}\n{head}"
-        return head + view
+        """The tool result for one executed cell (``tool_results.describe_cell``)."""
+        limits = self.limits
+        return describe_cell(
+            cell, artifacts, limits.tool_result_chars, limits.cell_timeout, limits.memory_limit
+        )
 
     def _pictures(self, cell: Cell) -> list[dict[str, Any]]:
-        """Downscaled PNG images of the cell's outputs, for vision-capable models."""
-        if not self.limits.vision:
-            return []
-        pictures = []
-        for output in cell.outputs:
-            data = output.get("data") or {}
-            for mime in ("image/png", "image/jpeg"):
-                if mime in data:
-                    url = _downscaled(str(data[mime]), mime)
-                    pictures.append({"type": "image_url", "image_url": {"url": url}})
-                    break
-        return pictures[:4]
+        return pictures(cell) if self.limits.vision else []
 
     async def _system_prompt(self, session: Session) -> str:
         try:
@@ -607,23 +658,19 @@ class AgentService:
 
     # ------------------------------------------------------------------ events and usage
 
-    async def _publish(self, session_id: str, type: str, data: dict[str, Any]) -> None:
-        try:
-            await self.events.publish(session_id, type, data)
-        except Exception:  # a lost event must not stop the turn
-            log.exception("could not publish %s for session %s", type, session_id)
+    async def _publish(self, session_id: str, event: SessionEvent) -> None:
+        await self.recorder.publish(session_id, event)  # a lost event must not stop the turn
 
     async def _publish_usage(self, session_id: str, active: _Active) -> None:
         usage = active.usage
         await self._publish(
             session_id,
-            "usage",
-            {
-                "turn_id": active.turn.id,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "cost": self._cost(active.model, usage),
-            },
+            UsageReported(
+                turn_id=active.turn.id,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cost=self._cost(active.turn.model, usage),
+            ),
         )
 
     def _cost(self, model: str, usage: Usage) -> float | None:
@@ -645,18 +692,3 @@ def parse_prices(text: str) -> dict[str, tuple[float, float]]:
             'KERNELAGENT_PRICES must be JSON like {"gpt-4o-mini": [0.15, 0.6]} '
             f"(dollars per million prompt and completion tokens): {e}"
         ) from None
-
-
-def _downscaled(b64: str, mime: str, size: int = 512) -> str:
-    from PIL import Image  # matplotlib's dependency; only needed for vision models
-
-    raw = base64.b64decode(b64)
-    try:
-        with Image.open(io.BytesIO(raw)) as image:
-            image.thumbnail((size, size))
-            out = io.BytesIO()
-            image.save(out, format="PNG")
-            raw, mime = out.getvalue(), "image/png"
-    except Exception:  # noqa: BLE001 - send it as it is
-        pass
-    return f"data:{mime};base64,{base64.b64encode(raw).decode()}"

@@ -1,10 +1,16 @@
 """The Kernel Gateway surface: session kernels as Jupyter kernels, and the WebSocket ⇄ kernel link.
 
-A gateway kernel id *is* the session id: stable for the session's life, even when the session gets
-a new kernel process. ``POST /api/kernels`` makes a new session (its kernel from the warm pool).
+A gateway kernel id *is* the session id, which the session's ``kernel_id`` shows: stable for the
+session's life, even when the session gets a new kernel process. ``POST /api/kernels`` makes a new
+session (its kernel from the warm pool); every live session is also offered as a kernelspec of
+its own (``agent-<session id>``, "Agent: <title>"), whose start attaches to that session's kernel,
+so JupyterLab's kernel picker lists the agent's sessions. Kernel Gateway's semantics hold: after
+``DELETE`` a kernel is 404 and not listed until its session runs a cell again; a culled kernel
+stays listed and comes back when used.
 
-Each WebSocket connection (``GatewayChannel``) gets its own ZMQ sockets to the kernel, as in
-jupyter_server, so replies go to the client that asked and every client sees all of iopub. The one
+Each WebSocket connection (``GatewayChannel``) gets its own connection to the kernel's channels
+(``KernelBackend.connect``), as in jupyter_server, so replies go to the client that asked and
+every client sees all of iopub. The one
 exception: a recorded ``execute_request`` goes through ``ExecutionService`` (same lock, same
 record, role ``gateway``) with the client's own message, so its iopub carries the client's msg_id;
 the reply and any ``input_request`` come back through the channel. Silent executions and every
@@ -24,21 +30,23 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from jupyter_client.session import Session as JupyterSession
-
-from kernelagent.domain import Session, User
+from kernelagent.domain import KernelMessage, Session, Signal, User
 from kernelagent.errors import NotFound
 from kernelagent.services.execution import ClientRequest, ExecutionService
+from kernelagent.services.ports import KernelBackend, KernelChannels, RuntimeState
 from kernelagent.services.sessions import SessionService
+from kernelagent.services.supervisor import KernelSupervisor
 
 log = logging.getLogger(__name__)
 
 GATEWAY_TIMEOUT = 24 * 3600.0  # a person's cell in JupyterLab runs until they interrupt it
 RECONNECT_WINDOW = 300.0  # seconds a disconnected client's messages are kept for it
 RECONNECT_BUFFER = 10_000  # messages kept per disconnected client (the oldest go first)
-SendToClient = Callable[[str, dict[str, Any]], Awaitable[None]]
+SendToClient = Callable[[str, KernelMessage], Awaitable[None]]
+AGENT_SPEC = "agent-"  # kernelspec name prefix of a session's own kernelspec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,81 +63,152 @@ class KernelModel:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class KernelSpecModel:
+    """What ``/api/kernelspecs`` answers per kernelspec (jupyter_server's model)."""
+
+    name: str
+    spec: dict[str, Any]
+    resources: dict[str, str]
+
+    def json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def jupyter_time(session: Session) -> str:
     """``%Y-%m-%dT%H:%M:%S.%fZ``, the only format GatewayClient parses."""
     return session.updated_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def listed(session: Session) -> bool:
+    """A session's kernel exists for Jupyter clients unless it was deleted through them."""
+    return session.status != "stopped"
+
+
 class GatewayService:
     """Kernel CRUD over sessions, and the registry of open channels."""
 
-    def __init__(self, sessions: SessionService, execution: ExecutionService, kernels: Any):
+    def __init__(
+        self,
+        sessions: SessionService,
+        execution: ExecutionService,
+        supervisor: KernelSupervisor,
+        kernels: KernelBackend,
+        state: RuntimeState,
+    ):
+        self.state = state
         self.sessions = sessions
         self.execution = execution
-        self.kernels = kernels  # adapters.kernels.LocalKernels (manager access for sockets)
+        self.supervisor = supervisor
+        self.kernels = kernels
         self.kernel_name = kernels.kernel_name
         self.channels: dict[str, set[GatewayChannel]] = {}
         self.detached: dict[tuple[str, str], GatewayChannel] = {}  # (session, client) → buffering
         self._restarting: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def model(self, session: Session) -> KernelModel:
+    async def model(self, session: Session, name: str | None = None) -> KernelModel:
         if session.id in self._restarting:
             state = "restarting"
-        elif session.id in self.execution.running:
+        elif await self.execution.busy([session.id]):
             state = "busy"
-        elif session.status == "dead" or not session.kernel_id:
+        elif session.status == "dead":
             state = "dead"
         else:
             state = "idle"
         return KernelModel(
             id=session.id,
-            name=self.kernel_name,
+            name=name or self.kernel_name,
             last_activity=jupyter_time(session),
             execution_state=state,
-            connections=len(self.channels.get(session.id, ())),
+            connections=await self.state.connections(session.id),
         )
 
     async def list(self, user: User) -> list[KernelModel]:
-        return [await self.model(s) for s in await self.sessions.list(user)]
+        return [await self.model(s) for s in await self.sessions.list(user) if listed(s)]
 
     async def create(self, user: User, name: str | None) -> KernelModel:
+        """A new session's kernel; or, for a session's own kernelspec, that session's kernel
+        (brought back if it was gone)."""
+        if name and name.startswith(AGENT_SPEC):
+            session = await self._session(
+                user, name.removeprefix(AGENT_SPEC), f"kernelspec {name!r}"
+            )
+            await self.execution.live_kernel(session.id)
+            return await self.model(await self.sessions.get(user, session.id), name)
         if name and name not in {self.kernel_name, "python3"}:
             raise NotFound(f"no kernelspec named {name!r}")
         return await self.model(await self.sessions.create(user, "Gateway kernel"))
 
     async def get(self, user: User, kernel_id: str) -> KernelModel:
-        return await self.model(await self.sessions.get(user, kernel_id))
+        return await self.model(await self._session(user, kernel_id))
+
+    async def _session(self, user: User, session_id: str, what: str = "") -> Session:
+        """The user's session whose kernel Jupyter clients may use (NotFound after DELETE)."""
+        try:
+            session = await self.sessions.get(user, session_id)
+        except NotFound:
+            session = None
+        if session is None or not listed(session):
+            raise NotFound(f"no {what or f'kernel {session_id!r}'}")
+        return session
+
+    async def kernelspecs(self, user: User) -> list[KernelSpecModel]:
+        """The kernelspec of new kernels, then one per live session of the user: "Agent: …"."""
+        spec, resources = self.kernels.kernelspec()
+        links = {Path(name).stem: f"/kernelspecs/{self.kernel_name}/{name}" for name in resources}
+        found = [KernelSpecModel(self.kernel_name, spec, links)]
+        for session in await self.sessions.list(user):
+            if listed(session):
+                agent = {
+                    **spec,
+                    "display_name": f"Agent: {session.title}",
+                    "metadata": {**spec.get("metadata", {}), "kernelagent_session": session.id},
+                }
+                found.append(KernelSpecModel(AGENT_SPEC + session.id, agent, links))
+        return found
+
+    async def kernelspec_resource(self, name: str, resource: str) -> bytes:
+        if name != self.kernel_name and not name.startswith(AGENT_SPEC):
+            raise NotFound(f"no kernelspec named {name!r}")
+        data = self.kernels.kernelspec()[1].get(resource)
+        if data is None:
+            raise NotFound(f"no resource {resource!r}")
+        return data
 
     async def ensure_live(self, user: User, kernel_id: str) -> tuple[Session, str]:
         """The session and its kernel, brought back (state rebuilt) if it was gone: done before
         a client's WebSocket is accepted, so the channel is ready when the client sees it open."""
-        session = await self.sessions.get(user, kernel_id)
+        session = await self._session(user, kernel_id)
         return session, await self.execution.live_kernel(session.id)
 
     async def interrupt(self, user: User, kernel_id: str) -> None:
-        session = await self.sessions.get(user, kernel_id)
-        if session.kernel_id:
-            with contextlib.suppress(KeyError):  # no kernel: nothing runs
-                await self.kernels.interrupt(session.kernel_id)
+        """Interrupt the kernel, in whichever server process holds it."""
+        session = await self._session(user, kernel_id)
+        owner = await self.state.owner("kernel", session.id)
+        if owner is not None and owner != self.state.process_id:
+            await self.state.signal(Signal("interrupt", session.id, to=owner))
+        elif session.kernel_id:
+            await self.kernels.interrupt(session.kernel_id)
 
     async def restart(self, user: User, kernel_id: str) -> KernelModel:
         """Restart the session's kernel in place; open channels keep working across it."""
-        session = await self.sessions.get(user, kernel_id)
-        kernel = await self.execution.live_kernel(session.id)
+        session = await self._session(user, kernel_id)
+        await self.execution.live_kernel(session.id)
         session = await self.sessions.get(user, kernel_id)
         self._restarting.add(session.id)
         try:
             await self.broadcast_status(session.id, "restarting")
-            await self.execution.restart(session, kernel)
+            await self.supervisor.restart(session)
         finally:
             self._restarting.discard(session.id)
         return await self.model(await self.sessions.get(user, kernel_id))
 
     async def shutdown(self, user: User, kernel_id: str) -> None:
-        """Stop the session's kernel; the session stays and gets a fresh kernel on its next cell."""
-        session = await self.sessions.get(user, kernel_id)
-        await self.execution.stop_kernel(session)
+        """Stop the session's kernel (404 from now on); the session stays, and gets a fresh
+        kernel, with its state rebuilt, on its next cell."""
+        session = await self._session(user, kernel_id)
+        await self.supervisor.stop(session)
         for channel in list(self.channels.get(session.id, ())):
             await channel.close()
         for key, channel in list(self.detached.items()):
@@ -144,10 +223,11 @@ class GatewayService:
     async def open_channel(
         self, session: Session, kernel: str, send: SendToClient, client_session: str | None
     ) -> GatewayChannel:
-        """Counted among the kernel's connections at once; then its sockets connect."""
+        """Counted among the kernel's connections at once; then it connects."""
         channel = GatewayChannel(self, session, kernel, send, client_session)
         earlier = self.detached.pop((session.id, client_session), None) if client_session else None
         self.channels.setdefault(session.id, set()).add(channel)
+        await self.state.connections(session.id, 1)
         try:
             await channel.open(earlier)
         except BaseException:
@@ -175,7 +255,7 @@ class GatewayService:
         self.closed(channel)
         self._spawn(channel.close(), "gateway-close")
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._closing.add(task)
@@ -192,10 +272,11 @@ class GatewayService:
 
     def _remove(self, channel: GatewayChannel) -> None:
         group = self.channels.get(channel.session.id)
-        if group is not None:
+        if group is not None and channel in group:
             group.discard(channel)
             if not group:
                 del self.channels[channel.session.id]
+            self._spawn(self.state.connections(channel.session.id, -1), "gateway-uncount")
 
     def closed(self, channel: GatewayChannel) -> None:
         self._remove(channel)
@@ -205,7 +286,7 @@ class GatewayService:
 
 
 class GatewayChannel:
-    """One WebSocket connection's view of a kernel: its own ZMQ sockets, reader tasks, routing."""
+    """One WebSocket connection's view of a kernel: its own connection, a reader task, routing."""
 
     SOCKETS = ("shell", "control", "stdin", "iopub")
 
@@ -222,40 +303,22 @@ class GatewayChannel:
         self.kernel_id = kernel_id
         self.send = send
         self.client_session = client_session
-        self.manager = service.kernels.manager(kernel_id)
-        # A Session of its own: Session.deserialize rejects a signature it has seen before, and
-        # every channel of this kernel sees the same iopub messages.
-        km_session = self.manager.session
-        self.jupyter_session = JupyterSession(
-            key=km_session.key,
-            signature_scheme=km_session.signature_scheme,
-            username=km_session.username,
-        )
-        self.sockets: dict[str, Any] = {}  # channel → ZMQStream (what connect_* returns)
-        self.inbox: asyncio.Queue[tuple[str, list[bytes]]] = asyncio.Queue()
+        self.kernel: KernelChannels | None = None
         self.readers: list[asyncio.Task[None]] = []
         self.pending: set[asyncio.Task[Any]] = set()
         self.is_closed = False
         # while the client is away: what it would have been sent (None when connected)
-        self.buffer: collections.deque[tuple[str, dict[str, Any]]] | None = None
+        self.buffer: collections.deque[tuple[str, KernelMessage]] | None = None
         self.replayed: set[str] = set()  # msg ids sent from an earlier channel's buffer
         self.expiry: asyncio.TimerHandle | None = None
 
     async def open(self, earlier: GatewayChannel | None = None) -> None:
-        """Connect the sockets; when the same client had a channel before, send what it buffered
-        first (the new iopub socket is subscribed before the old one stops: no gap)."""
-        m = self.manager
-        self.sockets = {
-            "shell": m.connect_shell(),
-            "control": m.connect_control(),
-            "stdin": m.connect_stdin(),
-            "iopub": m.connect_iopub(),
-        }
-        for name, stream in self.sockets.items():
-            stream.on_recv(lambda frames, name=name: self.inbox.put_nowait((name, frames)))
+        """Connect to the kernel; when the same client had a channel before, send what it
+        buffered first (the new connection listens before the old one stops: no gap)."""
+        self.kernel = await self.service.kernels.connect(self.kernel_id)
         if earlier is not None:
             for channel, msg in await earlier.take_buffer():
-                self.replayed.add(msg["header"].get("msg_id", ""))
+                self.replayed.add(msg.msg_id)
                 await self._send(channel, msg)
             # replies to its executions still running now come here
             earlier.buffer, earlier.send = None, self._send
@@ -265,25 +328,15 @@ class GatewayChannel:
 
     async def _forward(self) -> None:
         """Kernel → client, in the order the kernel's messages arrived."""
+        assert self.kernel is not None
         while True:
-            channel, frames = await self.inbox.get()
-            msg = self._read(channel, frames)
-            if msg is None:
+            msg = await self.kernel.receive()
+            if self.replayed and msg.msg_id in self.replayed:
+                self.replayed.discard(msg.msg_id)
                 continue
-            if self.replayed and msg["header"].get("msg_id") in self.replayed:
-                self.replayed.discard(msg["header"]["msg_id"])
-                continue
-            await self._send(channel, msg)
+            await self._send(msg.channel, msg)
 
-    def _read(self, channel: str, frames: list[bytes]) -> dict[str, Any] | None:
-        try:
-            _, parts = self.jupyter_session.feed_identities(frames)
-            return self.jupyter_session.deserialize(parts)  # type: ignore[no-any-return]
-        except Exception as e:  # noqa: BLE001 - a bad kernel frame is dropped, not fatal
-            log.warning("dropped an unreadable %s message from %s: %s", channel, self.kernel_id, e)
-            return None
-
-    async def _send(self, channel: str, msg: dict[str, Any]) -> None:
+    async def _send(self, channel: str, msg: KernelMessage) -> None:
         if self.buffer is not None:
             self.buffer.append((channel, msg))
             return
@@ -295,21 +348,19 @@ class GatewayChannel:
     async def detach(self) -> None:
         """The client went away: keep listening to iopub, buffer, and close after the window."""
         self.buffer = collections.deque(maxlen=RECONNECT_BUFFER)
-        for name in ("shell", "control", "stdin"):
-            self.sockets.pop(name).close(linger=0)
+        if self.kernel is not None:
+            self.kernel.keep_iopub_only()
         self.expiry = asyncio.get_running_loop().call_later(
             RECONNECT_WINDOW, self.service.close_expired, self
         )
 
-    async def take_buffer(self) -> list[tuple[str, dict[str, Any]]]:
+    async def take_buffer(self) -> list[tuple[str, KernelMessage]]:
         """Stop buffering and hand over everything kept, including what is still queued."""
         buffered = list(self.buffer or ())
+        kernel = self.kernel
         await self.close()
-        while not self.inbox.empty():
-            channel, frames = self.inbox.get_nowait()
-            msg = self._read(channel, frames)
-            if msg is not None:
-                buffered.append((channel, msg))
+        if kernel is not None:
+            buffered += [(msg.channel, msg) for msg in kernel.received()]
         return buffered
 
     async def receive(self, channel: str, msg: dict[str, Any]) -> None:
@@ -331,15 +382,13 @@ class GatewayChannel:
             self.pending.add(task)
             task.add_done_callback(self._finished)
             return
-        if channel == "stdin" and self.session.id in self.service.execution.running:
-            # an input_reply to a request the execution service sent on the client's behalf
-            self.service.execution.send_stdin(self.kernel_id, msg)
+        # an input_reply to a request the execution service sent on the client's behalf
+        if channel == "stdin" and await self.service.execution.send_input(self.session.id, msg):
             return
-        sock = self.sockets.get(channel)
-        if sock is None:
-            log.warning("dropped a message for unknown channel %r", channel)
+        if self.kernel is None or self.is_closed:
+            log.warning("dropped a %s message for a closed channel", channel)
             return
-        self.jupyter_session.send(sock, msg, buffers=msg.get("buffers") or None)
+        await self.kernel.send(channel, msg)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self.pending.discard(task)
@@ -348,12 +397,10 @@ class GatewayChannel:
 
     async def send_status(self, state: str) -> None:
         """A synthetic iopub ``status`` (jupyter_server sends "restarting" the same way)."""
-        msg = self.jupyter_session.msg("status", {"execution_state": state})
-        msg["channel"] = "iopub"
-        await self._send("iopub", msg)
+        await self._send("iopub", KernelMessage.status(state))
 
     async def close(self) -> None:
-        """Stop reading and close the sockets; executions still running finish and are recorded."""
+        """Stop reading and disconnect; executions still running finish and are recorded."""
         if self.is_closed:
             return
         self.is_closed = True
@@ -364,6 +411,6 @@ class GatewayChannel:
         for task in self.readers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for sock in self.sockets.values():
-            sock.close(linger=0)
+        if self.kernel is not None:
+            self.kernel.close()
         self.service.closed(self)

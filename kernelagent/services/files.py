@@ -1,10 +1,12 @@
 """Session workspaces: uploads, listing, downloads, the mirror to storage, artifacts, signed URLs.
 
-A workspace is ``<workspaces>/<session id>`` on the host, ``/workspace`` in the sandbox. Every path
-a client names is confined to it: absolute paths, ``..``, NUL bytes and symlinks leading out are
-refused with InvalidInput before anything is written. After each cell, files that changed (by
-size and mtime, then content hash) are copied to storage under ``sessions/<id>/files/``; rich
-outputs go to storage once per content under ``artifacts/<sha[:2]>/<sha>``.
+A session's workspace is what its kernel sees as ``/workspace``, reached through the kernel port's
+workspace operations (``Workspaces``: list, read, write, remove), never by a host path. Every path
+a client names is confined to it: absolute paths, ``..``, NUL bytes and backslashes are refused
+with InvalidInput before anything is written (the backend never follows a symlink). After each
+cell, files that changed (by size and mtime, then content hash) are copied to storage under
+``sessions/<id>/files/``; rich outputs go to storage once per content under
+``artifacts/<sha[:2]>/<sha>``.
 
 Workspace history: every file version is also kept once per content under
 ``blobs/<sha[:2]>/<sha>``, and ``snapshot()`` stores the workspace's manifest (path → sha256, JSON)
@@ -14,22 +16,21 @@ file is never stored twice. ``restore()`` puts a workspace back to a manifest.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from itsdangerous import BadSignature, Signer
 
 from kernelagent.domain import Artifact, FileEntry, Session, new_id, now
 from kernelagent.errors import Forbidden, InvalidInput, NotFound, TooLarge
-from kernelagent.services import workspace_io
 from kernelagent.services.outputs import ArtifactBlob
-from kernelagent.services.ports import Database, Storage
+from kernelagent.services.ports import Database, Storage, Workspaces
+from kernelagent.services.recording import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -64,29 +65,28 @@ class FileService:
         self,
         db: Database,
         storage: Storage,
-        workspaces_dir: Path,
+        workspaces: Workspaces,
+        recorder: Recorder,
         secret: str,
         upload_limit: int,
         signed_url_ttl: int,
     ):
         self.db = db
         self.storage = storage
-        self.workspaces_dir = workspaces_dir
+        self.workspaces = workspaces
+        self.recorder = recorder
         self.upload_limit = upload_limit
         self.read_limit = upload_limit  # largest file downloaded or mirrored
         self.signed_url_ttl = signed_url_ttl
         self.signer = Signer(secret, salt="kernelagent.artifact")
         self._seen: dict[str, dict[str, _Seen]] = {}
 
-    def workspace(self, session_id: str) -> Path:
-        return self.workspaces_dir / session_id
-
     @staticmethod
     def confine(path: str) -> str:
         """The normalised relative path for ``path``, or InvalidInput.
 
-        Names only: whether a component is a symlink is decided at the moment of use, by the
-        ``O_NOFOLLOW`` walks of ``workspace_io``, since the kernel can change it at any time.
+        Names only: whether a component is a symlink is decided by the backend at the moment
+        of use (it never follows one), since the kernel can change it at any time.
         """
         if not path or "\0" in path or "\\" in path:
             raise InvalidInput("a file path must be non-empty, without NUL bytes or backslashes")
@@ -96,15 +96,26 @@ class FileService:
         return pure.as_posix()
 
     async def upload(self, session: Session, path: str, data: bytes) -> FileEntry:
-        """Write ``data`` into the workspace and storage; returns its entry."""
+        """Write ``data`` into the workspace and storage, and record the upload at this point of
+        the notebook (replay re-applies it there); returns its entry."""
         if len(data) > self.upload_limit:
             raise TooLarge(f"upload of {len(data)} bytes exceeds the limit of {self.upload_limit}")
         rel = self.confine(path)
-        await asyncio.to_thread(workspace_io.write_file, self.workspace(session.id), rel, data)
+        await self.workspaces.write_file(session.id, rel, data)
         entry = FileEntry(rel, len(data), hashlib.sha256(data).hexdigest(), now())
         await self.storage.put(file_key(session.id, rel), data)
         await self._keep_blob(entry.sha256, data)
         await self.db.files.upsert(session.id, entry)
+        snapshot = await self.snapshot(session)
+        await self.recorder.markdown(
+            session.id,
+            "system",
+            f"*Uploaded `{entry.path}` ({entry.size:,} bytes).*",
+            {
+                "upload": {"path": entry.path, "size": entry.size, "sha256": entry.sha256},
+                "snapshot": snapshot,
+            },
+        )
         return entry
 
     async def list(self, session: Session) -> list[FileEntry]:
@@ -114,46 +125,44 @@ class FileService:
 
     async def read(self, session: Session, path: str) -> tuple[bytes, str]:
         rel = self.confine(path)
-        root = self.workspace(session.id)
-        return await asyncio.to_thread(workspace_io.read_file, root, rel, self.read_limit), rel
+        return await self.workspaces.read_file(session.id, rel, self.read_limit), rel
 
     async def mirror(self, session: Session) -> bool:
         """Copy files that changed since the last mirror to storage; drop deleted ones.
 
         True when anything was added, changed or deleted (a new snapshot is due)."""
-        root = self.workspace(session.id)
         seen = self._seen.get(session.id)
         if seen is None:
             seen = self._seen[session.id] = {
                 e.path: _Seen(-1, -1, e.sha256) for e in await self.db.files.list(session.id)
             }
-        current = await asyncio.to_thread(workspace_io.scan, root)
+        current = await self.workspaces.list_files(session.id)
         changed = False
         for rel in set(seen) - set(current):
             changed = True
             await self.db.files.delete(session.id, rel)
             await self.storage.delete(file_key(session.id, rel))
             del seen[rel]
-        for rel, (size, mtime_ns) in sorted(current.items()):
+        for rel, stat in sorted(current.items()):
             known = seen.get(rel)
-            if known and known.size == size and known.mtime_ns == mtime_ns:
+            if known and known.size == stat.size and known.mtime_ns == stat.mtime_ns:
                 continue
-            if size > self.read_limit:
-                log.warning("not mirroring %s of session %s: %d bytes", rel, session.id, size)
+            if stat.size > self.read_limit:
+                log.warning("not mirroring %s of session %s: %d bytes", rel, session.id, stat.size)
                 continue
             try:
-                data = await asyncio.to_thread(workspace_io.read_file, root, rel, self.read_limit)
+                data = await self.workspaces.read_file(session.id, rel, self.read_limit)
             except (NotFound, TooLarge):
                 continue  # changed under our feet (the kernel is still writing); next time
             sha = hashlib.sha256(data).hexdigest()
             if not (known and known.sha256 == sha):
-                modified = dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.UTC)
+                modified = dt.datetime.fromtimestamp(stat.mtime_ns / 1e9, dt.UTC)
                 entry = FileEntry(rel, len(data), sha, modified)
                 await self.storage.put(file_key(session.id, rel), data)
                 await self._keep_blob(sha, data)
                 await self.db.files.upsert(session.id, entry)
                 changed = True
-            seen[rel] = _Seen(size, mtime_ns, sha)
+            seen[rel] = _Seen(stat.size, stat.mtime_ns, sha)
         return changed
 
     async def store_artifacts(
@@ -205,23 +214,22 @@ class FileService:
             return {}
         return json.loads(await self.storage.get(blob_key(snapshot)))  # type: ignore[no-any-return]
 
-    async def place(self, workspace: Path, path: str, sha256: str) -> None:
+    async def place(self, workspace: str, path: str, sha256: str) -> None:
         """Write one stored file version into a workspace (replay re-applying an upload)."""
         data = await self.storage.get(blob_key(sha256))
-        await asyncio.to_thread(workspace_io.write_file, workspace, self.confine(path), data)
+        await self.workspaces.write_file(workspace, self.confine(path), data)
 
     async def restore(self, session: Session, snapshot: str | None) -> None:
         """Make the session's workspace hold exactly the files of ``snapshot``, then mirror."""
-        root = self.workspace(session.id)
         wanted = await self.manifest(snapshot)
         await self.mirror(session)  # so the hashes below describe the files as they are
-        current = await asyncio.to_thread(workspace_io.scan, root)
+        current = await self.workspaces.list_files(session.id)
         for rel in set(current) - set(wanted):
-            await asyncio.to_thread(workspace_io.remove_file, root, rel)
+            await self.workspaces.remove_file(session.id, rel)
         have = {e.path: e.sha256 for e in await self.db.files.list(session.id)}
         for rel, sha in wanted.items():
             if rel not in current or have.get(rel) != sha:
-                await self.place(root, rel, sha)
+                await self.place(session.id, rel, sha)
         await self.mirror(session)
 
     async def _keep_blob(self, sha256: str, data: bytes) -> None:
@@ -230,5 +238,7 @@ class FileService:
             await self.storage.put(key, data)
 
     async def forget(self, session_id: str) -> None:
-        """Drop a deleted session's cache (its storage prefix is removed by the caller)."""
+        """Drop a deleted session's workspace and cache (its storage prefix is removed by the
+        caller)."""
         self._seen.pop(session_id, None)
+        await self.workspaces.remove_workspace(session_id)

@@ -1,16 +1,15 @@
 """KernelPool: sandboxed kernels started ahead of need and handed out at once.
 
 A kernel start costs ~0.7 s, and the first ``import pandas, plotly`` another 1–3 s; a pool hides
-both. Each pooled kernel owns a fresh, empty workspace directory ``<workspaces>/.pool/<n>``; handing
-it out *renames* that directory to the session's workspace path. The sandbox's bind mount follows
-the directory, not its name, so the running kernel sees no change, and restarts bind the new path.
-If the session's directory already holds files, they are moved into the pooled one first.
+both. Each pooled kernel owns a scratch workspace of its own; handing it out gives it the
+session's workspace (``KernelBackend.adopt``: for local kernels, a directory rename the running
+kernel does not notice), with any files already there.
 
 Example::
 
-    pool = KernelPool(LocalKernels(settings), settings.workspaces_dir / ".pool", size=2)
+    pool = KernelPool(LocalKernels(settings), size=2)
     await pool.start()
-    kernel = await pool.acquire(settings.workspaces_dir / session_id)   # ~1 ms when warm
+    kernel = await pool.acquire(session_id)   # ~1 ms when warm
     ...
     await pool.stop()
 """
@@ -22,39 +21,20 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import Any, Protocol
+
+from kernelagent.domain import new_id
+from kernelagent.services.ports import KernelBackend
+from kernelagent.services.running import run_silently
 
 log = logging.getLogger(__name__)
 
 
-class KernelBackend(Protocol):
-    """What the pool needs from a kernel adapter (``adapters.kernels.LocalKernels``)."""
-
-    async def start(self, workspace: Path) -> str: ...
-    async def run_silently(self, kernel_id: str, code: str, timeout: float) -> dict[str, Any]: ...
-    async def shutdown(self, kernel_id: str, now: bool = False) -> None: ...
-    async def is_alive(self, kernel_id: str) -> bool: ...
-    def kernel_uid(self, kernel_id: str) -> int: ...
-    def move_workspace(self, kernel_id: str, workspace: Path) -> None: ...
-    def client(self, kernel_id: str) -> Any:
-        """A jupyter_client ``AsyncKernelClient`` with channels started."""
-        ...
-
-    async def interrupt(self, kernel_id: str) -> None: ...
-    async def restart(self, kernel_id: str) -> None: ...
-    def exit_reason(self, kernel_id: str) -> str | None: ...
-
-
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    """A running kernel and the host directory it sees as ``/workspace``."""
+    """A running kernel and the workspace it sees as ``/workspace``."""
 
     id: str
-    workspace: Path
+    workspace: str
 
 
 def preimport_code(modules: list[str]) -> str:
@@ -68,13 +48,11 @@ class KernelPool:
     def __init__(
         self,
         backend: KernelBackend,
-        pool_dir: Path,
         size: int = 2,
         preimport: list[str] | None = None,
         warmup_timeout: float = 120.0,
     ):
         self.backend = backend
-        self.pool_dir = pool_dir
         self.size = size
         self.warmup_code = preimport_code(preimport or [])
         self.warmup_timeout = warmup_timeout
@@ -88,9 +66,7 @@ class KernelPool:
         return len(self._ready)
 
     async def start(self) -> None:
-        """Clear workspaces of a previous run and start filling in the background."""
-        shutil.rmtree(self.pool_dir, ignore_errors=True)
-        self.pool_dir.mkdir(parents=True, exist_ok=True)
+        """Start filling in the background."""
         if self.size > 0:
             self._wanted.set()
             self._filler = asyncio.create_task(self._fill(), name="kernel-pool-fill")
@@ -105,7 +81,7 @@ class KernelPool:
         while self._ready:
             kernel = self._ready.popleft()
             await self.backend.shutdown(kernel.id, now=True)
-            shutil.rmtree(kernel.workspace, ignore_errors=True)
+            await self.backend.remove_workspace(kernel.workspace)
 
     async def wait_filled(self, timeout: float) -> None:
         """Wait until the pool holds ``size`` kernels (tests, benchmarks, ``doctor``)."""
@@ -115,7 +91,7 @@ class KernelPool:
                     raise RuntimeError(self.last_error)
                 await asyncio.sleep(0.05)
 
-    async def acquire(self, workspace: Path, refill: bool = True) -> Kernel:
+    async def acquire(self, workspace: str, refill: bool = True) -> Kernel:
         """A ready kernel whose ``/workspace`` is ``workspace``: pooled if any, else started now.
 
         ``refill=False``: no replacement starts until ``refill()`` (a short CPU-bound job, such
@@ -125,13 +101,13 @@ class KernelPool:
             if refill:
                 self._wanted.set()
             if not await self.backend.is_alive(pooled.id):
-                await self.backend.shutdown(pooled.id, now=True)
+                await self._discard(pooled)
                 continue
             try:
-                self._adopt(pooled, workspace)
-            except OSError as e:
+                await self.backend.adopt(pooled.id, workspace)
+            except Exception as e:  # noqa: BLE001 - a kernel started now serves instead
                 log.warning("could not hand out pooled kernel %s: %s", pooled.id, e)
-                await self.backend.shutdown(pooled.id, now=True)
+                await self._discard(pooled)
                 break
             return Kernel(pooled.id, workspace)
         if refill:
@@ -142,19 +118,9 @@ class KernelPool:
         """Start replacing the kernels handed out (see ``acquire``)."""
         self._wanted.set()
 
-    def _adopt(self, pooled: Kernel, workspace: Path) -> None:
-        """Make the pooled kernel's directory the session's ``workspace`` (same filesystem)."""
-        if workspace.exists():
-            uid = self.backend.kernel_uid(pooled.id)
-            for entry in workspace.iterdir():
-                target = pooled.workspace / entry.name
-                entry.rename(target)
-                if os.geteuid() == 0:
-                    _chown_tree(target, uid)
-            workspace.rmdir()
-        workspace.parent.mkdir(parents=True, exist_ok=True)
-        pooled.workspace.rename(workspace)
-        self.backend.move_workspace(pooled.id, workspace)
+    async def _discard(self, kernel: Kernel) -> None:
+        await self.backend.shutdown(kernel.id, now=True)
+        await self.backend.remove_workspace(kernel.workspace)
 
     async def _fill(self) -> None:
         """Start kernels one at a time (two cores: parallel starts only slow each other)."""
@@ -173,20 +139,12 @@ class KernelPool:
                     await asyncio.sleep(5)
 
     async def _start_one(self) -> Kernel:
-        workspace = Path(tempfile.mkdtemp(dir=self.pool_dir))
-        kernel_id = await self.backend.start(workspace)
+        workspace = f".pool-{new_id()}"
+        kernel = Kernel(await self.backend.start(workspace), workspace)
         try:
             if self.warmup_code:
-                await self.backend.run_silently(kernel_id, self.warmup_code, self.warmup_timeout)
+                await run_silently(self.backend, kernel.id, self.warmup_code, self.warmup_timeout)
         except BaseException:
-            await self.backend.shutdown(kernel_id, now=True)
+            await self._discard(kernel)
             raise
-        return Kernel(kernel_id, workspace)
-
-
-def _chown_tree(root: Path, uid: int) -> None:
-    os.lchown(root, uid, uid)
-    if root.is_dir() and not root.is_symlink():
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in dirnames + filenames:
-                os.lchown(os.path.join(dirpath, name), uid, uid)
+        return kernel

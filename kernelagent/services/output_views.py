@@ -20,6 +20,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 from kernelagent.domain import Artifact
+from kernelagent.kernelside import LOAD_CODE, dataframes
 from kernelagent.services.outputs import (
     PLOTLY_MIME_TYPE,
     extract_artifacts,
@@ -35,57 +36,12 @@ __all__ = [
     "view_outputs",
 ]
 
-#: Vendor mimetype the kernel adds to a pandas DataFrame's display bundle (see
-#: :data:`KERNEL_SETUP_CODE`): ``{"shape", "dtypes", "head", "describe"}``.
-DATAFRAME_MIME_TYPE = "application/vnd.kernelagent.dataframe+json"
+#: Vendor mimetype the kernel-side extension (``kernelside.dataframes``) adds to a pandas
+#: DataFrame's display bundle: ``{"shape", "dtypes", "head", "describe"}``.
+DATAFRAME_MIME_TYPE = dataframes.MIME_TYPE
 
-#: Run once, silently, in each new kernel: every DataFrame display then also carries
-#: :data:`DATAFRAME_MIME_TYPE` (IPython merges a mimebundle formatter's output with the other
-#: formatters', so text/html and text/plain stay). pandas is not imported here. The summary
-#: stays cheap (``describe()`` only up to 200,000 rows and 1,000,000 cells, about 0.2 s; at most
-#: 50 columns), never raises (a failure leaves the display as it was) and binds no name in the
-#: user's namespace.
-KERNEL_SETUP_CODE = """\
-def _kernelagent_setup():
-    import warnings
-
-    from IPython import get_ipython
-
-    # Bound now: user code may later rebind builtins such as ``str``.
-    mime, str_, int_, error = __MIME__, str, int, Exception
-    describe_rows, describe_cells, max_columns = 200_000, 1_000_000, 50
-    options = {"max_colwidth": 50, "line_width": 120}
-
-    def summary(frame):
-        try:
-            rows, cols = frame.shape
-            part = frame.iloc[:, :max_columns] if cols > max_columns else frame
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                head = part.head().to_string(**options)
-                describe = None
-                if rows <= describe_rows and rows * part.shape[1] <= describe_cells:
-                    try:
-                        describe = part.describe().to_string(**options)
-                    except error:
-                        describe = None
-            dtypes = {str_(name): str_(dtype) for name, dtype in part.dtypes.items()}
-            shape = [int_(rows), int_(cols)]
-            return {mime: {"shape": shape, "dtypes": dtypes, "head": head, "describe": describe}}
-        except error:
-            return None
-
-    shell = get_ipython()
-    if shell is not None:
-        formatter = shell.display_formatter.mimebundle_formatter
-        # pandas >= 3 gives DataFrame.__module__ as "pandas", earlier ones "pandas.core.frame".
-        for module in ("pandas", "pandas.core.frame"):
-            formatter.for_type_by_name(module, "DataFrame", summary)
-
-
-_kernelagent_setup()
-del _kernelagent_setup
-""".replace("__MIME__", repr(DATAFRAME_MIME_TYPE))
+#: Run once, silently, in each new kernel: loads the kernel-side extension.
+KERNEL_SETUP_CODE = LOAD_CODE
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _IMAGE_MIME_TYPES = (

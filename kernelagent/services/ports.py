@@ -6,6 +6,9 @@ port               embedded default                    production backend (chose
 ``Database``       SQLite file (sqlmodel)              PostgreSQL (``KERNELAGENT_DATABASE_URL``)
 ``Storage``        local directory (fsspec)            S3 via s3fs (``KERNELAGENT_STORAGE_URL``)
 ``SessionLocks``   asyncio locks                       Redis with expiry + fencing
+``EventLog``       in-process deques                   Redis Streams
+``KernelBackend``  sandboxed kernels on this machine   (containers, remote gateways: later)
+``RuntimeState``   this process's memory               Redis (leases, counters, pub/sub)
 =================  ==================================  =======================================
 
 Every method is async; implementations raise ``kernelagent.errors`` exceptions, never driver ones.
@@ -13,11 +16,23 @@ Every method is async; implementations raise ``kernelagent.errors`` exceptions, 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from kernelagent.domain import Artifact, Cell, FileEntry, Reply, Session, Turn, User
+from kernelagent.domain import (
+    Artifact,
+    Cell,
+    FileEntry,
+    FileStat,
+    KernelMessage,
+    Reply,
+    Session,
+    Signal,
+    Turn,
+    User,
+)
+from kernelagent.events import Logged, SessionEvent
 
 
 class UserRepo(Protocol):
@@ -93,15 +108,19 @@ class TurnRepo(Protocol):
     async def add(self, turn: Turn) -> None: ...
     async def get(self, turn_id: str) -> Turn | None: ...
     async def update(self, turn_id: str, **changes: Any) -> Turn:
-        """Change ``status``, ``ended_at``, token counts, ``cost`` or ``error``."""
+        """Change ``status``, ``ended_at``, token counts, ``cost``, ``error`` or ``pending``."""
+        ...
+
+    async def transition(self, turn_id: str, from_status: str, **changes: Any) -> bool:
+        """Apply ``changes`` only if the status is still ``from_status``; whether it did."""
         ...
 
     async def list(self, session_id: str) -> list[Turn]:
         """Oldest first."""
         ...
 
-    async def fail_unfinished(self, error: str) -> int:
-        """Mark running or waiting turns (of a previous process) failed; returns how many."""
+    async def unfinished(self, session_id: str | None = None) -> list[Turn]:
+        """Running or waiting turns (of one session, or of all), oldest first."""
         ...
 
 
@@ -139,8 +158,8 @@ class Storage(Protocol):
 class EventLog(Protocol):
     """Per-session events with increasing ids (``adapters.events``: in-process or Redis)."""
 
-    async def publish(self, session_id: str, type: str, data: dict[str, Any]) -> Any: ...
-    async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Any]:
+    async def publish(self, session_id: str, event: SessionEvent) -> Logged: ...
+    async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Logged]:
         """Events after id ``after`` (all when None), waiting up to ``wait`` s for the first."""
         ...
 
@@ -177,3 +196,204 @@ class SessionLocks(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Workspaces(Protocol):
+    """The files a kernel sees as ``/workspace``, by workspace name, wherever the kernel runs.
+
+    Names are the session's id, or a name of the caller's for a kernel without a session (a
+    name starting with "." is scratch: pooled kernels, replays). Paths are relative POSIX
+    paths already confined by the caller; only regular files count, never through a symlink.
+    """
+
+    async def list_files(self, workspace: str) -> dict[str, FileStat]:
+        """Every regular file (an empty dict for a workspace that does not exist)."""
+        ...
+
+    async def read_file(self, workspace: str, path: str, limit: int) -> bytes:
+        """NotFound when it is not a regular file; TooLarge past ``limit`` bytes."""
+        ...
+
+    async def write_file(self, workspace: str, path: str, data: bytes) -> None:
+        """Atomically, creating parent directories; InvalidInput when a parent is a file."""
+        ...
+
+    async def remove_file(self, workspace: str, path: str) -> None:
+        """A missing file is not an error."""
+        ...
+
+    async def remove_workspace(self, workspace: str) -> None: ...
+
+
+class KernelRun(Protocol):
+    """One ``execute_request`` sent to a kernel, and the messages the kernel sent about it."""
+
+    msg_id: str
+
+    async def next(self, timeout: float) -> KernelMessage | None:
+        """The next iopub or stdin message of this request, in arrival order; None after
+        ``timeout`` s of silence. KernelDied (its ``cause`` says how) when the kernel dies, is
+        restarted or is shut down meanwhile."""
+        ...
+
+    async def reply(self, timeout: float) -> KernelMessage | None:
+        """The request's shell reply, or None after ``timeout`` s."""
+        ...
+
+    async def send_input(self, message: dict[str, Any]) -> None:
+        """An ``input_reply`` (a Jupyter message dict) to the kernel's ``input_request``."""
+        ...
+
+    def close(self) -> None:
+        """Stop collecting this request's messages (always called, when done with it)."""
+        ...
+
+
+class KernelChannels(Protocol):
+    """A Jupyter client's own connection to a kernel (a gateway WebSocket): it sees every iopub
+    message and the replies to what it sent, as jupyter_server gives each WebSocket."""
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """A client's message (a Jupyter message dict) to the kernel's ``channel``."""
+        ...
+
+    async def receive(self) -> KernelMessage:
+        """The next message from the kernel, on any channel, in arrival order."""
+        ...
+
+    def received(self) -> list[KernelMessage]:
+        """What has arrived and not been taken yet (without waiting)."""
+        ...
+
+    def keep_iopub_only(self) -> None:
+        """The client went away: stop its requests' channels, keep listening to iopub."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class KernelBackend(Workspaces, Protocol):
+    """Session kernels, wherever they run (``adapters.kernels.LocalKernels``: sandboxed on this
+    machine). Kernel ids are the backend's; an unknown id is a dead kernel, never a KeyError."""
+
+    kernel_name: str
+
+    def kernelspec(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The kernelspec session kernels are started from (``kernel.json``'s content), and
+        its resource files (logos) by name, for Jupyter clients."""
+        ...
+
+    async def start(self, workspace: str) -> str:
+        """A new kernel whose ``/workspace`` is ``workspace`` (made if missing), ready to run
+        code when this returns. SandboxError or KernelDied (with the reason) otherwise."""
+        ...
+
+    async def adopt(self, kernel_id: str, workspace: str) -> None:
+        """Give a running kernel (a pooled one) the workspace ``workspace``: files already
+        there join the kernel's, and the kernel's own workspace becomes ``workspace``."""
+        ...
+
+    async def execute(
+        self,
+        kernel_id: str,
+        code: str = "",
+        *,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, str] | None = None,
+        message: dict[str, Any] | None = None,
+    ) -> KernelRun:
+        """Send an ``execute_request`` (``message``: a client's own, sent as is, so the
+        kernel's messages carry the client's msg_id). KernelDied if the kernel is gone."""
+        ...
+
+    async def interrupt(self, kernel_id: str) -> None: ...
+
+    async def restart(self, kernel_id: str) -> None:
+        """A new kernel process under the same id; runs in flight end with KernelDied
+        (cause "restarted")."""
+        ...
+
+    async def shutdown(self, kernel_id: str, now: bool = False) -> None:
+        """Stop the kernel (an unknown one is not an error); runs in flight end with
+        KernelDied (cause "shutdown")."""
+        ...
+
+    async def is_alive(self, kernel_id: str) -> bool: ...
+
+    async def exit_reason(self, kernel_id: str) -> str | None:
+        """Why a dead kernel died ("out of memory (limit 1 GiB)"), when the sandbox can tell."""
+        ...
+
+    async def connect(self, kernel_id: str) -> KernelChannels:
+        """A client connection of its own to the kernel's channels."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every kernel this backend started."""
+        ...
+
+
+OwnerKind = Literal["kernel", "turn"]
+
+
+class RuntimeState(Protocol):
+    """What sessions are doing right now, shared by every server process (``adapters.runtime``:
+    in this process, or in Redis). Each process holds a lease renewed by a heartbeat; what a
+    process owns (a session's kernel, a running turn) counts only while its lease lives, so a
+    process that died owns nothing after the lease expires. What must outlive every process (a
+    paused turn's question) is the database's, not this."""
+
+    process_id: str
+
+    async def start(self) -> None:
+        """Take this process's lease, keep it renewed, and start delivering signals."""
+        ...
+
+    async def close(self) -> None:
+        """Give up the lease and everything this process owns."""
+        ...
+
+    async def alive(self, process_id: str) -> bool: ...
+
+    async def claim(self, kind: OwnerKind, key: str, process_id: str | None = None) -> None:
+        """``process_id`` (this process by default) now owns ``key`` (a session's kernel by
+        session id, a turn by turn id)."""
+        ...
+
+    async def release(self, kind: OwnerKind, key: str) -> None:
+        """Forget the owner of ``key`` if it is this process."""
+        ...
+
+    async def owner(self, kind: OwnerKind, key: str) -> str | None:
+        """The live process that owns ``key``; None when nobody (alive) does."""
+        ...
+
+    async def set_running(self, session_id: str, cell_id: str | None) -> None:
+        """This process runs ``cell_id`` in the session now (None: it finished)."""
+        ...
+
+    async def running(self, session_ids: Sequence[str]) -> set[str]:
+        """Which of the sessions run a cell now, in any live process."""
+        ...
+
+    async def touch(self, session_id: str) -> None:
+        """The session did something now (a cell ended)."""
+        ...
+
+    async def last_activity(self, session_id: str) -> float | None:
+        """When (Unix time) the session last did something, if known."""
+        ...
+
+    async def connections(self, session_id: str, change: int = 0) -> int:
+        """Gateway clients connected to the session's kernel, across live processes, after
+        adding ``change`` for this process."""
+        ...
+
+    async def signal(self, signal: Signal) -> None:
+        """Deliver ``signal`` to every live process (or to ``signal.to``), this one included."""
+        ...
+
+    def on_signal(self, handler: Callable[[Signal], Awaitable[None]]) -> None:
+        """Call ``handler`` with each signal this process receives."""
+        ...

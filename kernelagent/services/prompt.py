@@ -13,46 +13,11 @@ from typing import Any
 
 import jinja2
 
-_PROBE_CODE = r"""
-import csv, json, os
-import importlib.metadata as md
-files = []
-for root, dirs, names in os.walk("."):
-    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    for name in sorted(names):
-        if name.startswith(".") or len(files) >= 200:
-            continue
-        path = os.path.join(root, name)
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            continue
-        columns, low = None, name.lower()
-        try:
-            if low.endswith((".csv", ".tsv")):
-                with open(path, newline="", encoding="utf-8", errors="replace") as f:
-                    columns = next(csv.reader(f, delimiter="\t" if low.endswith(".tsv") else ","))
-            elif low.endswith(".parquet"):
-                import pyarrow.parquet as pq
-                columns = pq.read_schema(path).names
-        except Exception:
-            columns = None
-        files.append(
-            {"path": os.path.relpath(path, "."), "size": size, "columns": (columns or [])[:50]}
-        )
-libraries = []
-for name in ("numpy", "pandas", "matplotlib", "plotly", "scipy", "scikit-learn", "seaborn",
-             "statsmodels", "pyarrow", "polars", "sympy", "networkx"):
-    try:
-        libraries.append(name + " " + md.version(name))
-    except Exception:
-        pass
-result = json.dumps({"files": files, "libraries": libraries})
-"""
+from kernelagent.kernelside import probe
 
 #: An expression, evaluated in the kernel, whose value is the JSON text of the workspace's files
-#: and the kernel's libraries; it runs in a namespace of its own (no names left behind).
-WORKSPACE_PROBE = f"(lambda g: (exec({_PROBE_CODE!r}, g), g['result'])[1])({{}})"
+#: and the kernel's libraries (``kernelside.probe``); no name is left behind.
+WORKSPACE_PROBE = probe.EXPRESSION
 
 _environment = jinja2.Environment(
     loader=jinja2.PackageLoader("kernelagent", "prompts"),

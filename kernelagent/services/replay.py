@@ -2,10 +2,11 @@
 
 The one routine behind four features: the replay report (``POST …/replay``, ``kernelagent
 replay``), a branch's kernel state, an imported notebook's kernel state, and a replaced kernel
-(died, culled, shut down) getting its state back. Execution is nbclient's
-(``NotebookClient.async_execute_cell``) on the session's sandboxed kernel; uploads recorded in the
-notebook are written into the workspace at the point they arrived, so each cell sees the files it
-saw the first time.
+(died, culled, shut down) getting its state back. Each cell runs through the kernel port exactly
+as the execution path runs it (``running.run_code``: the same output collector, timeout and
+interrupt), so a replayed cell's outputs are built the way the recorded ones were; uploads
+recorded in the notebook are written into the workspace at the point they arrived, so each cell
+sees the files it saw the first time.
 
 Comparison is after ``outputs.normalise`` (execution counts, addresses, timings and random ids
 ignored; images by type and size), with kernelagent's private mimetypes left out: a cell is
@@ -15,27 +16,21 @@ but not in the record, or the kernel died).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import difflib
 import json
 import logging
-import queue
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
-
-import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from kernelagent.domain import Cell
 from kernelagent.errors import KernelAgentError
 from kernelagent.services.files import FileService
 from kernelagent.services.notebooks import PRIVATE_MIME_PREFIX
 from kernelagent.services.outputs import PLOTLY_MIME_TYPE, normalise
+from kernelagent.services.ports import KernelBackend
+from kernelagent.services.running import run_code
 
 log = logging.getLogger(__name__)
 
@@ -106,79 +101,62 @@ def replayable(cells: Sequence[Cell]) -> list[Cell]:
 
 
 class Replayer:
-    def __init__(self, kernels: Any, files: FileService, cell_timeout: float):
-        self.kernels = kernels  # the kernel backend: ``manager(kernel_id)`` for nbclient
+    def __init__(
+        self, kernels: KernelBackend, files: FileService, cell_timeout: float, stream_limit: int
+    ):
+        self.kernels = kernels
         self.files = files
         self.cell_timeout = cell_timeout
+        self.stream_limit = stream_limit
 
     async def run(
         self,
         kernel_id: str,
-        workspace: Path,
+        workspace: str,
         cells: Sequence[Cell],
         progress: Progress | None = None,
     ) -> list[CellReport]:
         """Execute ``cells`` (see ``replayable``) in the kernel; a report per code cell."""
         cells = replayable(cells)
-        nb = nbformat.v4.new_notebook()
-        km = self.kernels.manager(kernel_id)
-        client = NotebookClient(
-            nb, km=km, timeout=self.cell_timeout, allow_errors=True, record_timing=False
-        )
-        client.reset_execution_trackers()
-        client.kc = km.client()
-        client.kc.start_channels()
         reports: list[CellReport] = []
         code_cells = sum(c.cell_type == "code" for c in cells)
-        try:
-            await _handshake(client.kc, timeout=60)
-            dead: str | None = None
-            for cell in cells:
-                if cell.cell_type == "markdown":
-                    await self._place(workspace, cell.metadata["upload"])
-                    continue
-                report = await self._one(client, nb, cell, dead)
-                if report.status == "error" and report.error and "died" in report.error:
+        dead: str | None = None
+        for cell in cells:
+            if cell.cell_type == "markdown":
+                await self._place(workspace, cell.metadata["upload"])
+                continue
+            if dead is not None:
+                report = CellReport(cell.id, cell.index, "error", error=f"not run: {dead}")
+            else:
+                report = await self._one(kernel_id, cell)
+                if report.error and report.error.startswith(("the kernel died", "stuck")):
                     dead = report.error
-                reports.append(report)
-                if progress is not None:
-                    await progress(report, len(reports), code_cells)
-        finally:
-            client.kc.stop_channels()
+            reports.append(report)
+            if progress is not None:
+                await progress(report, len(reports), code_cells)
         return reports
 
-    async def _place(self, workspace: Path, upload: dict[str, Any]) -> None:
+    async def _place(self, workspace: str, upload: dict[str, Any]) -> None:
         try:
             await self.files.place(workspace, upload["path"], upload["sha256"])
         except (KernelAgentError, KeyError, OSError) as e:  # the cells that need it will say so
             log.warning("could not re-apply the upload of %s: %s", upload.get("path"), e)
 
-    async def _one(
-        self, client: NotebookClient, nb: Any, cell: Cell, dead: str | None
-    ) -> CellReport:
-        if dead is not None:
-            return CellReport(cell.id, cell.index, "error", error=f"not run: {dead}")
-        # built directly: ``new_code_cell`` validates against the schema (~0.7 ms a cell)
-        node = nbformat.from_dict(
-            {"cell_type": "code", "source": cell.source, "metadata": {}, "outputs": []}
-        )
-        node.execution_count = None
-        nb.cells.append(node)
+    async def _one(self, kernel_id: str, cell: Cell) -> CellReport:
         started = time.perf_counter()
-        try:
-            await client.async_execute_cell(node, len(nb.cells) - 1)
-        except DeadKernelError as e:
-            return CellReport(cell.id, cell.index, "error", error=f"the kernel died: {e}")
-        except CellTimeoutError:
-            return CellReport(
-                cell.id,
-                cell.index,
-                "error",
-                error=f"timed out after {self.cell_timeout:g} s",
-                duration_ms=round((time.perf_counter() - started) * 1000),
-            )
+        result = await run_code(
+            self.kernels, kernel_id, cell.source, self.cell_timeout, self.stream_limit
+        )
         duration = round((time.perf_counter() - started) * 1000)
-        outputs = [dict(o) for o in node.outputs]
+        if result.status == "died":
+            reason = result.outputs[-1].get("evalue", "") if result.outputs else ""
+            return CellReport(cell.id, cell.index, "error", error=f"the kernel died: {reason}")
+        if result.status == "timeout":
+            error = f"timed out after {self.cell_timeout:g} s"
+            if result.kernel_lost:
+                error = f"stuck: {error} and did not stop when interrupted"
+            return CellReport(cell.id, cell.index, "error", error=error, duration_ms=duration)
+        outputs = result.outputs
         diff = compare(cell.outputs, outputs)
         raised = next((o for o in outputs if o.get("output_type") == "error"), None)
         recorded_error = any(o.get("output_type") == "error" for o in cell.outputs)
@@ -186,22 +164,3 @@ class Replayer:
             error = f"{raised.get('ename')}: {raised.get('evalue')}"
             return CellReport(cell.id, cell.index, "error", diff, error, duration)
         return CellReport(cell.id, cell.index, "differ" if diff else "match", diff, None, duration)
-
-
-async def _handshake(kc: Any, timeout: float) -> None:
-    """Until the kernel answers ``kernel_info`` and its iopub reaches us (so no output of the
-    first cell is lost): ``wait_for_ready`` does the same but then idles ≥ 0.2 s flushing iopub."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        msg_id = kc.kernel_info()
-        with contextlib.suppress(queue.Empty, TimeoutError):
-            while True:
-                reply = await kc.get_shell_msg(timeout=1)
-                if reply["parent_header"].get("msg_id") == msg_id:
-                    break
-            while True:  # busy/idle of that request: iopub is subscribed
-                msg = await kc.get_iopub_msg(timeout=0.05)
-                if msg["parent_header"].get("msg_id") == msg_id:
-                    return
-    raise TimeoutError(f"the kernel did not answer within {timeout:g} s")

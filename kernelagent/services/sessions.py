@@ -1,21 +1,17 @@
 """SessionService: a session owns a workspace and one kernel; create, list, rename, delete.
 
-A new session takes a warm kernel from the pool, whose workspace directory becomes the session's.
-A session whose kernel died (or was never started) gets a new one on its next execution.
+A new session takes a warm kernel from the pool, which gets the session's workspace. A session
+whose kernel died (or was never started) gets a new one on its next execution (the supervisor).
 """
 
 from __future__ import annotations
-
-import asyncio
-import contextlib
-import shutil
 
 from kernelagent.domain import Session, User, new_id, now
 from kernelagent.errors import Unprocessable
 from kernelagent.services.auth import AuthService
 from kernelagent.services.files import FileService
-from kernelagent.services.kernels import KernelBackend, KernelPool
-from kernelagent.services.ports import Database, EventLog, Storage
+from kernelagent.services.kernels import KernelPool
+from kernelagent.services.ports import Database, EventLog, KernelBackend, RuntimeState, Storage
 
 TITLE_MAX = 200
 
@@ -37,8 +33,10 @@ class SessionService:
         kernels: KernelBackend,
         files: FileService,
         storage: Storage,
+        state: RuntimeState,
         events: EventLog | None = None,
     ):
+        self.state = state
         self.events = events
         self.db = db
         self.pool = pool
@@ -49,7 +47,7 @@ class SessionService:
     async def create(self, user: User, title: str = "", parent_id: str | None = None) -> Session:
         title = clean_title(title) or "Untitled"  # before a kernel is taken: a bad title leaks none
         session_id = new_id()
-        kernel = await self.pool.acquire(self.files.workspace(session_id))
+        kernel = await self.pool.acquire(session_id)
         created = now()
         session = Session(
             id=session_id,
@@ -63,6 +61,7 @@ class SessionService:
         )
         try:
             await self.db.sessions.add(session)
+            await self.state.claim("kernel", session.id)
         except BaseException:
             await self.kernels.shutdown(kernel.id, now=True)
             raise
@@ -87,27 +86,9 @@ class SessionService:
         session = await self.get(user, session_id)
         await self.db.sessions.delete(session.id)
         if session.kernel_id:
-            with contextlib.suppress(KeyError):
-                await self.kernels.shutdown(session.kernel_id, now=True)
+            await self.kernels.shutdown(session.kernel_id, now=True)
+            await self.state.release("kernel", session.id)
         await self.files.forget(session.id)
-        await asyncio.to_thread(shutil.rmtree, self.files.workspace(session.id), True)
         await self.storage.delete_prefix(f"sessions/{session.id}/")
         if self.events is not None:
             await self.events.delete(session.id)
-
-    async def ensure_kernel(self, session: Session) -> str:
-        """The session's live kernel id, starting a new one (same workspace) if it is gone."""
-        if session.kernel_id and await self._alive(session.kernel_id):
-            return session.kernel_id
-        if session.kernel_id:
-            with contextlib.suppress(KeyError):
-                await self.kernels.shutdown(session.kernel_id, now=True)
-        kernel = await self.pool.acquire(self.files.workspace(session.id))
-        await self.db.sessions.update(session.id, kernel_id=kernel.id, status="idle")
-        return kernel.id
-
-    async def _alive(self, kernel_id: str) -> bool:
-        try:
-            return await self.kernels.is_alive(kernel_id)
-        except KeyError:
-            return False

@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import nbformat
 
 from kernelagent.domain import Cell, Session, User, new_id
 from kernelagent.errors import NotFound, Unprocessable
-from kernelagent.services.execution import ExecutionService, latest_snapshot
+from kernelagent.events import ReplayCompleted, ReplayProgress, ReplayStarted
 from kernelagent.services.files import FileService
 from kernelagent.services.notebooks import cells_from_notebook
-from kernelagent.services.ports import Database, EventLog
+from kernelagent.services.ports import Database, EventLog, SessionLocks
+from kernelagent.services.recording import LOCK_WAIT
 from kernelagent.services.replay import CellReport, Replayer
 from kernelagent.services.sessions import SessionService
+from kernelagent.services.supervisor import KernelSupervisor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +37,13 @@ class ReplayResult:
     cells: list[CellReport]
     duration_ms: int
 
+    def summary(self) -> dict[str, int]:
+        return {s: sum(r.status == s for r in self.cells) for s in ("match", "differ", "error")}
+
     def json(self) -> dict[str, Any]:
-        summary = {s: sum(r.status == s for r in self.cells) for s in ("match", "differ", "error")}
         return {
             "cells": [r.json() for r in self.cells],
-            "summary": summary,
+            "summary": self.summary(),
             "duration_ms": self.duration_ms,
         }
 
@@ -50,15 +52,17 @@ class WorldlineService:
     def __init__(
         self,
         db: Database,
+        locks: SessionLocks,
         sessions: SessionService,
-        execution: ExecutionService,
+        supervisor: KernelSupervisor,
         files: FileService,
         events: EventLog,
         replayer: Replayer,
     ):
         self.db = db
+        self.locks = locks
         self.sessions = sessions
-        self.execution = execution
+        self.supervisor = supervisor
         self.files = files
         self.events = events
         self.replayer = replayer
@@ -68,31 +72,30 @@ class WorldlineService:
         """Re-run the session's record in a fresh kernel (the session's own is not touched)."""
         session = await self.sessions.get(user, session_id)
         cells = await self.db.cells.list(session.id)
-        scratch = self.files.workspaces_dir / ".replay" / new_id()
-        scratch.parent.mkdir(parents=True, exist_ok=True)
-        kernel = await self.sessions.pool.acquire(scratch, refill=False)
+        kernel = await self.sessions.pool.acquire(f".replay-{new_id()}", refill=False)
         total = sum(c.cell_type == "code" for c in cells)
-        await self.events.publish(session.id, "replay.started", {"total": total})
+        await self.events.publish(session.id, ReplayStarted(total=total))
 
         async def progress(report: CellReport, done: int, of: int) -> None:
             await self.events.publish(
-                session.id, "replay.progress", {**report.json(), "done": done, "total": of}
+                session.id, ReplayProgress(**report.json(), done=done, total=of)
             )
 
         started = time.perf_counter()
         try:
             reports = await self.replayer.run(kernel.id, kernel.workspace, cells, progress)
         finally:  # after the answer: nobody waits for the scratch kernel to go
-            task = asyncio.create_task(self._discard(kernel.id, scratch))
+            task = asyncio.create_task(self._discard(kernel.id, kernel.workspace))
             self._discarding.add(task)
             task.add_done_callback(self._discarding.discard)
         result = ReplayResult(reports, round((time.perf_counter() - started) * 1000))
-        await self.events.publish(session.id, "replay.completed", result.json()["summary"])
+        await self.events.publish(session.id, ReplayCompleted(**result.summary()))
         return result
 
-    async def _discard(self, kernel_id: str, scratch: Path) -> None:
-        await self.sessions.kernels.shutdown(kernel_id, now=True)
-        await asyncio.to_thread(shutil.rmtree, scratch, True)
+    async def _discard(self, kernel_id: str, workspace: str) -> None:
+        kernels = self.sessions.kernels
+        await kernels.shutdown(kernel_id, now=True)
+        await kernels.remove_workspace(workspace)
         self.sessions.pool.refill()  # held back while the replay ran
 
     async def stop(self) -> None:
@@ -147,12 +150,9 @@ class WorldlineService:
         meta = nb.metadata.get("kernelagent", {})
         title = title or str(meta.get("title") or "") or "Imported notebook"
         session = await self.sessions.create(user, title)
-        cells = []
         for path, data in sorted((files or {}).items()):
-            entry = await self.files.upload(session, path, data)
-            cells.append(
-                await self.execution.record_upload(session, entry.path, entry.size, entry.sha256)
-            )
+            await self.files.upload(session, path, data)  # recorded as an upload cell
+        cells = await self.db.cells.list(session.id)
         first = len(cells)
         imported_cells = [
             Cell(
@@ -182,15 +182,11 @@ class WorldlineService:
         return await self.sessions.get(user, session.id)
 
     async def _rebuild(self, session: Session, cells: list[Cell]) -> None:
-        """Give the session's (fresh) kernel the state of the end of ``cells``."""
-        assert session.kernel_id
-        workspace = self.files.workspace(session.id)
-        await self.replayer.run(session.kernel_id, workspace, cells)
-        snapshot = latest_snapshot(cells)
-        if snapshot is not None:
-            await self.files.restore(session, snapshot)
-        else:
-            await self.files.mirror(session)
+        """Give the session's (fresh) kernel the state of the end of ``cells``, holding its
+        lock: a cell sent to it meanwhile runs after, on the rebuilt state."""
+        async with self.locks.hold(session.id, timeout=LOCK_WAIT):
+            kernel_id = await self.supervisor.ensure(session)
+            await self.supervisor.rebuild(session, kernel_id, cells)
 
 
 def _first_line(error: Exception) -> str:

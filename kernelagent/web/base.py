@@ -11,8 +11,10 @@ cookie-authenticated requests must carry tornado's XSRF token (``X-XSRFToken`` h
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pydantic
@@ -23,6 +25,7 @@ from kernelagent.errors import InvalidInput, KernelAgentError, TooLarge, Unproce
 from kernelagent.services.auth import AuthService
 
 Body = TypeVar("Body", bound=pydantic.BaseModel)
+Method = TypeVar("Method", bound=Callable[..., Any])
 COOKIE = "kernelagent-token"  # the signed cookie holding a signed-in browser's token
 COOKIE_DAYS = 30
 
@@ -31,6 +34,49 @@ class Request(pydantic.BaseModel):
     """Base of request bodies: strict types, no unknown fields."""
 
     model_config = pydantic.ConfigDict(strict=True, extra="forbid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A query or header parameter an operation reads (path parameters come from the route)."""
+
+    name: str
+    where: str  # "query" or "header"
+    description: str
+    schema: dict[str, Any] = dataclasses.field(default_factory=lambda: {"type": "string"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    """What the OpenAPI document says of one handler method (``web/openapi.py`` reads it).
+
+    ``answer``: the body model (``bytes`` for raw bytes, ``None`` for no body); ``body``: the
+    JSON request model, or ``bodies`` for other media types; ``errors``: statuses it may answer
+    besides 401 (added when it needs auth) and 400/413/422 (added when it parses a body)."""
+
+    id: str
+    summary: str
+    tag: str
+    status: int = 200
+    answer: Any = None
+    answer_type: str = "application/json"
+    body: type[pydantic.BaseModel] | None = None
+    bodies: dict[str, type[pydantic.BaseModel]] = dataclasses.field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    description: str = ""
+    params: tuple[Param, ...] = ()
+    path_params: dict[str, str] = dataclasses.field(default_factory=dict)
+    security: tuple[str, ...] = ()  # schemes besides the defaults (token, cookie)
+
+
+def operation(id: str, summary: str, tag: str, **details: Any) -> Callable[[Method], Method]:
+    """Describe a handler method for the OpenAPI document (see ``Operation``)."""
+
+    def describe(method: Method) -> Method:
+        method.operation = Operation(id, summary, tag, **details)  # type: ignore[attr-defined]
+        return method
+
+    return describe
 
 
 class ApiHandler(web.RequestHandler):
@@ -95,6 +141,11 @@ class ApiHandler(web.RequestHandler):
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(payload, default=_json_default))
+
+    def write_model(self, body: pydantic.BaseModel, status: int = 200) -> None:
+        """An answer body (``web/serialize.py``), as the OpenAPI document describes it."""
+        self.set_status(status)
+        self.finish(body.model_dump_json())
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -7,13 +7,12 @@ seconds keeps proxies from closing an idle stream and lets the server notice a c
 
 from __future__ import annotations
 
-import json
-
 from tornado.iostream import StreamClosedError
 
+from kernelagent.events import SessionEvent
 from kernelagent.services.ports import EventLog
 from kernelagent.services.sessions import SessionService
-from kernelagent.web.base import ApiHandler
+from kernelagent.web.base import ApiHandler, Param, operation
 
 KEEPALIVE = 15.0
 
@@ -31,6 +30,26 @@ class EventsHandler(ApiHandler):
     def on_connection_close(self) -> None:
         self.gone = True
 
+    @operation(
+        "events",
+        "The session's events, live (server-sent events)",
+        "events",
+        answer=SessionEvent,
+        answer_type="text/event-stream",
+        errors=(400, 404),
+        description="Each event is `id:` (increasing per session), `event:` (its type) and "
+        "`data:` (one line of JSON), as `x-events` gives per type; `: keepalive` comments come "
+        "every 15 s. A client reconnecting with `Last-Event-ID` gets every event after it, none "
+        "twice.",
+        params=(
+            Param(
+                "Last-Event-ID",
+                "header",
+                "Resume after this event id (EventSource sends it on reconnect)",
+            ),
+            Param("after", "query", "As `Last-Event-ID`, for clients that cannot set it"),
+        ),
+    )
     async def get(self, session_id: str) -> None:
         session = await self.sessions.get(self.user, session_id)
         after = self.request.headers.get("Last-Event-ID") or self.get_query_argument("after", None)
@@ -43,10 +62,10 @@ class EventsHandler(ApiHandler):
                 events = await self.events.read(session.id, after, wait=KEEPALIVE)
                 if not events:
                     self.write(": keepalive\n\n")
-                for event in events:
-                    data = json.dumps(event.data, ensure_ascii=False, default=str)
-                    self.write(f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n")
-                    after = event.id
+                for logged in events:
+                    data = logged.event.model_dump_json(exclude={"type"})
+                    self.write(f"id: {logged.id}\nevent: {logged.type}\ndata: {data}\n\n")
+                    after = logged.id
                 await self.flush()
         except StreamClosedError:
             return

@@ -5,25 +5,44 @@ from __future__ import annotations
 import mimetypes
 from urllib.parse import quote
 
+import pydantic
+
 from kernelagent.errors import InvalidInput, NotFound
-from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.ports import Database
 from kernelagent.services.sessions import SessionService
-from kernelagent.web.base import ApiHandler
-from kernelagent.web.serialize import file_json
+from kernelagent.web.base import ApiHandler, Param, operation
+from kernelagent.web.serialize import FileBody, FileList, file_body
+
+
+class Upload(pydantic.BaseModel):
+    file: bytes
+    path: str | None = pydantic.Field(
+        default=None, description="where in the workspace; default: the file's name"
+    )
 
 
 class FilesHandler(ApiHandler):
     sessions: SessionService
     files: FileService
-    execution: ExecutionService
 
+    @operation("listFiles", "The workspace's files", "files", answer=FileList, errors=(404,))
     async def get(self, session_id: str) -> None:
         session = await self.sessions.get(self.user, session_id)
         entries = await self.files.list(session)
-        self.write_json({"files": [file_json(e) for e in entries]})
+        self.write_model(FileList(files=[file_body(e) for e in entries]))
 
+    @operation(
+        "uploadFile",
+        "Upload a file into the workspace (recorded in the notebook)",
+        "files",
+        status=201,
+        answer=FileBody,
+        bodies={"multipart/form-data": Upload},
+        errors=(400, 404, 413, 429),
+        description="`path` may also be given as a query parameter.",
+        params=(Param("path", "query", "Where in the workspace"),),
+    )
     async def post(self, session_id: str) -> None:
         session = await self.sessions.get(self.user, session_id)
         uploads = self.request.files.get("file")
@@ -37,14 +56,24 @@ class FilesHandler(ApiHandler):
         except UnicodeDecodeError:
             raise InvalidInput("path must be UTF-8") from None
         entry = await self.files.upload(session, path, upload["body"])
-        await self.execution.record_upload(session, entry.path, entry.size, entry.sha256)
-        self.write_json(file_json(entry), status=201)
+        self.write_model(file_body(entry), status=201)
 
 
 class FileHandler(ApiHandler):
     sessions: SessionService
     files: FileService
 
+    @operation(
+        "downloadFile",
+        "A workspace file's bytes (as an attachment)",
+        "files",
+        answer=bytes,
+        answer_type="*/*",
+        errors=(400, 404),
+        path_params={
+            "path": "Relative to the workspace; may span segments (`/` sent as is or as `%2F`)"
+        },
+    )
     async def get(self, session_id: str, path: str) -> None:
         session = await self.sessions.get(self.user, session_id)
         data, rel = await self.files.read(session, path)
@@ -64,6 +93,21 @@ class ArtifactHandler(ApiHandler):
         self.auth_required = self.get_query_argument("signature", None) is None
         await super().prepare()
 
+    @operation(
+        "getArtifact",
+        "An artifact's bytes, with its type",
+        "files",
+        answer=bytes,
+        answer_type="*/*",
+        errors=(403, 404),
+        description="For its owner, or for anyone with a valid signed URL "
+        "(`?expires=&signature=`, as an artifact's `url` gives). HTML and SVG are sent with "
+        "`Content-Security-Policy: sandbox`.",
+        params=(
+            Param("expires", "query", "Unix time the signed URL expires", {"type": "integer"}),
+        ),
+        security=("signedUrl",),
+    )
     async def get(self, artifact_id: str) -> None:
         signature = self.get_query_argument("signature", None)
         if signature is not None:

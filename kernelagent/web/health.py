@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from kernelagent import __version__
 from kernelagent.services.kernels import KernelPool
-from kernelagent.web.base import ApiHandler
+from kernelagent.web.base import ApiHandler, operation
+from kernelagent.web.serialize import Health
 
 
 class HealthHandler(ApiHandler):
@@ -16,16 +17,9 @@ class HealthHandler(ApiHandler):
         self.pool = pool
         self.sandbox = sandbox
 
+    @operation("health", "Liveness, version, sandbox and warm pool", "meta", answer=Health)
     def get(self) -> None:
-        self.write_json(
-            {
-                "status": "ok",
-                "version": __version__,
-                "sandbox": self.sandbox,
-                "pool": {
-                    "size": self.pool.size,
-                    "ready": self.pool.ready_count,
-                    "error": self.pool.last_error,
-                },
-            }
+        pool = Health.Pool(
+            size=self.pool.size, ready=self.pool.ready_count, error=self.pool.last_error
         )
+        self.write_model(Health(version=__version__, sandbox=self.sandbox, pool=pool))

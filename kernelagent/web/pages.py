@@ -42,7 +42,22 @@ from tornado import web
 import kernelagent
 from kernelagent.domain import Cell, Session, User
 from kernelagent.errors import KernelAgentError, NotFound
+from kernelagent.events import (
+    ApprovalRequired,
+    AskUser,
+    CellAdded,
+    CellOutput,
+    CellStarted,
+    Logged,
+    MessageCompleted,
+    MessageDelta,
+    TurnCompleted,
+    TurnFailed,
+    TurnStarted,
+    UsageReported,
+)
 from kernelagent.services.outputs import extract_artifacts
+from kernelagent.services.ports import EventLog
 from kernelagent.web.base import COOKIE, COOKIE_DAYS
 from kernelagent.web.render import CellView, Renderer, script_json
 
@@ -196,12 +211,13 @@ class SessionsPage(PageHandler):
         s = self.services
         sessions = await s.sessions.list(self.user)
         usage = {x.id: await s.agent.usage(x.id) for x in sessions}
+        running = await s.execution.busy([x.id for x in sessions])
         rows = [
             {
                 "session": x,
                 "depth": depth,
                 "parent": parent,
-                "busy": x.id in s.execution.running or x.id in s.agent.active,
+                "busy": x.id in running or x.id in s.agent.active,
                 "usage": usage[x.id],
             }
             for x, depth, parent in session_tree(sessions)
@@ -298,7 +314,7 @@ class VendorFile(web.StaticFileHandler):
 
 
 async def cell_view(
-    services: Any, renderer: Renderer, cell: Cell, events: Sequence[Any] | None = None
+    services: Any, renderer: Renderer, cell: Cell, events: Sequence[Logged] | None = None
 ) -> CellView:
     """A recorded cell, or a running one with its outputs so far (from the event log)."""
     if cell.cell_type != "code":
@@ -311,60 +327,59 @@ async def cell_view(
     return renderer.cell(cell, artifacts=artifacts, sign=services.files.signed_url)
 
 
-async def read_all(log: Any, session_id: str) -> list[Any]:
+async def read_all(log: EventLog, session_id: str) -> list[Logged]:
     """Every retained event of the session (a Redis log answers in pages of 1000)."""
-    events: list[Any] = []
+    events: list[Logged] = []
     while batch := await log.read(session_id, events[-1].id if events else None):
         events += batch
     return events
 
 
-def live_state(events: Iterable[Any]) -> dict[str, Any]:
+def live_state(events: Iterable[Logged]) -> dict[str, Any]:
     """What the event log says that the record does not (yet): the running turn, the text of
     the model's message being streamed, and the question or proposed cell it waits on."""
     turn: dict[str, Any] | None = None
-    for event in events:
-        kind, data = event.type, event.data
-        if kind == "turn.started":
-            turn = {"id": data.get("turn_id"), "text": "", "waiting": None, "usage": None}
-        elif turn is None or data.get("turn_id", turn["id"]) != turn["id"]:
+    for logged in events:
+        event = logged.event
+        if isinstance(event, TurnStarted):
+            turn = {"id": event.turn_id, "text": "", "waiting": None, "usage": None}
+        elif turn is None or getattr(event, "turn_id", turn["id"]) != turn["id"]:
             continue
-        elif kind in ("turn.completed", "turn.failed"):
+        elif isinstance(event, TurnCompleted | TurnFailed):
             turn = None
-        elif kind == "message.delta":
-            turn["text"] += str(data.get("text", ""))
-        elif kind == "message.completed":
+        elif isinstance(event, MessageDelta):
+            turn["text"] += event.text
+        elif isinstance(event, MessageCompleted):
             turn["text"] = ""
-        elif kind in ("cell.added", "cell.started"):
+        elif isinstance(event, CellAdded | CellStarted):
             # the turn moved on (its text was recorded, its question answered, its cell ran);
             # a person's cell meanwhile changes nothing
-            if (data.get("metadata") or {}).get("turn_id") == turn["id"]:
+            if event.metadata.get("turn_id") == turn["id"]:
                 turn["text"], turn["waiting"] = "", None
-        elif kind == "ask_user":
-            turn["waiting"] = {"kind": "answer", "question": data.get("question", "")}
-        elif kind == "approval.required":
-            turn["waiting"] = {"kind": "approval", "code": data.get("code", "")}
-        elif kind == "usage":
-            turn["usage"] = data
+        elif isinstance(event, AskUser):
+            turn["waiting"] = {"kind": "answer", "question": event.question}
+        elif isinstance(event, ApprovalRequired):
+            turn["waiting"] = {"kind": "approval", "code": event.code}
+        elif isinstance(event, UsageReported):
+            turn["usage"] = event.data()
     return {"turn": turn}
 
 
-def outputs_from_events(cell_id: str, events: Iterable[Any]) -> list[dict[str, Any]]:
+def outputs_from_events(cell_id: str, events: Iterable[Logged]) -> list[dict[str, Any]]:
     """A running cell's outputs so far, replayed from its ``cell.output`` events."""
     outputs: list[dict[str, Any]] = []
-    for event in events:
-        data = event.data
-        if event.type != "cell.output" or data.get("cell_id") != cell_id:
+    for logged in events:
+        event = logged.event
+        if not isinstance(event, CellOutput) or event.cell_id != cell_id:
             continue
-        if data.get("cleared"):
+        if event.cleared:
             outputs = []
-        output, index = data.get("output"), data.get("index")
-        if not isinstance(output, dict) or not isinstance(index, int) or index < 0:
+        if event.output is None or event.index is None or event.index < 0:
             continue
-        if index < len(outputs):
-            outputs[index] = output
-        elif index == len(outputs):
-            outputs.append(output)
+        if event.index < len(outputs):
+            outputs[event.index] = event.output
+        elif event.index == len(outputs):
+            outputs.append(event.output)
     return outputs
 
 

@@ -41,10 +41,10 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
     with_sessions = {**common, "sessions": s.sessions, "execution": s.execution, "agent": s.agent}
     agent = {**common, "agent": s.agent}
     gateway = {**common, "gateway": s.gateway}
-    specs = {**gateway, "specs": s.kernels.specs}
-    return [
+    api: list[tuple[str, type]] = []
+    table = [
         (r"/api/v1/health", HealthHandler, {"pool": s.pool, "sandbox": sandbox}),
-        (r"/api/v1/openapi\.json", OpenApiHandler, {}),
+        (r"/api/v1/openapi\.json", OpenApiHandler, {"routes": api}),
         (r"/api/v1/sessions", SessionsHandler, with_sessions),
         (SESSION, SessionHandler, with_sessions),
         (
@@ -77,7 +77,7 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
         (
             SESSION + r"/files",
             FilesHandler,
-            {**common, "sessions": s.sessions, "files": s.files, "execution": s.execution},
+            {**common, "sessions": s.sessions, "files": s.files},
         ),
         (
             SESSION + r"/files/(.+)",
@@ -96,9 +96,10 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
         (KERNEL, KernelHandler, gateway),
         (KERNEL + r"/(interrupt|restart)", KernelActionHandler, gateway),
         (KERNEL + r"/channels", ChannelsHandler, {"auth": s.auth, "gateway": s.gateway}),
-        (r"/api/kernelspecs", KernelSpecsHandler, specs),
-        (r"/api/kernelspecs/([^/]+)", KernelSpecHandler, specs),
-        (r"/kernelspecs/([^/]+)/([^/]+)", KernelSpecResourceHandler, specs),
+        (r"/api/kernelspecs", KernelSpecsHandler, gateway),
+        (r"/api/kernelspecs/([^/]+)", KernelSpecHandler, gateway),
+        (r"/kernelspecs/([^/]+)/([^/]+)", KernelSpecResourceHandler, gateway),
         (r"/api/.*", NotFoundHandler, {}),
-        *page_routes(s),
     ]
+    api += [(pattern, handler) for pattern, handler, _ in table]  # what the document describes
+    return [*table, *page_routes(s)]

@@ -9,9 +9,15 @@ from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.notebook_store import NotebookStore
 from kernelagent.services.notebooks import build_notebook
-from kernelagent.services.sessions import SessionService
-from kernelagent.web.base import ApiHandler, Request
-from kernelagent.web.serialize import artifact_json, session_json
+from kernelagent.services.sessions import TITLE_MAX, SessionService
+from kernelagent.web.base import ApiHandler, Request, operation
+from kernelagent.web.serialize import (
+    CellRun,
+    SessionBody,
+    SessionList,
+    artifact_body,
+    session_body,
+)
 
 
 class CreateSession(Request):
@@ -39,15 +45,28 @@ class SessionsHandler(ApiHandler):
     sessions: SessionService
     execution: ExecutionService
 
+    @operation(
+        "listSessions", "The caller's sessions, newest first", "sessions", answer=SessionList
+    )
     async def get(self) -> None:
         sessions = await self.sessions.list(self.user)
-        running = self.execution.running
-        self.write_json({"sessions": [session_json(s, s.id in running) for s in sessions]})
+        running = await self.execution.busy([s.id for s in sessions])
+        self.write_model(SessionList(sessions=[session_body(s, s.id in running) for s in sessions]))
 
+    @operation(
+        "createSession",
+        "Create a session with a kernel from the warm pool",
+        "sessions",
+        status=201,
+        answer=SessionBody,
+        body=CreateSession,
+        errors=(503,),
+        description=f"A title longer than {TITLE_MAX} characters is a 422.",
+    )
     async def post(self) -> None:
         body = self.json_body(CreateSession)
         session = await self.sessions.create(self.user, body.title)
-        self.write_json(session_json(session), status=201)
+        self.write_model(session_body(session), status=201)
 
 
 class SessionHandler(ApiHandler):
@@ -55,11 +74,28 @@ class SessionHandler(ApiHandler):
     execution: ExecutionService
     agent: AgentService
 
+    @operation(
+        "getSession",
+        "One session, with the usage of all its turns",
+        "sessions",
+        answer=SessionBody,
+        errors=(404,),
+    )
     async def get(self, session_id: str) -> None:
         session = await self.sessions.get(self.user, session_id)
         usage = await self.agent.usage(session.id)
-        self.write_json(session_json(session, session.id in self.execution.running, usage))
+        busy = bool(await self.execution.busy([session.id]))
+        self.write_model(session_body(session, busy, usage))
 
+    @operation(
+        "updateSession",
+        "Rename, or switch approval mode",
+        "sessions",
+        answer=SessionBody,
+        body=UpdateSession,
+        errors=(404,),
+        description="Absent or null fields are left as they are.",
+    )
     async def patch(self, session_id: str) -> None:
         body = self.json_body(UpdateSession)
         session = await self.sessions.get(self.user, session_id)
@@ -69,8 +105,15 @@ class SessionHandler(ApiHandler):
             session = await self.sessions.set_approval_mode(
                 self.user, session_id, body.approval_mode
             )
-        self.write_json(session_json(session, session.id in self.execution.running))
+        self.write_model(session_body(session, bool(await self.execution.busy([session.id]))))
 
+    @operation(
+        "deleteSession",
+        "Delete a session and stop its kernel",
+        "sessions",
+        status=204,
+        errors=(404,),
+    )
     async def delete(self, session_id: str) -> None:
         await self.sessions.delete(self.user, session_id)
         self.set_status(204)
@@ -85,6 +128,16 @@ class CellsHandler(ApiHandler):
     files: FileService
     notebooks: NotebookStore
 
+    @operation(
+        "runCell",
+        "Run a code cell directly (a person's cell, no LLM)",
+        "cells",
+        answer=CellRun,
+        body=RunCell,
+        errors=(404, 429, 503),
+        description="Waits for the session's lock in arrival order; a cell that times out is "
+        "interrupted and keeps its partial output.",
+    )
     async def post(self, session_id: str) -> None:
         body = self.json_body(RunCell)
         result = await self.execution.execute(
@@ -93,14 +146,8 @@ class CellsHandler(ApiHandler):
         session = result.session
         self.notebooks.schedule_save(session)
         cell = build_notebook([result.cell], title=session.title, session_id=session.id).cells[0]
-        self.write_json(
-            {
-                "cell": cell,
-                "artifacts": [
-                    artifact_json(a, self.files.signed_url(a.id)) for a in result.artifacts
-                ],
-            }
-        )
+        artifacts = [artifact_body(a, self.files.signed_url(a.id)) for a in result.artifacts]
+        self.write_model(CellRun.model_validate({"cell": cell, "artifacts": artifacts}))
 
 
 class InterruptHandler(ApiHandler):
@@ -108,6 +155,13 @@ class InterruptHandler(ApiHandler):
 
     agent: AgentService
 
+    @operation(
+        "interrupt",
+        "Stop the running cell and the agent's turn",
+        "cells",
+        status=204,
+        errors=(404,),
+    )
     async def post(self, session_id: str) -> None:
         await self.agent.interrupt(self.user, session_id)
         self.set_status(204)

@@ -7,8 +7,8 @@ from typing import Literal
 import pydantic
 
 from kernelagent.services.agent import AgentService
-from kernelagent.web.base import ApiHandler, Request
-from kernelagent.web.serialize import turn_json
+from kernelagent.web.base import ApiHandler, Request, operation
+from kernelagent.web.serialize import TurnAccepted, TurnBody, TurnRef, turn_body
 
 
 class NewMessage(Request):
@@ -30,32 +30,65 @@ class MessagesHandler(ApiHandler):
 
     agent: AgentService
 
+    @operation(
+        "sendMessage",
+        "Start an agent turn",
+        "turns",
+        status=202,
+        answer=TurnAccepted,
+        body=NewMessage,
+        errors=(404, 409, 503),
+        description="Its progress is on the event stream. 409 while another turn runs; 503 "
+        "without an LLM configured.",
+    )
     async def post(self, session_id: str) -> None:
         body = self.json_body(NewMessage)
         turn = await self.agent.start(self.user, session_id, body.content, body.model)
-        self.write_json({"turn_id": turn.id, "turn": turn_json(turn)}, status=202)
+        self.write_model(TurnAccepted(turn_id=turn.id, turn=turn_body(turn)), status=202)
 
 
 class TurnHandler(ApiHandler):
     agent: AgentService
 
+    @operation(
+        "getTurn", "One turn: status, model, usage, error", "turns", answer=TurnBody, errors=(404,)
+    )
     async def get(self, session_id: str, turn_id: str) -> None:
-        self.write_json(turn_json(await self.agent.turn(self.user, session_id, turn_id)))
+        self.write_model(turn_body(await self.agent.turn(self.user, session_id, turn_id)))
 
 
 class AnswerHandler(ApiHandler):
     agent: AgentService
 
+    @operation(
+        "answerTurn",
+        "Answer the agent's `ask_user`",
+        "turns",
+        status=202,
+        answer=TurnRef,
+        body=Answer,
+        errors=(404, 409),
+    )
     async def post(self, session_id: str, turn_id: str) -> None:
         body = self.json_body(Answer)
         await self.agent.answer(self.user, session_id, turn_id, body.text)
-        self.write_json({"turn_id": turn_id}, status=202)
+        self.write_model(TurnRef(turn_id=turn_id), status=202)
 
 
 class ApprovalHandler(ApiHandler):
     agent: AgentService
 
+    @operation(
+        "approveCell",
+        "Approve, edit or reject the agent's proposed cell (approval mode)",
+        "turns",
+        status=202,
+        answer=TurnRef,
+        body=Approval,
+        errors=(404, 409),
+        description="`edit` needs the edited code in `code` (else 400).",
+    )
     async def post(self, session_id: str, turn_id: str) -> None:
         body = self.json_body(Approval)
         await self.agent.decide(self.user, session_id, turn_id, body.decision, body.code)
-        self.write_json({"turn_id": turn_id}, status=202)
+        self.write_model(TurnRef(turn_id=turn_id), status=202)

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from kernelagent.adapters.events import Event, LocalEvents, RedisEvents, make_events
+from kernelagent.adapters.events import LocalEvents, RedisEvents, make_events
 from kernelagent.errors import InvalidInput
+from kernelagent.events import CellAdded, Logged, MessageDelta, ReplayStarted, TurnStarted
 from kernelagent.services.ports import EventLog
 
 pytest_plugins = ["backends"]
@@ -77,8 +78,13 @@ def order(event_id: str) -> tuple[int, ...]:
     return tuple(int(part) for part in event_id.split("-"))
 
 
-async def publish_many(events: Events, sid: str, n: int, type: str = "tick") -> list[Event]:
-    return [await events.publish(sid, type, {"n": i}) for i in range(n)]
+def tick(n: int) -> ReplayStarted:
+    """Any event will do where only order matters; its ``total`` numbers it."""
+    return ReplayStarted(total=n)
+
+
+async def publish_many(events: Events, sid: str, n: int) -> list[Logged]:
+    return [await events.publish(sid, tick(i)) for i in range(n)]
 
 
 async def timed(awaitable) -> tuple[Any, float]:
@@ -93,10 +99,10 @@ async def timed(awaitable) -> tuple[Any, float]:
 
 async def test_ids_strictly_increase_per_session(events):
     a, b = session(), session()
-    published: dict[str, list[Event]] = {a: [], b: []}
+    published: dict[str, list[Logged]] = {a: [], b: []}
     for i in range(30):
         sid = a if i % 3 else b  # interleaved sessions
-        published[sid].append(await events.publish(sid, "tick", {"i": i}))
+        published[sid].append(await events.publish(sid, tick(i)))
     for sid, sent in published.items():
         keys = [order(e.id) for e in sent]
         assert all(x < y for x, y in itertools.pairwise(keys)), keys
@@ -116,7 +122,7 @@ async def test_read_after_an_id_gives_exactly_the_later_events(events):
 async def test_a_reconnecting_client_gets_every_event_once(events):
     """Following the stream as the SSE handler does (``after`` = the last id it saw)."""
     sid = session()
-    seen: list[Event] = []
+    seen: list[Logged] = []
     after: str | None = None
     for batch in (3, 1, 0, 5, 2):
         await publish_many(events, sid, batch)
@@ -124,7 +130,7 @@ async def test_a_reconnecting_client_gets_every_event_once(events):
         assert len(got) == batch
         seen += got
         after = got[-1].id if got else after
-    assert [e.data["n"] for e in seen] == [*range(3), 0, *range(5), *range(2)]
+    assert [e.data["total"] for e in seen] == [*range(3), 0, *range(5), *range(2)]
     assert len({e.id for e in seen}) == len(seen)  # none twice
     assert seen == await events.read(sid, None)
 
@@ -139,7 +145,7 @@ async def test_wait_blocks_until_another_task_publishes(backend, events, history
     reader = asyncio.create_task(timed(events.read(sid, after, wait=30)))
     await asyncio.sleep(0.3)
     assert not reader.done(), "read returned before anything new was published"
-    event = await writer.publish(sid, "message.delta", {"text": "hi"})
+    event = await writer.publish(sid, MessageDelta(turn_id="t", text="hi"))
     async with asyncio.timeout(PROMPTLY):
         got, elapsed = await reader
     assert got == [event]
@@ -173,7 +179,7 @@ async def test_two_concurrent_readers_both_get_the_event(backend, events):
     second = asyncio.create_task(other.read(sid, None, wait=30))
     await asyncio.sleep(0.3)
     assert not first.done() and not second.done()
-    event = await events.publish(sid, "turn.started", {"turn_id": "t1"})
+    event = await events.publish(sid, TurnStarted(turn_id="t1", model="m"))
     async with asyncio.timeout(PROMPTLY):
         assert await first == [event]
         assert await second == [event]
@@ -184,8 +190,8 @@ async def test_two_concurrent_readers_both_get_the_event(backend, events):
 
 async def test_sessions_are_independent(events):
     a, b = session(), session()
-    sent_a = await publish_many(events, a, 3, "a")
-    sent_b = await publish_many(events, b, 2, "b")
+    sent_a = await publish_many(events, a, 3)
+    sent_b = await publish_many(events, b, 2)
     assert await events.read(a, None) == sent_a
     assert await events.read(b, None) == sent_b
     assert await events.read(session(), None) == []
@@ -193,7 +199,7 @@ async def test_sessions_are_independent(events):
     # a reader of ``a`` is not answered by a publish to ``b``
     reader = asyncio.create_task(events.read(a, sent_a[-1].id, wait=0.5))
     await asyncio.sleep(0.1)
-    await events.publish(b, "b", {"n": 99})
+    await events.publish(b, tick(99))
     async with asyncio.timeout(0.5 + PROMPTLY):
         assert await reader == []
 
@@ -246,12 +252,14 @@ PAYLOADS = {
 @pytest.mark.parametrize("payload", PAYLOADS.values(), ids=PAYLOADS.keys())
 async def test_data_round_trips(backend, events, payload):
     sid = session()
-    event = await events.publish(sid, "message.completed", payload)
-    assert event.type == "message.completed"
-    assert event.data == payload
+    text = str(payload.get("text", ""))
+    sent = CellAdded(cell_id="c1", index=0, role="user", source=text, metadata=payload)
+    event = await events.publish(sid, sent)
+    assert event.type == "cell.added"
+    assert event.data["metadata"] == payload and event.data["source"] == text
     [got] = await backend.peer(events).read(sid, None)
     assert got == event
-    assert got.data == payload
+    assert got.event == sent
 
 
 # -- errors, delete, close ----------------------------------------------------------------------
@@ -291,15 +299,15 @@ async def test_delete_removes_a_sessions_log(events):
     assert await events.read(b, None) == sent_b  # the other session keeps its log
     await events.delete(a)  # again: nothing to do
     await events.delete(session())  # never had a log
-    event = await events.publish(a, "tick", {"n": 0})  # a new log starts
+    event = await events.publish(a, tick(0))  # a new log starts
     assert await events.read(a, None) == [event]
 
 
 async def test_local_close_wakes_a_blocked_reader_at_once():
     events = LocalEvents()
     sid = session()
-    tick = await events.publish(sid, "tick", {})
-    readers = [asyncio.create_task(timed(events.read(sid, tick.id, wait=30))) for _ in range(3)]
+    first = await events.publish(sid, tick(0))
+    readers = [asyncio.create_task(timed(events.read(sid, first.id, wait=30))) for _ in range(3)]
     await asyncio.sleep(0.2)
     assert not any(r.done() for r in readers)
     await events.close()
@@ -325,17 +333,17 @@ async def test_make_events_picks_the_kind(redis_url, redis_prefix):
 
 async def test_an_id_from_before_a_restart_gets_the_whole_new_log():
     before = LocalEvents()
-    old = [await before.publish("s", "x", {"n": n}) for n in range(500)]
+    old = [await before.publish("s", tick(n)) for n in range(500)]
     await asyncio.sleep(0.002)
     after = LocalEvents()  # a new process: its counter starts again
-    await after.publish("s", "x", {"n": "new"})
+    await after.publish("s", tick(-1))
     events = await after.read("s", old[-1].id)
-    assert [e.data for e in events] == [{"n": "new"}]
+    assert [e.data for e in events] == [{"total": -1}]
 
 
 async def test_published_data_is_a_copy():
     log = LocalEvents()
     data = {"a": [1]}
-    await log.publish("s", "x", data)
+    await log.publish("s", CellAdded(cell_id="c", index=0, role="user", source="", metadata=data))
     data["a"].append(2)
-    assert (await log.read("s", None))[0].data == {"a": [1]}
+    assert (await log.read("s", None))[0].data["metadata"] == {"a": [1]}

@@ -19,7 +19,7 @@ MiB = 1024**2
 async def test_settings_limits_reach_the_kernel(settings, tmp_path):
     settings = dataclasses.replace(settings, memory_limit=300 * MiB, open_files_limit=200)
     kernels = LocalKernels(settings)
-    kernel_id = await kernels.start(tmp_path / "ws")
+    kernel_id = await kernels.start("ws")
     try:
         client = kernels.client(kernel_id)
         texts = []
@@ -60,7 +60,7 @@ async def test_kernel_dying_during_start_is_reported(settings, tmp_path, monkeyp
     kernels = LocalKernels(dataclasses.replace(settings, kernel_name="broken"))
     try:
         with pytest.raises(KernelDied, match="kernel died during start: exited with status 3"):
-            await kernels.start(tmp_path / "ws")
+            await kernels.start("ws")
         assert kernels.mkm.list_kernel_ids() == []
     finally:
         await kernels.close()
@@ -70,6 +70,6 @@ async def test_unknown_kernelspec_is_a_clear_error(settings, tmp_path):
     kernels = LocalKernels(dataclasses.replace(settings, kernel_name="no-such-kernel"))
     try:
         with pytest.raises(NotFound, match=r"named 'no-such-kernel'.*kernelagent-python3"):
-            await kernels.start(tmp_path / "ws")
+            await kernels.start("ws")
     finally:
         await kernels.close()

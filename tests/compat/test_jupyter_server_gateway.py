@@ -297,13 +297,27 @@ async def test_jupyter_server_runs_kernels_through_the_gateway(ka_server, jupyte
     assert by_source["'x' in dir()"].status == "ok"
     assert any(c.role == "system" and "restarted" in c.source for c in cells)
 
-    # shutdown through jupyter_server
+    # shutdown through jupyter_server: Kernel Gateway's semantics, and no kernel left running
+    process = (await ka_server.services.db.sessions.get(kid)).kernel_id
     deleted = await js.fetch(f"/api/kernels/{kid}", "DELETE")
     assert deleted.code == 204, (deleted.code, deleted.body, js.log_tail())
     assert kid not in [k["id"] for k in await js.json("/api/kernels")]
-    assert (await ka_server.json(f"/api/kernels/{kid}", headers=DIRECT))[
-        "execution_state"
-    ] == "dead"
+    assert (await ka_server.fetch(f"/api/kernels/{kid}", headers=DIRECT)).code == 404
+    assert not await ka_server.services.kernels.is_alive(process)
+
+    # a JupyterLab session (a notebook open on a kernel): deleting it leaves no kernel running
+    opened = await js.json(
+        "/api/sessions",
+        "POST",
+        {"path": "nb.ipynb", "type": "notebook", "kernel": {"name": "kernelagent-python3"}},
+        code=201,
+    )
+    lab_kernel = opened["kernel"]["id"]
+    lab_process = (await ka_server.services.db.sessions.get(lab_kernel)).kernel_id
+    assert await ka_server.services.kernels.is_alive(lab_process)
+    assert (await js.fetch(f"/api/sessions/{opened['id']}", "DELETE")).code == 204
+    assert not await ka_server.services.kernels.is_alive(lab_process)
+    assert (await ka_server.fetch(f"/api/kernels/{lab_kernel}", headers=DIRECT)).code == 404
 
     print("recorded cells:", *[(c.role, c.status, c.source) for c in cells], sep="\n  ")
     print("jupyter_server called kernelagent:", *calls, sep="\n  ")
@@ -315,4 +329,8 @@ async def test_jupyter_server_runs_kernels_through_the_gateway(ka_server, jupyte
         "200 POST /api/kernels/{id}/restart",
         "204 DELETE /api/kernels/{id}",
     }, calls
-    assert all(c.split()[0] in {"101", "200", "201", "204"} for c in calls), calls
+    # the only answer that is not a success: a GET of the deleted kernel
+    assert all(
+        c.split()[0] in {"101", "200", "201", "204"} or c == "404 GET /api/kernels/{id}"
+        for c in calls
+    ), calls

@@ -9,26 +9,22 @@ import pytest
 
 from kernelagent.adapters.kernels import LocalKernels
 from kernelagent.services.kernels import KernelPool, preimport_code
+from kernelagent.services.running import run_code
 
 pytestmark = pytest.mark.sandbox
 
 
 async def run(kernels: LocalKernels, kernel_id: str, code: str, reply: dict | None = None) -> str:
-    client = kernels.client(kernel_id)
-    texts: list[str] = []
-
-    def hook(msg):
-        if msg["msg_type"] == "stream":
-            texts.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            texts.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
-
-    try:
-        answer = await client.execute_interactive(code, timeout=30, output_hook=hook)
-        if reply is not None:
-            reply.update(answer["content"])
-    finally:
-        client.stop_channels()
+    """The cell's stream text and errors, through the kernel port."""
+    result = await run_code(kernels, kernel_id, code, timeout=30, stream_limit=100_000)
+    if reply is not None:
+        reply["execution_count"] = result.execution_count
+    texts = []
+    for output in result.outputs:
+        if output["output_type"] == "stream":
+            texts.append(output["text"])
+        elif output["output_type"] == "error":
+            texts.append(f"{output['ename']}: {output['evalue']}")
     return "".join(texts)
 
 
@@ -36,29 +32,27 @@ async def run(kernels: LocalKernels, kernel_id: str, code: str, reply: dict | No
 async def pool_and_kernels(settings):
     settings = dataclasses.replace(settings, pool_size=1)
     kernels = LocalKernels(settings)
-    pool = KernelPool(
-        kernels, settings.workspaces_dir / ".pool", size=1, preimport=["pandas", "plotly.io"]
-    )
+    pool = KernelPool(kernels, size=1, preimport=["pandas", "plotly.io"])
     await pool.start()
     try:
         await pool.wait_filled(timeout=90)
-        yield pool, kernels, settings
+        yield pool, kernels
     finally:
         await pool.stop()
         await kernels.close()
 
 
 async def test_pooled_kernel_gets_the_session_workspace(pool_and_kernels):
-    pool, kernels, settings = pool_and_kernels
-    pooled_id = pool._ready[0].id
-    workspace = settings.workspaces_dir / "session-1"
+    pool, kernels = pool_and_kernels
+    pooled = pool._ready[0]
+    workspace = kernels.workspace_path("session-1")
     workspace.mkdir(parents=True)
     (workspace / "data.csv").write_text("a,b\n1,2\n")
 
-    kernel = await pool.acquire(workspace)
+    kernel = await pool.acquire("session-1")
 
-    assert kernel.id == pooled_id, "the warm kernel was not the one handed out"
-    assert kernel.workspace == workspace
+    assert kernel.id == pooled.id, "the warm kernel was not the one handed out"
+    assert kernel.workspace == "session-1"
     out = await run(
         kernels,
         kernel.id,
@@ -67,12 +61,12 @@ async def test_pooled_kernel_gets_the_session_workspace(pool_and_kernels):
     )
     assert out.strip() == "/workspace ['data.csv'] ['a,b', '1,2']"
     assert (workspace / "made-inside.txt").read_text() == "hello"
-    assert not list((settings.workspaces_dir / ".pool").glob("*/made-inside.txt"))
+    assert not kernels.workspace_path(pooled.workspace).exists()
 
 
 async def test_pooled_kernel_has_preimported_modules_but_a_clean_namespace(pool_and_kernels):
-    pool, kernels, settings = pool_and_kernels
-    kernel = await pool.acquire(settings.workspaces_dir / "s")
+    pool, kernels = pool_and_kernels
+    kernel = await pool.acquire("s")
     reply: dict = {}
     out = await run(
         kernels,
@@ -87,9 +81,8 @@ async def test_pooled_kernel_has_preimported_modules_but_a_clean_namespace(pool_
 
 
 async def test_restart_after_hand_out_binds_the_session_workspace(pool_and_kernels):
-    pool, kernels, settings = pool_and_kernels
-    workspace = settings.workspaces_dir / "s2"
-    kernel = await pool.acquire(workspace)
+    pool, kernels = pool_and_kernels
+    kernel = await pool.acquire("s2")
     await run(kernels, kernel.id, "open('kept.txt', 'w').write('1'); x = 5")
     await kernels.restart(kernel.id)
     out = await run(kernels, kernel.id, "import os; print(os.listdir('.')); print(x)")
@@ -98,10 +91,10 @@ async def test_restart_after_hand_out_binds_the_session_workspace(pool_and_kerne
 
 
 async def test_pool_refills_and_falls_back_to_a_cold_start(pool_and_kernels):
-    pool, kernels, settings = pool_and_kernels
-    first = await pool.acquire(settings.workspaces_dir / "a")
+    pool, kernels = pool_and_kernels
+    first = await pool.acquire("a")
     # the pool is empty now: the next session still gets a kernel, started on demand
-    second = await pool.acquire(settings.workspaces_dir / "b")
+    second = await pool.acquire("b")
     assert first.id != second.id
     assert (await run(kernels, second.id, "print(6 * 7)")).strip() == "42"
     await pool.wait_filled(timeout=90)
@@ -109,14 +102,14 @@ async def test_pool_refills_and_falls_back_to_a_cold_start(pool_and_kernels):
 
 
 async def test_dead_pooled_kernel_is_not_handed_out(pool_and_kernels):
-    pool, kernels, settings = pool_and_kernels
+    pool, kernels = pool_and_kernels
     dead_id = pool._ready[0].id
     await kernels.manager(dead_id).provisioner.kill()
     for _ in range(100):
         if not await kernels.is_alive(dead_id):
             break
         await asyncio.sleep(0.05)
-    kernel = await pool.acquire(settings.workspaces_dir / "c")
+    kernel = await pool.acquire("c")
     assert kernel.id != dead_id
     assert (await run(kernels, kernel.id, "print('alive')")).strip() == "alive"
 
@@ -128,8 +121,8 @@ def test_preimport_code_binds_no_names():
 
 
 async def test_a_hand_out_can_hold_the_refill_back(pool_and_kernels):
-    pool, kernels, settings = pool_and_kernels
-    kernel = await pool.acquire(settings.workspaces_dir / "scratch", refill=False)
+    pool, kernels = pool_and_kernels
+    kernel = await pool.acquire(".scratch", refill=False)
     # a replacement (start + pre-imports) is ready in ~3 s here; none may come while held back
     with pytest.raises(TimeoutError):
         await pool.wait_filled(timeout=8)

@@ -8,6 +8,16 @@ import datetime as dt
 import json
 
 from kernelagent.domain import Cell
+from kernelagent.events import (
+    AskUser,
+    CellAdded,
+    CellOutput,
+    CellStarted,
+    Logged,
+    MessageDelta,
+    TurnCompleted,
+    TurnStarted,
+)
 from kernelagent.web.pages import live_state, outputs_from_events, session_tree
 from kernelagent.web.render import (
     FOLD_LINES,
@@ -24,13 +34,6 @@ PNG_1x1 = (
     "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
 renderer = Renderer(frame_head='<script src="/static/frame.js" defer></script>')
-
-
-@dataclasses.dataclass
-class Event:
-    id: str
-    type: str
-    data: dict
 
 
 def code_cell(outputs, **changes) -> Cell:
@@ -154,32 +157,33 @@ def test_messages_by_role():
 
 def test_the_event_log_gives_what_the_record_does_not_have_yet():
     events = [
-        Event("1", "turn.started", {"turn_id": "t"}),
-        Event("2", "message.delta", {"turn_id": "t", "text": "Hel"}),
-        Event("3", "message.delta", {"turn_id": "t", "text": "lo"}),
+        Logged("1", TurnStarted(turn_id="t", model="m")),
+        Logged("2", MessageDelta(turn_id="t", text="Hel")),
+        Logged("3", MessageDelta(turn_id="t", text="lo")),
     ]
     assert live_state(events)["turn"]["text"] == "Hello"
     events += [
-        Event(
-            "4", "cell.added", {"cell_id": "a", "role": "assistant", "metadata": {"turn_id": "t"}}
+        Logged(
+            "4",
+            CellAdded(cell_id="a", index=3, role="assistant", source="", metadata={"turn_id": "t"}),
         ),
-        Event("5", "ask_user", {"turn_id": "t", "question": "Which?"}),
-        Event("6", "cell.started", {"cell_id": "w", "role": "web", "metadata": {}}),
+        Logged("5", AskUser(turn_id="t", question="Which?", cell_id="a")),
+        Logged("6", CellStarted(cell_id="w", index=4, code="", role="web", metadata={})),
     ]
     turn = live_state(events)["turn"]
     assert turn["text"] == "" and turn["waiting"] == {"kind": "answer", "question": "Which?"}
-    events.append(Event("7", "turn.completed", {"turn_id": "t"}))
+    events.append(Logged("7", TurnCompleted(turn_id="t")))
     assert live_state(events)["turn"] is None
 
     stream = {"output_type": "stream", "name": "stdout"}
     outputs = [
-        Event("1", "cell.output", {"cell_id": "c", "index": 0, "output": {**stream, "text": "a"}}),
-        Event("2", "cell.output", {"cell_id": "c", "index": 0, "output": {**stream, "text": "ab"}}),
-        Event("3", "cell.output", {"cell_id": "x", "index": 0, "output": {**stream, "text": "?"}}),
-        Event("4", "cell.output", {"cell_id": "c", "index": 1, "output": display({"a": 1})}),
+        Logged("1", CellOutput(cell_id="c", index=0, output={**stream, "text": "a"})),
+        Logged("2", CellOutput(cell_id="c", index=0, output={**stream, "text": "ab"})),
+        Logged("3", CellOutput(cell_id="x", index=0, output={**stream, "text": "?"})),
+        Logged("4", CellOutput(cell_id="c", index=1, output=display({"a": 1}))),
     ]
     assert [o.get("text") for o in outputs_from_events("c", outputs)] == ["ab", None]
-    outputs.append(Event("5", "cell.output", {"cell_id": "c", "cleared": True}))
+    outputs.append(Logged("5", CellOutput(cell_id="c", cleared=True)))
     assert outputs_from_events("c", outputs) == []
 
 

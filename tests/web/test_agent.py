@@ -5,8 +5,10 @@ LLM server, code run in the real sandbox, progress on the SSE stream, all record
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
+import uuid
 
 import pytest
 from conftest import backend_settings, running
@@ -322,6 +324,92 @@ async def test_the_conversation_continues_from_the_record(request, tmp_path, unu
     assert messages[3]["tool_call_id"] == messages[2]["tool_calls"][0]["id"]
     assert "42" in messages[3]["content"]
     assert messages[4]["content"] == "It is 42." and messages[5]["content"] == "And again?"
+
+
+async def test_a_paused_turn_survives_a_restart(request, tmp_path, unused_port, llm):
+    """A turn waiting for an answer, then for an approval, each given to a server process
+    started after the one that asked had stopped: it goes on from the record."""
+    request.param = "embedded"
+    settings = agent_settings(request, tmp_path, unused_port, llm)
+    llm.script(
+        tool_call("ask_user", {"question": "Which year?"}),
+        respond(lambda body: tool_call("run_python", {"code": f"year = {last_tool_result(body)}"})),
+        respond(lambda body: text(f"Set; the tool said {last_tool_result(body)!r}.")),
+    )
+    async with running(settings) as first:
+        session = await first.session()
+        sid = session["id"]
+        turn_id = await ask(first, sid, "Set the year")
+        await first.services.agent.wait(sid)
+        assert (await first.services.db.turns.get(turn_id)).status == "waiting"
+        await first.json(f"/api/v1/sessions/{sid}", "PATCH", {"approval_mode": True})
+    async with running(settings) as second:  # no turn failed at start-up: it was paused
+        assert (await second.services.db.turns.get(turn_id)).status == "waiting"
+        base = f"/api/v1/sessions/{sid}/turns/{turn_id}"
+        await second.json(f"{base}/answer", "POST", {"text": "2024"})
+        await second.services.agent.wait(sid)
+        turn = await second.json(base)
+        assert turn["status"] == "waiting"  # now for the approval of the cell using the answer
+    async with running(settings) as third:
+        await third.json(f"{base}/approval", "POST", {"decision": "approve"})
+        await third.services.agent.wait(sid)
+        turn = await third.json(base)
+        year = await third.run(sid, "year")
+        cells = await third.services.db.cells.list(sid)
+    assert turn["status"] == "completed", turn
+    assert year["cell"]["outputs"][0]["data"]["text/plain"] == "2024"
+    agent = [c for c in cells if c.role == "agent"]
+    assert [c.source for c in agent] == ["year = 2024"]
+    assert [(c.role, c.source) for c in cells if c.cell_type == "markdown" and c.role != "system"][
+        :3
+    ] == [("user", "Set the year"), ("assistant", "Which year?"), ("user", "2024")]
+    # the model saw the conversation rebuilt from the record, the answer as ask_user's result
+    resumed = llm.requests[1]["messages"]
+    call = next(m for m in resumed if m.get("tool_calls"))["tool_calls"][0]
+    assert call["function"]["name"] == "ask_user"
+    assert next(m for m in resumed if m.get("tool_call_id") == call["id"])["content"] == "2024"
+
+
+async def test_start_up_fails_only_turns_whose_process_is_gone(server, llm):
+    session = await server.session()
+    agent, db = server.services.agent, server.services.db
+    llm.script(tool_call("run_python", {"code": "import time\ntime.sleep(3)"}), text("done"))
+    async with events_of(server, session["id"]) as stream:
+        live = await ask(server, session["id"], "take your time")
+        await stream.until(lambda e: e.type == "cell.started")
+        assert await agent.recover() == 0  # its process (this one) holds it
+        # a turn a stopped process left running: nobody holds it
+        orphan = dataclasses.replace(
+            await db.turns.get(live), id=str(uuid.uuid4()), status="running"
+        )
+        await db.turns.add(orphan)
+        assert await agent.recover() == 1
+        events = await stream.until(ended(live), timeout=30)
+    assert (await db.turns.get(orphan.id)).status == "failed"
+    assert "stopped" in (await db.turns.get(orphan.id)).error
+    assert events[-1].type == "turn.completed"
+
+
+async def test_bad_tool_arguments_are_told_to_the_model_by_field(server, llm):
+    session = await server.session()
+    told: list[str] = []
+    then = recording(told)
+    llm.script(
+        tool_call("run_python", {"cod": "print(1)"}),
+        then(tool_call("read_artifact", {"artifact_id": "x", "view": "pixels"})),
+        then(tool_call("ask_user", {"question": "   "})),
+        then(text("giving up")),
+    )
+    turn_id = await ask(server, session["id"], "go")
+    await server.services.agent.wait(session["id"])
+    assert (await server.services.db.turns.get(turn_id)).status == "completed"
+    assert "`code`: Field required" in told[0] and "`cod`" in told[0], told[0]
+    assert "`view`" in told[1] and "'text'" in told[1], told[1]
+    assert "`question`" in told[2] and "empty" in told[2], told[2]
+    tools = llm.requests[0]["tools"]
+    run_python = next(t for t in tools if t["function"]["name"] == "run_python")
+    assert run_python["function"]["parameters"]["required"] == ["code"]
+    assert run_python["function"]["parameters"]["additionalProperties"] is False
 
 
 @pytest.mark.parametrize(

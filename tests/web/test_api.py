@@ -33,7 +33,7 @@ async def test_session_lifecycle(ka_server):
     renamed = await ka_server.json(f"/api/v1/sessions/{sid}", "PATCH", {"title": "renamed"})
     assert renamed["title"] == "renamed"
 
-    workspace = ka_server.services.files.workspace(sid)
+    workspace = ka_server.services.kernels.workspace_path(sid)
     assert workspace.is_dir()
     response = await ka_server.fetch(f"/api/v1/sessions/{sid}", "DELETE")
     assert response.code == 204
@@ -111,13 +111,16 @@ async def test_timeout_interrupts_and_keeps_partial_output_and_state(ka_server):
 async def test_dead_kernel_is_recorded_and_replaced(ka_server):
     session = await ka_server.session()
     sid = session["id"]
+    before = (await ka_server.services.db.sessions.get(sid)).kernel_id
     cell = (await ka_server.run(sid, "import os; os._exit(3)"))["cell"]
     assert cell["metadata"]["kernelagent"]["status"] == "died"
     assert cell["outputs"][-1]["ename"] == "KernelDied"
     assert "exited with status 3" in cell["outputs"][-1]["evalue"]
     after = await ka_server.run(sid, "6 * 7")
     assert after["cell"]["outputs"][0]["data"]["text/plain"] == "42"
-    assert (await ka_server.json(f"/api/v1/sessions/{sid}"))["kernel_id"] != session["kernel_id"]
+    assert (await ka_server.services.db.sessions.get(sid)).kernel_id != before  # a new process
+    # under the same kernel id for Jupyter clients: the session's
+    assert (await ka_server.json(f"/api/v1/sessions/{sid}"))["kernel_id"] == sid
 
 
 async def test_concurrent_cells_run_one_at_a_time_in_arrival_order(ka_server):
@@ -191,7 +194,7 @@ async def test_files_upload_list_download_and_mirror(ka_server):
 )
 async def test_paths_outside_the_workspace_are_refused(ka_server, path):
     sid = (await ka_server.session())["id"]
-    workspace = ka_server.services.files.workspace(sid)
+    workspace = ka_server.services.kernels.workspace_path(sid)
     os.symlink("/tmp", workspace / "link")
     before = sorted(p.name for p in workspace.parent.parent.rglob("*"))
     response = await ka_server.upload(sid, "f", b"x", path=path)
@@ -277,7 +280,7 @@ async def test_oversized_upload_is_413(ka_server):
     finally:
         ka_server.services.files.upload_limit = limit
     assert response.code == 413
-    assert not (ka_server.services.files.workspace(sid) / "big").exists()
+    assert not (ka_server.services.kernels.workspace_path(sid) / "big").exists()
 
 
 async def test_stream_output_is_capped_with_a_marker(ka_server):
@@ -308,7 +311,7 @@ async def test_interrupt_endpoint_stops_the_running_cell(ka_server):
     sid = (await ka_server.session())["id"]
     running = asyncio.ensure_future(ka_server.run(sid, "import time; time.sleep(30)"))
     for _ in range(200):  # until the cell is executing
-        if sid in ka_server.services.execution.running:
+        if await ka_server.services.execution.busy([sid]):
             break
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)
@@ -359,7 +362,7 @@ async def test_hostile_kernel_links_and_fifos_cannot_reach_host_files(ka_server,
     response = await ka_server.upload(sid, "upload-me.txt", b"new content")
     assert response.code == 201
     assert victim.read_text() == "untouched"
-    workspace = ka_server.services.files.workspace(sid)
+    workspace = ka_server.services.kernels.workspace_path(sid)
     assert not (workspace / "upload-me.txt").is_symlink()
     assert (workspace / "upload-me.txt").read_text() == "new content"
     # an upload below a symlinked directory is refused

@@ -10,11 +10,13 @@ import uuid
 
 import pytest
 from jupyter_client.session import Session
+from tornado.httpclient import HTTPClientError
 from tornado.websocket import websocket_connect
 
 from kernelagent.web.gateway import wire
 
 pytestmark = pytest.mark.sandbox
+WebSocketClosedOrRefused = (HTTPClientError, ConnectionError)
 
 V1 = "v1.kernel.websocket.jupyter.org"
 
@@ -138,12 +140,22 @@ async def test_rest_shapes(ka_server):
         assert set(json.loads(response.body)) == {"message", "reason"}
 
     assert (await ka_server.fetch(f"/api/kernels/{model['id']}/interrupt", "POST")).code == 204
+    # one id for the session's kernel, whichever API shows it
+    session = await ka_server.json(f"/api/v1/sessions/{model['id']}")
+    assert session["kernel_id"] == model["id"]
     assert (await ka_server.fetch(f"/api/kernels/{model['id']}", "DELETE")).code == 204
-    # the session stays; its kernel is gone until the next cell
-    after = await ka_server.json(f"/api/kernels/{model['id']}")
-    assert after["execution_state"] == "dead"
+    # Kernel Gateway's semantics: the kernel is gone (404, unlisted, a second DELETE is 404)…
+    assert (await ka_server.fetch(f"/api/kernels/{model['id']}")).code == 404
+    assert await ka_server.json("/api/kernels") == []
+    assert (await ka_server.fetch(f"/api/kernels/{model['id']}", "DELETE")).code == 404
+    assert (await ka_server.fetch(f"/api/kernels/{model['id']}/restart", "POST")).code == 404
+    assert (await ka_server.json(f"/api/v1/sessions/{model['id']}"))["kernel_id"] is None
+    # …while the session stays, and its next cell brings the kernel back under the same id
     cell = await ka_server.run(model["id"], "6 * 7")
     assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "42"
+    assert [k["id"] for k in await ka_server.json("/api/kernels")] == [model["id"]]
+    assert (await ka_server.json(f"/api/kernels/{model['id']}"))["execution_state"] == "idle"
+    assert (await ka_server.json(f"/api/v1/sessions/{model['id']}"))["kernel_id"] == model["id"]
 
 
 @pytest.mark.parametrize("protocol", [None, V1])
@@ -315,9 +327,13 @@ async def test_a_client_that_reconnects_gets_what_it_missed(ka_server):
 async def test_deleting_a_kernel_keeps_the_session_and_its_state_comes_back(ka_server):
     kernel = await ka_server.json("/api/kernels", "POST", {})
     await ka_server.run(kernel["id"], "kept = 'still here'")
+    process = (await ka_server.services.db.sessions.get(kernel["id"])).kernel_id
     assert (await ka_server.fetch(f"/api/kernels/{kernel['id']}", "DELETE")).code == 204
-    assert (await ka_server.json(f"/api/kernels/{kernel['id']}"))["execution_state"] == "dead"
-    # a client attaching again gets the session's kernel back, its state rebuilt by replay
+    assert not await ka_server.services.kernels.is_alive(process)  # no kernel left running
+    with pytest.raises(WebSocketClosedOrRefused):  # a client cannot attach to a deleted kernel
+        await WsClient.connect(ka_server, kernel["id"])
+    # the session's next cell brings its kernel back, its state rebuilt by replay
+    assert (await ka_server.run(kernel["id"], "1 + 1"))["cell"]["outputs"]
     ws = await WsClient.connect(ka_server, kernel["id"])
     try:
         iopub, _ = await ws.execute("kept")
@@ -327,3 +343,34 @@ async def test_deleting_a_kernel_keeps_the_session_and_its_state_comes_back(ka_s
         ws.close()
     notes = [c.source for c in await ka_server.services.db.cells.list(kernel["id"])]
     assert any("shut down" in n for n in notes) and any("rebuilt" in n for n in notes)
+
+
+async def test_each_session_is_a_kernelspec_that_attaches_to_its_kernel(ka_server):
+    """What JupyterLab's kernel picker shows: "Agent: <title>" per live session; starting it
+    attaches to the session's own kernel, so a person sees the agent's variables."""
+    session = await ka_server.session("Sales analysis")
+    sid = session["id"]
+    await ka_server.run(sid, "revenue = 1234")
+    specs = await ka_server.json("/api/kernelspecs")
+    mine = specs["kernelspecs"][f"agent-{sid}"]
+    assert mine["spec"]["display_name"] == "Agent: Sales analysis"
+    assert mine["spec"]["language"] == "python"
+    assert (await ka_server.json(f"/api/kernelspecs/agent-{sid}"))["name"] == f"agent-{sid}"
+    other = await ka_server.new_user("mallory")
+    theirs = await ka_server.json("/api/kernelspecs", token=other)
+    assert f"agent-{sid}" not in theirs["kernelspecs"]
+    denied = await ka_server.fetch("/api/kernels", "POST", {"name": f"agent-{sid}"}, token=other)
+    assert denied.code == 404
+
+    attached = await ka_server.json("/api/kernels", "POST", {"name": f"agent-{sid}"})
+    assert attached["id"] == sid and attached["name"] == f"agent-{sid}"
+    assert len(await ka_server.json("/api/v1/sessions")) == 1  # no new session
+    ws = await WsClient.connect(ka_server, attached["id"])
+    try:
+        iopub, _ = await ws.execute("revenue * 2")
+    finally:
+        ws.close()
+    result = next(m for m in iopub if m["msg_type"] == "execute_result")
+    assert result["content"]["data"]["text/plain"] == "2468"
+    cells = await ka_server.services.db.cells.list(sid)
+    assert (cells[-1].role, cells[-1].source) == ("gateway", "revenue * 2")

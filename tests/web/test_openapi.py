@@ -10,7 +10,6 @@ import inspect
 import json
 import re
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -18,12 +17,12 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from tornado import web
 
+from kernelagent.events import EVENT_MODELS, EVENT_TYPES
 from kernelagent.web.base import NotFoundHandler
 
 pytestmark = pytest.mark.parametrize("ka_server", ["embedded"], indirect=True)
 
 METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
-SERVICES = Path(__file__).resolve().parents[2] / "kernelagent" / "services"
 GROUP = re.compile(r"\((?!\?)[^()]*\)")  # a capturing group (the API's patterns nest none)
 
 
@@ -110,22 +109,14 @@ async def test_json_bodies_are_the_models_the_handlers_parse(ka_server):
             assert schema["additionalProperties"] is False  # the model's own schema
 
 
-async def test_the_event_types_are_those_the_services_publish(ka_server):
+async def test_every_event_type_is_documented_with_its_model(ka_server):
     document = await fetch_document(ka_server)
     item = document["paths"]["/api/v1/sessions/{session_id}/events"]["get"]
-    documented = set(item["responses"]["200"]["content"]["text/event-stream"]["x-events"])
-    published = set()
-    for path in SERVICES.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr in {"publish", "_publish"}
-                and len(node.args) >= 2
-                and isinstance(node.args[1], ast.Constant)  # else a forwarder's parameter
-            ):
-                published.add(node.args[1].value)
-    assert published == documented
+    documented = item["responses"]["200"]["content"]["text/event-stream"]["x-events"]
+    assert list(documented) == list(EVENT_TYPES)
+    for model in EVENT_MODELS:
+        fields = set(model.model_fields) - {"type"}
+        assert set(documented[model.model_fields["type"].default]["properties"]) == fields
 
 
 def closed(schema: Any) -> Any:

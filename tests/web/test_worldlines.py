@@ -141,9 +141,12 @@ async def test_idle_kernels_are_culled_and_come_back(ka_server):
     session = await ka_server.session()
     sid = session["id"]
     await ka_server.run(sid, "kept = 41 + 1")
-    assert await ka_server.services.execution.cull_idle(ttl=0) == [sid]
+    kernel = (await ka_server.services.db.sessions.get(sid)).kernel_id
+    assert await ka_server.services.supervisor.cull_idle(ttl=0) == [sid]
+    assert not await ka_server.services.kernels.is_alive(kernel)
     after = await ka_server.json(f"/api/v1/sessions/{sid}")
-    assert after["kernel_id"] is None and after["status"] == "stopped"
+    # culled, not deleted: Jupyter clients keep its kernel id, and its next use brings it back
+    assert after["kernel_id"] == sid and after["status"] == "idle"
     assert value(await ka_server.run(sid, "kept")) == "42"
 
 

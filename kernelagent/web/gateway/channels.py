@@ -14,7 +14,7 @@ from typing import Any
 
 from tornado import web, websocket
 
-from kernelagent.domain import User
+from kernelagent.domain import KernelMessage, User
 from kernelagent.errors import KernelAgentError
 from kernelagent.services.auth import AuthService
 from kernelagent.services.bridge import GatewayChannel, GatewayService
@@ -86,16 +86,16 @@ class ChannelsHandler(websocket.WebSocketHandler):
             return
         await self.channel.receive(channel, msg)
 
-    async def _send(self, channel: str, msg: dict[str, Any]) -> None:
-        buffers = [bytes(b) for b in msg.pop("buffers", None) or []]
+    async def _send(self, channel: str, msg: KernelMessage) -> None:
+        buffers = list(msg.buffers)
         out = {
-            "header": _json_dates(msg["header"]),
-            "parent_header": _json_dates(msg.get("parent_header") or {}),
-            "metadata": msg.get("metadata") or {},
-            "content": msg.get("content") or {},
+            "header": _json_dates(msg.header),
+            "parent_header": _json_dates(msg.parent_header),
+            "metadata": msg.metadata,
+            "content": msg.content,
             "channel": channel,
-            "msg_id": msg["header"].get("msg_id"),
-            "msg_type": msg["header"].get("msg_type"),
+            "msg_id": msg.msg_id,
+            "msg_type": msg.msg_type,
         }
         if self.protocol:
             frame: str | bytes = wire.msg_to_v1(out, buffers)

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import mimetypes
-from pathlib import Path
 from typing import Any
 
 import pydantic
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from tornado import web
 
 from kernelagent import __version__
@@ -95,55 +93,28 @@ class KernelActionHandler(GatewayHandler):
             self.write_json((await self.gateway.restart(self.user, kernel_id)).json())
 
 
-def _spec_model(specs: KernelSpecManager, name: str) -> dict[str, Any]:
-    try:
-        spec = specs.get_kernel_spec(name)
-    except NoSuchKernel:
-        raise NotFound(f"no kernelspec named {name!r}") from None
-    resources = {
-        path.stem: f"/kernelspecs/{name}/{path.name}"
-        for path in sorted(Path(spec.resource_dir).iterdir())
-        if path.name != "kernel.json" and path.is_file()
-    }
-    return {"name": name, "spec": spec.to_dict(), "resources": resources}
-
-
 class KernelSpecsHandler(GatewayHandler):
-    specs: KernelSpecManager
-
-    def get(self) -> None:
-        name = self.gateway.kernel_name
-        self.write_json({"default": name, "kernelspecs": {name: _spec_model(self.specs, name)}})
+    async def get(self) -> None:
+        specs = await self.gateway.kernelspecs(self.user)
+        self.write_json(
+            {"default": self.gateway.kernel_name, "kernelspecs": {s.name: s.json() for s in specs}}
+        )
 
 
 class KernelSpecHandler(GatewayHandler):
-    specs: KernelSpecManager
-
-    def get(self, name: str) -> None:
-        if name != self.gateway.kernel_name:
-            raise NotFound(f"no kernelspec named {name!r}")
-        self.write_json(_spec_model(self.specs, name))
+    async def get(self, name: str) -> None:
+        for spec in await self.gateway.kernelspecs(self.user):
+            if spec.name == name:
+                self.write_json(spec.json())
+                return
+        raise NotFound(f"no kernelspec named {name!r}")
 
 
 class KernelSpecResourceHandler(GatewayHandler):
     """``/kernelspecs/{name}/{file}`` (no ``/api``: where GatewayClient looks for logos)."""
 
-    specs: KernelSpecManager
-
-    def get(self, name: str, resource: str) -> None:
-        if name != self.gateway.kernel_name:
-            raise NotFound(f"no kernelspec named {name!r}")
-        spec_dir = Path(_spec_dir(self.specs, name)).resolve()
-        path = (spec_dir / resource).resolve()
-        if not path.is_relative_to(spec_dir) or not path.is_file():
-            raise NotFound(f"no resource {resource!r}")
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    async def get(self, name: str, resource: str) -> None:
+        data = await self.gateway.kernelspec_resource(name, resource)
+        kind = mimetypes.guess_type(resource)[0] or "application/octet-stream"
         self.set_header("Content-Type", kind)
-        self.finish(path.read_bytes())
-
-
-def _spec_dir(specs: KernelSpecManager, name: str) -> str:
-    try:
-        return specs.get_kernel_spec(name).resource_dir
-    except NoSuchKernel:
-        raise NotFound(f"no kernelspec named {name!r}") from None
+        self.finish(data)

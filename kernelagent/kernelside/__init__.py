@@ -1,0 +1,25 @@
+"""What runs inside a session's kernel: an IPython extension, loaded once per kernel process.
+
+``%load_ext kernelagent.kernelside`` (the server loads it silently before a kernel's first cell,
+with ``LOAD_CODE``) makes every pandas DataFrame display also carry a summary for the agent's view
+of outputs (``dataframes``); ``probe.workspace()`` tells the agent what the workspace holds and
+which libraries the kernel has. This package imports nothing else of kernelagent: the kernel
+may run from another environment (a kernel image) than the server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernelagent.kernelside import dataframes
+
+#: Run silently in a new kernel: loads this extension, binding no name in the user's namespace.
+LOAD_CODE = f'__import__("IPython").get_ipython().extension_manager.load_extension({__name__!r})'
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    dataframes.register(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    dataframes.unregister(ipython)

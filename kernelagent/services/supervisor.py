@@ -1,0 +1,207 @@
+"""KernelSupervisor: a session has a live, prepared kernel whenever it runs something.
+
+* ``ensure()`` (the caller holds the session's lock) answers the session's kernel, or, when it is
+  gone (it died, was culled when idle, was shut down, or belonged to a server that stopped),
+  takes one from the pool and rebuilds the session's state in it, leaving a note in the record.
+* ``rebuild()`` is the one routine that gives a kernel the state of a point of a record: the
+  workspace is emptied, the cells are replayed (uploads re-applied where they arrived), and the
+  files are put back as they were after the last of them. Branches and imports use it too.
+* A kernel is prepared once per process before its first cell: the kernel-side extension is
+  loaded silently (``kernel_setup_code``), leaving no name in the user's namespace.
+* ``restart()``, ``stop()``, ``replace()`` and ``cull_idle()`` end a kernel on purpose; the session
+  stays, and its next cell brings a kernel back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from kernelagent.domain import Cell, Session, SessionStatus
+from kernelagent.errors import Conflict, LimitExceeded
+from kernelagent.services.files import FileService
+from kernelagent.services.kernels import KernelPool
+from kernelagent.services.ports import Database, KernelBackend, RuntimeState, SessionLocks
+from kernelagent.services.recording import Recorder
+from kernelagent.services.replay import CellReport, Replayer, replayable
+from kernelagent.services.running import run_silently
+
+log = logging.getLogger(__name__)
+
+SETUP_TIMEOUT = 30.0
+
+
+def latest_snapshot(cells: list[Cell]) -> str | None:
+    """The snapshot id of the files after the last of ``cells`` (None: no file yet)."""
+    for cell in reversed(cells):
+        if cell.metadata.get("snapshot"):
+            return str(cell.metadata["snapshot"])
+    return None
+
+
+class KernelSupervisor:
+    def __init__(
+        self,
+        db: Database,
+        locks: SessionLocks,
+        kernels: KernelBackend,
+        pool: KernelPool,
+        files: FileService,
+        recorder: Recorder,
+        replayer: Replayer,
+        state: RuntimeState,
+        setup_code: str = "",
+    ):
+        self.state = state
+        self.db = db
+        self.locks = locks
+        self.kernels = kernels
+        self.pool = pool
+        self.files = files
+        self.recorder = recorder
+        self.replayer = replayer
+        self.setup_code = setup_code
+        self.last_used: dict[str, float] = {}  # session id → monotonic time of its last cell
+        self._prepared: set[str] = set()
+
+    async def ensure(self, session: Session) -> str:
+        """The session's live kernel; a new one with the state rebuilt if it was gone. The
+        caller holds the session's lock."""
+        await self.check_here(session)
+        kernel_id = session.kernel_id
+        if not (kernel_id and await self.kernels.is_alive(kernel_id)):
+            if kernel_id:
+                await self.kernels.shutdown(kernel_id, now=True)
+            kernel = await self.pool.acquire(session.id)
+            kernel_id = kernel.id
+            await self.state.claim("kernel", session.id)
+            await self.db.sessions.update(session.id, kernel_id=kernel_id, status="idle")
+            await self._rebuild_gone(session, kernel_id)
+        await self._prepare(kernel_id)
+        return kernel_id
+
+    async def check_here(self, session: Session) -> None:
+        """Conflict when another live server process holds the session's kernel: only that
+        process can run its cells (a kernel whose process is gone is rebuilt here)."""
+        owner = await self.state.owner("kernel", session.id)
+        if owner is not None and owner != self.state.process_id:
+            raise Conflict(
+                "this session's kernel runs in another server process; send cells and kernel "
+                "requests for it there (interrupts, answers and approvals work from any)"
+            )
+
+    async def is_live(self, session: Session) -> bool:
+        if not session.kernel_id:
+            return False
+        await self.check_here(session)
+        return await self.kernels.is_alive(session.kernel_id)
+
+    async def rebuild(
+        self, session: Session, kernel_id: str, cells: list[Cell]
+    ) -> list[CellReport]:
+        """Give ``kernel_id`` (the session's, fresh) the state of the end of ``cells``."""
+        todo = replayable(cells)
+        reports: list[CellReport] = []
+        if any(c.cell_type == "code" for c in todo):
+            await self.files.restore(session, None)  # the files before the first cell
+            reports = await self.replayer.run(kernel_id, session.id, todo)
+        snapshot = latest_snapshot(cells)
+        if snapshot is not None:
+            await self.files.restore(session, snapshot)
+        else:
+            await self.files.mirror(session)
+        return reports
+
+    async def _rebuild_gone(self, session: Session, kernel_id: str) -> None:
+        cells = await self.db.cells.list(session.id)
+        if not any(c.cell_type == "code" for c in replayable(cells)):
+            return
+        started = time.perf_counter()
+        reports = await self.rebuild(session, kernel_id, cells)
+        differ = sum(r.status != "match" for r in reports)
+        await self.recorder.markdown_held(
+            session.id,
+            "system",
+            f"*The session's kernel was gone; a new one was started and its state rebuilt by "
+            f"replaying {len(reports)} cells in {time.perf_counter() - started:.1f} s"
+            + (f" ({differ} gave different outputs)" if differ else "")
+            + ".*",
+            {"rebuilt": len(reports)},
+        )
+
+    async def _prepare(self, kernel_id: str) -> None:
+        """Load the kernel-side extension once per kernel process (silently)."""
+        if not self.setup_code or kernel_id in self._prepared:
+            return
+        if not await run_silently(self.kernels, kernel_id, self.setup_code, SETUP_TIMEOUT):
+            log.warning("the setup code failed in kernel %s", kernel_id)
+        self._prepared.add(kernel_id)
+
+    async def touch(self, session_id: str) -> None:
+        self.last_used[session_id] = time.monotonic()
+        await self.state.touch(session_id)
+
+    async def restart(self, session: Session) -> None:
+        """Restart the kernel in place (same id); a running cell ends as "died"."""
+        kernel_id = session.kernel_id
+        if not kernel_id:
+            return
+        await self.check_here(session)
+        self._prepared.discard(kernel_id)
+        await self.kernels.restart(kernel_id)
+        await self.recorder.note(session.id, "The kernel was restarted; its variables are gone.")
+
+    async def stop(
+        self,
+        session: Session,
+        why: str = "The kernel was shut down",
+        held: bool = False,
+        status: SessionStatus = "stopped",
+    ) -> None:
+        """Shut the session's kernel down; the next cell starts a new one with state rebuilt.
+        ``status``: "stopped" (on request: Jupyter clients see no kernel until the session
+        runs again) or "idle" (culled: its kernel comes back as soon as anyone uses it)."""
+        if session.kernel_id:
+            await self.check_here(session)
+            self._prepared.discard(session.kernel_id)
+            await self.kernels.shutdown(session.kernel_id, now=True)
+        await self.db.sessions.update(session.id, kernel_id=None, status=status)
+        await self.state.release("kernel", session.id)
+        await self.recorder.note(
+            session.id,
+            f"{why}; the next cell starts a new one, with its state rebuilt by replay.",
+            held=held,
+        )
+
+    async def replace(self, session: Session, kernel_id: str) -> None:
+        """Drop a dead or stuck kernel; the next cell gets a new one with the state rebuilt."""
+        self._prepared.discard(kernel_id)
+        await self.kernels.shutdown(kernel_id, now=True)  # a stuck kernel must not be reused
+        await self.db.sessions.update(session.id, kernel_id=None, status="dead")
+        await self.state.release("kernel", session.id)
+
+    async def cull_idle(self, ttl: float) -> list[str]:
+        """Shut down kernels idle for ``ttl`` seconds (never one running a cell: it holds the
+        session's lock); their sessions stay. Returns their ids."""
+        culled = []
+        for session_id, used in list(self.last_used.items()):
+            if time.monotonic() - used < ttl:
+                continue
+            with contextlib.suppress(LimitExceeded):  # busy right now: not idle
+                async with self.locks.hold(session_id, timeout=0):
+                    session = await self.db.sessions.get(session_id)
+                    self.last_used.pop(session_id, None)
+                    if session is None or not session.kernel_id:
+                        continue
+                    await self.stop(
+                        session,
+                        f"The kernel was shut down after {ttl / 60:g} minutes idle",
+                        held=True,
+                        status="idle",
+                    )
+                    culled.append(session_id)
+        return culled
+
+    def forget(self, kernel_id: str) -> None:
+        self._prepared.discard(kernel_id)

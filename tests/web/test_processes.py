@@ -1,0 +1,255 @@
+"""Two real ``kernelagent serve`` processes sharing PostgreSQL, Redis and S3 (moto's server).
+
+A turn runs in process A (its session's kernel is there); process B, reached by the same client,
+interrupts it, answers its ``ask_user``, approves its cell, and streams its events live and from a
+``Last-Event-ID``, each taking effect within a second. B refuses to run a cell on A's kernel with
+a clear 409. Starting B does not fail A's running turn; killing A does, within the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+from llm_server import ScriptedLLM, respond, text, tool_call
+from sse import EventStream
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.testing import bind_unused_port
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.postgres, pytest.mark.redis, pytest.mark.s3]
+
+TOKEN = "two-processes-owner-token"
+LEASE = 2.0  # seconds: a killed process's turns fail within this (and a recovery period)
+PROMPTLY = 1.0  # what "takes effect within 1 s" means here
+
+
+class Process:
+    """A ``kernelagent serve`` subprocess and a client for it."""
+
+    def __init__(self, name: str, port: int, env: dict[str, str], log: Path):
+        self.name, self.port, self.log = name, port, log
+        self.base = f"http://127.0.0.1:{port}"
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "kernelagent", "serve", "--port", str(port)],
+                env={**env, "KERNELAGENT_DATA_DIR": str(log.parent / name)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.client = AsyncHTTPClient()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+    async def ready(self, timeout: float = 60) -> None:
+        """Until health answers; then the owner's token must work at once."""
+        async with asyncio.timeout(timeout):
+            while True:
+                assert self.popen.poll() is None, f"{self.name} exited:\n{self.tail()}"
+                with contextlib.suppress(OSError):
+                    if (await self.fetch("/api/v1/health", token=None)).code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        sessions = await self.fetch("/api/v1/sessions")
+        assert sessions.code == 200, (sessions.code, self.tail())
+
+    async def fetch(
+        self, path: str, method: str = "GET", body: object = None, token: str | None = TOKEN
+    ) -> HTTPResponse:
+        data = json.dumps(body) if body is not None else (b"" if method == "POST" else None)
+        headers = {"Authorization": f"token {token}"} if token else {}
+        return await self.client.fetch(
+            self.base + path,
+            method=method,
+            body=data,
+            headers=headers,
+            raise_error=False,
+            request_timeout=60,
+        )
+
+    async def json(self, path: str, method: str = "GET", body: object = None) -> dict:
+        response = await self.fetch(path, method, body)
+        assert response.code < 300, (self.name, path, response.code, response.body, self.tail())
+        return json.loads(response.body) if response.body else {}
+
+    def events(self, session_id: str, last_event_id: str | None = None) -> EventStream:
+        path = f"/api/v1/sessions/{session_id}/events"
+        return EventStream(self.port, path, TOKEN, last_event_id)
+
+    def kernel_pids(self) -> list[int]:
+        """The sandboxed kernels this process started (its children's trees)."""
+        try:
+            children = psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [c.pid for c in children if "ipykernel" in " ".join(_cmdline(c))]
+
+    async def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.popen.wait, 30)
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    with contextlib.suppress(psutil.Error):
+        return process.cmdline()
+    return []
+
+
+def _port() -> int:
+    sock, port = bind_unused_port()
+    sock.close()
+    return port
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[ScriptedLLM]:
+    server = await ScriptedLLM.start(api_key="sk-two")
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def processes(tmp_path, postgres_url, redis_url, moto_s3, llm):
+    env = {
+        **os.environ,
+        "KERNELAGENT_DATABASE_URL": postgres_url,
+        "KERNELAGENT_REDIS_URL": redis_url,
+        "KERNELAGENT_STORAGE_URL": moto_s3.url("kernelagent"),
+        "KERNELAGENT_S3_ENDPOINT_URL": moto_s3.endpoint_url,
+        "KERNELAGENT_TOKEN": TOKEN,
+        "KERNELAGENT_POOL_SIZE": "0",
+        "KERNELAGENT_PROCESS_LEASE": str(LEASE),
+        "OPENAI_API_KEY": "sk-two",
+        "OPENAI_BASE_URL": llm.base_url,
+        "KERNELAGENT_MODEL": "scripted",
+    }
+    started: list[Process] = []
+
+    async def start(name: str) -> Process:
+        process = Process(name, _port(), env, tmp_path / f"{name}.log")
+        started.append(process)
+        await process.ready()
+        return process
+
+    yield start
+    for process in started:
+        await process.stop()
+
+
+def ended(turn_id: str):
+    return lambda e: e.type in ("turn.completed", "turn.failed") and e.data["turn_id"] == turn_id
+
+
+async def timed_until(stream: EventStream, predicate) -> float:
+    started = time.monotonic()
+    await stream.until(predicate, timeout=30)
+    return time.monotonic() - started
+
+
+async def test_another_process_controls_a_turn_and_streams_it(processes, llm):
+    a = await processes("a")
+    session = await a.json("/api/v1/sessions", "POST", {"title": "shared"})
+    sid = session["id"]
+    b = await processes("b")  # started while A holds the session: nothing of A's is touched
+    llm.script(
+        tool_call(
+            "run_python", {"code": "import time\nprint('started', flush=True)\ntime.sleep(60)"}
+        )
+    )
+    async with b.events(sid) as on_b:
+        turn = (await a.json(f"/api/v1/sessions/{sid}/messages", "POST", {"content": "wait"}))[
+            "turn_id"
+        ]
+        await on_b.until(lambda e: e.type == "cell.output")  # A's cell, live on B
+        # a cell on A's kernel cannot run in B (yet): a clear refusal, not a second kernel
+        refused = await b.fetch(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "1"})
+        assert refused.code == 409 and b"another server process" in refused.body
+        assert (await b.fetch(f"/api/v1/sessions/{sid}/interrupt", "POST")).code == 204
+        took = await timed_until(on_b, lambda e: e.type == "cell.completed")
+        assert took < PROMPTLY, took
+        await on_b.until(ended(turn))
+    completed = next(e for e in on_b.events if e.type == "cell.completed")
+    assert completed.data["status"] == "interrupted"
+    assert on_b.events[-1].type == "turn.failed" and on_b.events[-1].data["status"] == "interrupted"
+
+    # the same events, resumed on B from the middle of what it streamed
+    middle = on_b.events[len(on_b.events) // 2]
+    async with b.events(sid, last_event_id=middle.id) as resumed:
+        rest = await resumed.until(ended(turn))
+    assert [e.id for e in rest] == [e.id for e in on_b.events[len(on_b.events) // 2 + 1 :]]
+
+    # ask_user answered on B, and the cell after it approved on B: the turn goes on in A
+    await a.json(f"/api/v1/sessions/{sid}", "PATCH", {"approval_mode": True})
+    llm.script(
+        tool_call("ask_user", {"question": "Which year?"}),
+        respond(lambda body: tool_call("run_python", {"code": f"year = {_last_tool(body)}"})),
+        text("done"),
+    )
+    async with b.events(sid) as on_b:
+        turn = (await a.json(f"/api/v1/sessions/{sid}/messages", "POST", {"content": "go"}))[
+            "turn_id"
+        ]
+        await on_b.until(lambda e: e.type == "ask_user")
+        base = f"/api/v1/sessions/{sid}/turns/{turn}"
+        await b.json(f"{base}/answer", "POST", {"text": "2024"})
+        took = await timed_until(
+            on_b, lambda e: e.type == "cell.added" and e.data["source"] == "2024"
+        )
+        assert took < PROMPTLY, took
+        await on_b.until(lambda e: e.type == "approval.required")
+        await b.json(f"{base}/approval", "POST", {"decision": "approve"})
+        took = await timed_until(
+            on_b, lambda e: e.type == "cell.started" and "2024" in e.data["code"]
+        )
+        assert took < PROMPTLY, took
+        await on_b.until(ended(turn))
+    assert on_b.events[-1].type == "turn.completed", on_b.events[-1]
+    year = await a.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "year"})
+    assert year["cell"]["outputs"][0]["data"]["text/plain"] == "2024"
+
+
+async def test_a_killed_process_fails_its_turn_and_leaves_no_kernel(processes, llm):
+    a = await processes("a")
+    b = await processes("b")
+    session = await a.json("/api/v1/sessions", "POST", {"title": "doomed"})
+    sid = session["id"]
+    llm.script(tool_call("run_python", {"code": "import time\ntime.sleep(120)"}))
+    async with b.events(sid) as on_b:
+        turn = (await a.json(f"/api/v1/sessions/{sid}/messages", "POST", {"content": "x"}))[
+            "turn_id"
+        ]
+        await on_b.until(lambda e: e.type == "cell.started")
+        kernels = a.kernel_pids()
+        assert kernels, "A runs the session's kernel"
+        a.popen.kill()  # SIGKILL to the server alone: no goodbye, no cleanup
+        a.popen.wait()
+        await on_b.until(ended(turn), timeout=4 * LEASE + 10)
+    failed = on_b.events[-1]
+    assert failed.type == "turn.failed" and "stopped" in failed.data["error"]
+    # the kernels of the killed process died with it (nothing reparented to init lives on)
+    async with asyncio.timeout(10):
+        while any(psutil.pid_exists(pid) for pid in kernels):
+            await asyncio.sleep(0.1)
+    # the session goes on in B: its kernel is rebuilt there
+    again = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "6 * 7"})
+    assert again["cell"]["outputs"][0]["data"]["text/plain"] == "42"
+
+
+def _last_tool(body: dict) -> str:
+    return next(m for m in reversed(body["messages"]) if m["role"] == "tool")["content"]
