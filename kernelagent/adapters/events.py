@@ -34,6 +34,7 @@ from kernelagent.events import Logged, SessionEvent, parse_event
 log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT = 5.0
+MAX_WAIT = 60.0  # seconds one read may block (its connection's read timeout is longer)
 STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})", re.ASCII)
 MAX_ID_PART = 2**64 - 1
 
@@ -104,8 +105,13 @@ class RedisEvents:
     def __init__(self, url: str, retention: int = 10_000, *, prefix: str = "kernelagent:"):
         self.retention = retention
         self.prefix = prefix
-        # reads block up to ``wait`` seconds, so the read timeout must outlast them
-        self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=SOCKET_TIMEOUT)
+        self.redis = aioredis.Redis.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+        )
+        # blocking reads wait up to ``MAX_WAIT`` s: their connections' timeout must outlast it
+        self.reader = aioredis.Redis.from_url(
+            url, socket_timeout=MAX_WAIT + SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+        )
 
     def _key(self, session_id: str) -> str:
         return f"{self.prefix}events:{session_id}"
@@ -125,8 +131,9 @@ class RedisEvents:
 
     async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Logged]:
         start = _redis_id(after)
+        wait = min(wait, MAX_WAIT)
         try:
-            answer = await self.redis.xread(
+            answer = await (self.reader if wait > 0 else self.redis).xread(
                 {self._key(session_id): start},
                 count=1000,
                 block=max(1, int(wait * 1000)) if wait > 0 else None,  # BLOCK 0: forever
@@ -152,6 +159,7 @@ class RedisEvents:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self.reader.aclose()
 
 
 def _parse_id(after: str) -> tuple[int, int]:

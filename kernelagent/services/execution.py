@@ -114,6 +114,7 @@ class ExecutionService:
         ``owner``: the session must be theirs (NotFound otherwise) — checked on the row read
         under the lock, which also catches a session deleted while the cell queued.
         """
+        await self.supervisor.check_here(session_id)  # at once, not after queueing
         async with self.locks.hold(session_id, timeout=LOCK_WAIT):
             session = await self.db.sessions.get(session_id)
             if session is None or (owner is not None and session.user_id != owner.id):

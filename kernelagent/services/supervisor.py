@@ -68,7 +68,7 @@ class KernelSupervisor:
     async def ensure(self, session: Session) -> str:
         """The session's live kernel; a new one with the state rebuilt if it was gone. The
         caller holds the session's lock."""
-        await self.check_here(session)
+        await self.check_here(session.id)
         kernel_id = session.kernel_id
         if not (kernel_id and await self.kernels.is_alive(kernel_id)):
             if kernel_id:
@@ -81,10 +81,10 @@ class KernelSupervisor:
         await self._prepare(kernel_id)
         return kernel_id
 
-    async def check_here(self, session: Session) -> None:
+    async def check_here(self, session_id: str) -> None:
         """Conflict when another live server process holds the session's kernel: only that
         process can run its cells (a kernel whose process is gone is rebuilt here)."""
-        owner = await self.state.owner("kernel", session.id)
+        owner = await self.state.owner("kernel", session_id)
         if owner is not None and owner != self.state.process_id:
             raise Conflict(
                 "this session's kernel runs in another server process; send cells and kernel "
@@ -94,7 +94,7 @@ class KernelSupervisor:
     async def is_live(self, session: Session) -> bool:
         if not session.kernel_id:
             return False
-        await self.check_here(session)
+        await self.check_here(session.id)
         return await self.kernels.is_alive(session.kernel_id)
 
     async def rebuild(
@@ -147,7 +147,7 @@ class KernelSupervisor:
         kernel_id = session.kernel_id
         if not kernel_id:
             return
-        await self.check_here(session)
+        await self.check_here(session.id)
         self._prepared.discard(kernel_id)
         await self.kernels.restart(kernel_id)
         await self.recorder.note(session.id, "The kernel was restarted; its variables are gone.")
@@ -163,7 +163,7 @@ class KernelSupervisor:
         ``status``: "stopped" (on request: Jupyter clients see no kernel until the session
         runs again) or "idle" (culled: its kernel comes back as soon as anyone uses it)."""
         if session.kernel_id:
-            await self.check_here(session)
+            await self.check_here(session.id)
             self._prepared.discard(session.kernel_id)
             await self.kernels.shutdown(session.kernel_id, now=True)
         await self.db.sessions.update(session.id, kernel_id=None, status=status)

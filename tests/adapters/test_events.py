@@ -347,3 +347,9 @@ async def test_published_data_is_a_copy():
     await log.publish("s", CellAdded(cell_id="c", index=0, role="user", source="", metadata=data))
     data["a"].append(2)
     assert (await log.read("s", None))[0].data["metadata"] == {"a": [1]}
+
+
+async def test_a_long_wait_outlasts_the_clients_socket_timeout(events):
+    """An idle SSE stream waits longer than a Redis client's default read timeout (5 s)."""
+    got, elapsed = await timed(events.read(session(), None, wait=6))
+    assert got == [] and 5.9 <= elapsed < 6 + PROMPTLY
