@@ -112,14 +112,14 @@ async def bench_rtt(runs: int, tmp: Path) -> dict[str, list[float]]:
 async def bench_pool(runs: int, tmp: Path) -> dict[str, list[float]]:
     settings = Settings(data_dir=tmp / "pool-data", pool_size=2, pool_preimport="")
     kernels = LocalKernels(settings)
-    pool = KernelPool(kernels, settings.workspaces_dir / ".pool", size=2)
+    pool = KernelPool(kernels, size=2)
     await pool.start()
     handout, to_ready = [], []
     try:
         for i in range(runs):
             await pool.wait_filled(timeout=120)
             started = time.perf_counter()
-            kernel = await pool.acquire(settings.workspaces_dir / f"session-{i}")
+            kernel = await pool.acquire(f"session-{i}")
             handout.append(time.perf_counter() - started)
             client = kernels.client(kernel.id)
             try:

@@ -322,7 +322,7 @@ HANDLER_STAGES = ("auth", "sessions.get", "execute", "notebooks.schedule_save")
 EXECUTE_STAGES = (
     "lock acquire",
     "db.sessions.get",
-    "sessions.ensure_kernel",
+    "supervisor.ensure",
     "db.cells.next_index",
     "db.cells.append",
     "kernel: execute → idle + reply",
@@ -341,7 +341,7 @@ def install_probe(s: Any) -> Probe:
     probe.wrap_sync(s.notebooks, "schedule_save", "notebooks.schedule_save")
     probe.wrap_lock(s.locks)
     probe.wrap_inside_execute(s.db.sessions, "get", "db.sessions.get")
-    probe.wrap(s.sessions, "ensure_kernel", "sessions.ensure_kernel")
+    probe.wrap(s.supervisor, "ensure", "supervisor.ensure")
     probe.wrap(s.db.cells, "next_index", "db.cells.next_index")
     probe.wrap(s.db.cells, "append", "db.cells.append")
     probe.wrap(s.execution, "_run", "kernel: execute → idle + reply")

@@ -15,8 +15,8 @@ keep-alive client of ``bench/sessions.py``:
    instances and on the replay's kernel handshake, counting only calls
    made by the request's own task, removed afterwards): the request around ``branch()``,
    reading the parent, ``sessions.create`` (kernel hand-out from the pool + session row),
-   copying cell rows and artifacts, the replay (per-cell ``NotebookClient.async_execute_cell``
-   round trips, output comparison, the kernel handshake, the rest), and the files (snapshot restore
+   copying cell rows and artifacts, the replay (per-cell ``running.run_code``: kernel port round
+   trips, output comparison, the kernel handshake, the rest), and the files (snapshot restore
    or mirror).
 2. replay throughput, cells per second over the 200-cheap-cell session: ``POST …/replay`` (wall
    time as the client sees it, and the server's own ``duration_ms``) against nbclient executing
@@ -285,7 +285,7 @@ def install_probe(s: Any) -> Probe:
     probe.wrap(w.replayer, "run", "replayer.run")
     probe.wrap(w.replayer, "_one", "replayer._one")
     probe.wrap_function(replay_module, "compare", "compare")
-    probe.wrap_async_function(replay_module, "_handshake", "wait_for_ready")
+    probe.wrap(s.kernels, "_link", "wait_for_ready")  # the kernel_info handshake, once a kernel
     return probe
 
 
@@ -303,7 +303,7 @@ PARTS = (
     "  of which pool.acquire",
     "copy cell rows (one batched INSERT)",
     "copy artifacts (one query, one batched add)",
-    "replay: N cells executed (async_execute_cell)",
+    "replay: N cells executed (running.run_code)",
     "replay: output comparison (compare × N)",
     "replay: kernel handshake (kernel_info until iopub answers)",
     "replay: client start/stop, progress, rest",

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 
 import nbformat
+import psutil
 import pytest
 from llm_server import ScriptedLLM, respond, text, tool_call
+from tornado.httpclient import AsyncHTTPClient
+from tornado.testing import bind_unused_port
 
 from kernelagent.app import KernelAgentApp
+
+
+def _free_port() -> int:
+    sock, port = bind_unused_port()
+    sock.close()
+    return port
 
 
 def cli(tmp_path, *args):
@@ -143,3 +154,67 @@ def test_replay_reruns_a_notebook_and_reports_each_cell(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 match, 1 differ, 0 error" in result.stdout
     assert '-    "text": "5\\n"' in result.stdout or "differ" in result.stdout
+
+
+def _kernel_processes() -> set[int]:
+    """Sandboxed kernels (and their bwrap) running on this machine now."""
+    found = set()
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if process.info["name"] == "bwrap" or "ipykernel_launcher" in cmdline:
+            found.add(process.pid)
+    return found
+
+
+@pytest.mark.sandbox
+async def test_ready_means_ready_and_nothing_the_server_started_outlives_it(tmp_path):
+    """Short server lifetimes, as a user's: start, wait for health, use the token at once, stop
+    the process group at once or while the warm pool is still starting kernels."""
+    before = _kernel_processes()
+    client = AsyncHTTPClient()
+    for n, delay in enumerate((0.0, 0.3, 0.6, 1.0, 1.5, 2.5)):
+        port = _free_port()
+        env = {
+            **os.environ,
+            "KERNELAGENT_DATA_DIR": str(tmp_path / f"data-{n}"),
+            "KERNELAGENT_TOKEN": "lifetime-token",
+            "KERNELAGENT_POOL_SIZE": "2",
+            "KERNELAGENT_POOL_PREIMPORT": "",
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "kernelagent", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            async with asyncio.timeout(60):
+                while True:
+                    with contextlib.suppress(OSError):
+                        health = await client.fetch(f"{base}/api/v1/health", raise_error=False)
+                        if health.code == 200:
+                            break
+                    await asyncio.sleep(0.05)
+            created = await client.fetch(
+                f"{base}/api/v1/sessions",
+                method="POST",
+                body="{}",
+                headers={"Authorization": "token lifetime-token"},
+                raise_error=False,
+            )
+            assert created.code == 201, (n, created.code, created.body)
+            await asyncio.sleep(delay)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)  # as a terminal or a supervisor does
+            try:
+                await asyncio.to_thread(server.wait, 60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                raise
+    async with asyncio.timeout(15):
+        while left := _kernel_processes() - before:
+            await asyncio.sleep(0.2)
+    assert not left

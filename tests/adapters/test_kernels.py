@@ -1,15 +1,19 @@
-"""LocalKernels: settings reach the sandbox, and a kernel that cannot start says why."""
+"""LocalKernels, the kernel port on this machine: settings reach the sandbox, a kernel that cannot
+start says why, runs get their own messages and end saying how their kernel went, workspaces are
+names, and a client connection sees what Jupyter clients expect."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import resource
 
 import pytest
+from jupyter_client.session import Session
 
 from kernelagent.adapters.kernels import LocalKernels
-from kernelagent.errors import KernelDied, NotFound
+from kernelagent.errors import InvalidInput, KernelDied, NotFound, TooLarge
 
 pytestmark = pytest.mark.sandbox
 
@@ -73,3 +77,119 @@ async def test_unknown_kernelspec_is_a_clear_error(settings, tmp_path):
             await kernels.start("ws")
     finally:
         await kernels.close()
+
+
+@pytest.fixture
+async def kernels(settings):
+    backend = LocalKernels(settings)
+    yield backend
+    await backend.close()
+
+
+async def _drain(run, until: str = "idle", timeout: float = 30) -> list:
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await run.next(timeout)
+            if msg is None:
+                continue
+            seen.append(msg)
+            if msg.msg_type == "status" and msg.content["execution_state"] == until:
+                return seen
+
+
+async def test_a_run_gets_its_own_messages_and_its_reply(kernels):
+    kernel = await kernels.start("ws")
+    first = await kernels.execute(kernel, "print('one')")
+    second = await kernels.execute(kernel, "print('two')")
+    try:
+        for run, text in ((first, "one"), (second, "two")):
+            messages = await _drain(run)
+            assert all(m.parent_id == run.msg_id for m in messages)
+            streams = [m.content["text"] for m in messages if m.msg_type == "stream"]
+            assert streams == [f"{text}\n"]
+            reply = await run.reply(10)
+            assert reply is not None and reply.content["status"] == "ok"
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize(
+    ("end", "cause"),
+    [("restart", "restarted"), ("shutdown", "shutdown"), ("kill", "died")],
+)
+async def test_a_run_in_flight_ends_saying_how_its_kernel_went(kernels, end, cause):
+    kernel = await kernels.start("ws")
+    run = await kernels.execute(kernel, "import time\nprint('go', flush=True)\ntime.sleep(60)")
+    try:
+        await _drain(run, until="busy")
+        if end == "restart":
+            ending = asyncio.create_task(kernels.restart(kernel))
+        elif end == "shutdown":
+            ending = asyncio.create_task(kernels.shutdown(kernel, now=True))
+        else:
+            await kernels.manager(kernel).provisioner.kill()
+            ending = None
+        with pytest.raises(KernelDied) as died:
+            async with asyncio.timeout(30):
+                while True:
+                    await run.next(1)
+        assert died.value.cause == cause
+        if ending is not None:
+            await ending
+    finally:
+        run.close()
+    assert await kernels.is_alive(kernel) == (end == "restart")
+
+
+async def test_an_unknown_kernel_is_a_dead_one(kernels):
+    assert not await kernels.is_alive("no-such-kernel")
+    assert await kernels.exit_reason("no-such-kernel") is None
+    await kernels.shutdown("no-such-kernel")  # nothing to do
+    with pytest.raises(KernelDied):
+        await kernels.execute("no-such-kernel", "1")
+
+
+async def test_workspaces_are_names_not_paths(kernels):
+    for bad in ("../escape", "a/b", "", "/etc", "..", "."):
+        with pytest.raises(InvalidInput):
+            await kernels.list_files(bad)
+    await kernels.write_file("s1", "dir/data.csv", b"a,b\n")
+    files = await kernels.list_files("s1")
+    assert set(files) == {"dir/data.csv"} and files["dir/data.csv"].size == 4
+    assert await kernels.read_file("s1", "dir/data.csv", limit=100) == b"a,b\n"
+    with pytest.raises(TooLarge):
+        await kernels.read_file("s1", "dir/data.csv", limit=2)
+    await kernels.remove_file("s1", "dir/data.csv")
+    await kernels.remove_file("s1", "dir/data.csv")  # gone already: no error
+    assert await kernels.list_files("s1") == {}
+    await kernels.remove_workspace("s1")
+    assert await kernels.list_files("s1") == {}
+
+
+async def test_a_client_connection_sees_iopub_and_the_replies_to_its_requests(kernels):
+    kernel = await kernels.start("ws")
+    channels = await kernels.connect(kernel)
+    try:
+        session = Session(key=kernels.manager(kernel).session.key)
+        request = session.msg("kernel_info_request", {})
+        await channels.send("shell", request)
+        async with asyncio.timeout(30):
+            while (msg := await channels.receive()).msg_type != "kernel_info_reply":
+                pass
+        assert msg.channel == "shell" and msg.parent_id == request["header"]["msg_id"]
+        # a cell run by someone else (the execution path): this connection sees its iopub
+        run = await kernels.execute(kernel, "print('seen by all')")
+        async with asyncio.timeout(30):
+            while True:
+                msg = await channels.receive()
+                if msg.msg_type == "stream":
+                    break
+        assert msg.content["text"] == "seen by all\n" and msg.parent_id == run.msg_id
+        run.close()
+        channels.keep_iopub_only()
+        with pytest.raises(InvalidInput):
+            await channels.send("shell", request)
+    finally:
+        channels.close()

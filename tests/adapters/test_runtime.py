@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from kernelagent.adapters.runtime import LocalRuntime, RedisRuntime, make_runtime
 from kernelagent.domain import Signal
@@ -67,23 +66,15 @@ async def redis_processes(redis_url, redis_prefix) -> AsyncIterator[Processes]:
 async def runtime(request) -> AsyncIterator[Runtime]:
     """One process's runtime state, of each kind."""
     if request.param == "local":
-        local = LocalRuntime()
-        await local.start()
-        yield local
-        await local.close()
+        runtime: Runtime = LocalRuntime()
     else:
         url, prefix = (request.getfixturevalue(name) for name in ("redis_url", "redis_prefix"))
-        remote = RedisRuntime(url, prefix=prefix)
-        await remote.start()
-        yield remote
-        await remote.close()
-
-
-@pytest.fixture
-async def raw_redis(redis_url) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
+        runtime = RedisRuntime(url, prefix=prefix)
+    try:
+        await runtime.start()
+        yield runtime
+    finally:
+        await runtime.close()
 
 
 def session() -> str:
@@ -268,9 +259,7 @@ async def test_a_closed_process_owns_nothing_and_counts_nothing(redis_processes)
 
 
 @pytest.mark.redis
-async def test_a_killed_process_loses_everything_when_its_lease_runs_out(
-    redis_processes, raw_redis
-):
+async def test_a_killed_process_loses_everything_when_its_lease_runs_out(redis_processes):
     lease = 0.5
     killed, other = await redis_processes.start(lease=lease), await redis_processes.start()
     sid = session()
@@ -280,7 +269,7 @@ async def test_a_killed_process_loses_everything_when_its_lease_runs_out(
     await other.connections(sid, 1)
 
     await redis_processes.kill(killed)
-    left = await raw_redis.pttl(f"{killed.prefix}proc:{killed.process_id}") / 1000
+    left = await other.redis.pttl(f"{killed.prefix}proc:{killed.process_id}") / 1000
     started = time.monotonic()
     assert lease * 2 / 3 - 0.1 <= left <= lease  # renewed a moment ago, not deleted
     assert await other.owner("kernel", sid) == killed.process_id
