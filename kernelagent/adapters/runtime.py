@@ -183,13 +183,20 @@ class RedisRuntime:
         return max(1, round(self.lease * 1000))
 
     async def _heartbeat(self) -> None:
+        """Renew every lease/3; a renewal that fails or hangs is retried at once (within a
+        second), so one slow round trip never lets a live process's lease lapse."""
         key = self._key("proc", self.process_id)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.lease / 3
         while True:
-            await asyncio.sleep(self.lease / 3)
+            await asyncio.sleep(max(0.0, due - loop.time()))
             try:
-                await self.redis.set(key, "1", px=self._ms)
-            except RedisError as e:
+                async with asyncio.timeout(self.lease / 6):
+                    await self.redis.set(key, "1", px=self._ms)
+                due = loop.time() + self.lease / 3
+            except (RedisError, TimeoutError) as e:
                 log.warning("could not renew this process's lease (retrying): %s", e)
+                due = loop.time() + min(1.0, self.lease / 10)
 
     async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
         while True:
@@ -252,8 +259,13 @@ class RedisRuntime:
 
     async def set_running(self, session_id: str, cell_id: str | None) -> None:
         key = self._key("running", session_id)
-        if cell_id is None:
-            await self._call(self.redis.delete(key))
+        if cell_id is None:  # only our own mark: another process's newer cell stays
+            script = (
+                "local v = redis.call('GET', KEYS[1]) "
+                "if v and string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then "
+                "redis.call('DEL', KEYS[1]) end"
+            )
+            await self._call(self.redis.eval(script, 1, key, self.process_id))
         else:
             await self._call(self.redis.set(key, f"{self.process_id} {cell_id}", ex=KEEP))
 
@@ -281,7 +293,12 @@ class RedisRuntime:
     async def connections(self, session_id: str, change: int = 0) -> int:
         key = self._key("conns", session_id)
         if change:
-            await self._call(self.redis.hincrby(key, self.process_id, change))
+            # never below zero, as in LocalRuntime: an extra decrement is not remembered
+            script = (
+                "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2]) "
+                "if n < 0 then redis.call('HSET', KEYS[1], ARGV[1], 0) end"
+            )
+            await self._call(self.redis.eval(script, 1, key, self.process_id, change))
             self._counted.add(key)
         counts = await self._call(self.redis.hgetall(key))
         assert isinstance(counts, dict)
