@@ -157,9 +157,12 @@ def test_replay_reruns_a_notebook_and_reports_each_cell(tmp_path):
 
 
 def _kernel_processes() -> set[int]:
-    """Sandboxed kernels (and their bwrap) running on this machine now."""
+    """Sandboxed kernels (and their bwrap) running on this machine now (a zombie, dead but not
+    yet reaped by whoever inherited it, runs nothing)."""
     found = set()
-    for process in psutil.process_iter(["name", "cmdline"]):
+    for process in psutil.process_iter(["name", "cmdline", "status"]):
+        if process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
         cmdline = " ".join(process.info["cmdline"] or ())
         if process.info["name"] == "bwrap" or "ipykernel_launcher" in cmdline:
             found.add(process.pid)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 from typing import Any, Literal
@@ -138,6 +139,7 @@ class AgentService:
         self.active: dict[str, _Active] = {}  # session id → its turn running in this process
         self._stopping = False
         self._recovery: asyncio.Task[None] | None = None
+        self._grace = dt.timedelta(seconds=15)  # a turn younger than this may be on its way
         self.handlers = {
             "run_python": self._run_python,
             "ask_user": self._ask_user,
@@ -223,6 +225,7 @@ class AgentService:
 
     async def start_recovery(self, every: float) -> None:
         """Fail the running turns of processes that are gone, now and every ``every`` s."""
+        self._grace = dt.timedelta(seconds=every)
         await self.recover()
         self._recovery = asyncio.create_task(self._recover_every(every), name="turn-recovery")
 
@@ -235,19 +238,29 @@ class AgentService:
                 log.exception("recovering turns failed")
 
     async def recover(self) -> int:
-        """A running turn whose process is gone cannot go on: it fails, saying why. Paused
+        """A running turn whose process is gone cannot go on: it fails, saying why. One this
+        process was asked to run but is not running (its signal was lost) starts here. Paused
         turns are kept (any process can resume them). Returns how many failed."""
         failed = 0
         for turn in await self.db.turns.unfinished():
-            if turn.status == "running" and await self._orphaned(turn):
+            if turn.status != "running" or self._here(turn):
+                continue
+            owner = await self.state.owner("turn", turn.id)
+            if owner is None:
                 failed += await self._end_orphan(turn)
+            elif owner == self.state.process_id and turn.session_id not in self.active:
+                session = await self.db.sessions.get(turn.session_id)
+                if session is not None and now() - turn.started_at > self._grace:
+                    self._launch(session, turn)
         if failed:
             log.warning("%d turn(s) of a stopped server process were marked failed", failed)
         return failed
 
+    def _here(self, turn: Turn) -> bool:
+        return any(a.turn.id == turn.id for a in self.active.values())
+
     async def _orphaned(self, turn: Turn) -> bool:
-        here = any(a.turn.id == turn.id for a in self.active.values())
-        return not here and not await self.state.owner("turn", turn.id)
+        return not self._here(turn) and not await self.state.owner("turn", turn.id)
 
     async def _end_orphan(self, turn: Turn) -> int:
         ended = await self.db.turns.transition(
@@ -279,6 +292,8 @@ class AgentService:
         await self.state.signal(Signal("run_turn", session.id, turn.id, to=owner))
 
     def _launch(self, session: Session, turn: Turn) -> None:
+        if session.id in self.active:  # already running here (a signal and a recovery met)
+            return
         active = _Active(turn, usage=Usage(turn.prompt_tokens, turn.completion_tokens))
         self.active[session.id] = active
         active.task = asyncio.create_task(self._run(session, active), name=f"turn-{turn.id}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import json
 import re
 import uuid
@@ -15,6 +16,7 @@ from conftest import backend_settings, running
 from llm_server import ScriptedLLM, cut, delay, error, respond, text, tool_call, tool_calls
 from sse import EventStream
 
+from kernelagent.domain import Turn
 from kernelagent.services.output_views import DATAFRAME_MIME_TYPE
 
 pytestmark = pytest.mark.sandbox
@@ -388,6 +390,22 @@ async def test_start_up_fails_only_turns_whose_process_is_gone(server, llm):
     assert (await db.turns.get(orphan.id)).status == "failed"
     assert "stopped" in (await db.turns.get(orphan.id)).error
     assert events[-1].type == "turn.completed"
+
+
+async def test_a_turn_whose_signal_was_lost_starts_at_the_next_recovery(server, llm):
+    """A turn this process was asked to run (it owns it) but never heard of starts here."""
+    session = await server.session()
+    services = server.services
+    llm.script(text("picked up"))
+    started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    turn = Turn(str(uuid.uuid4()), session["id"], "running", "scripted", started)
+    await services.state.claim("turn", turn.id)
+    await services.db.turns.add(turn)
+    await services.recorder.markdown(session["id"], "user", "hello", {"turn_id": turn.id})
+    assert await services.agent.recover() == 0
+    await services.agent.wait(session["id"])
+    assert (await services.db.turns.get(turn.id)).status == "completed"
+    assert llm.requests[-1]["messages"][-1]["content"] == "hello"
 
 
 async def test_bad_tool_arguments_are_told_to_the_model_by_field(server, llm):

@@ -244,11 +244,19 @@ async def test_a_killed_process_fails_its_turn_and_leaves_no_kernel(processes, l
     assert failed.type == "turn.failed" and "stopped" in failed.data["error"]
     # the kernels of the killed process died with it (nothing reparented to init lives on)
     async with asyncio.timeout(10):
-        while any(psutil.pid_exists(pid) for pid in kernels):
+        while any(_running(pid) for pid in kernels):
             await asyncio.sleep(0.1)
     # the session goes on in B: its kernel is rebuilt there
     again = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "6 * 7"})
     assert again["cell"]["outputs"][0]["data"]["text/plain"] == "42"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _last_tool(body: dict) -> str:
