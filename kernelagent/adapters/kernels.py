@@ -323,7 +323,8 @@ class LocalKernels:
         manager = self.manager(kernel_id)
         source = self.workspace_path(self._workspaces[kernel_id])
         target = self.workspace_path(workspace)
-        await asyncio.to_thread(_adopt, source, target, self.kernel_uid(kernel_id))
+        # renames, in the loop: a thread hop would let the pool's refill start a kernel first
+        _adopt(source, target, self.kernel_uid(kernel_id))
         self._workspaces[kernel_id] = workspace
         if manager._launch_args is not None:  # what restart_kernel replays
             manager._launch_args["cwd"] = str(target)

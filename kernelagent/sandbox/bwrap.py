@@ -30,7 +30,6 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,10 +192,10 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._cgroup.procs_files if self._cgroup else [],
             stage,
             inner_argv,
+            server_pid=os.getpid(),
         )
         kwargs["env"] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         kwargs["pass_fds"] = self._fds
-        kwargs["preexec_fn"] = dies_with(os.getpid())
         kwargs["cwd"] = "/"
         if "stdout" not in kwargs and "stderr" not in kwargs:
             log = open(layout.log_file, "ab")  # noqa: SIM115 - handed to Popen, closed below
@@ -381,25 +380,6 @@ def set_subreaper() -> bool:
         return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # 36 = PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         return False
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def dies_with(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the launch chain is killed when the server (``parent``) dies, from its
-    first instruction on. bwrap's ``--die-with-parent`` arms the same signal only once bwrap
-    runs; a server killed while the chain (unshare, prlimit, setpriv) was still starting would
-    leave a kernel behind. Checking the parent after arming closes the last gap: a server that
-    died before is noticed at once."""
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: no imports in the child
-
-    def arm() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return arm
 
 
 def _pipe_with(data: bytes) -> int:

@@ -4,13 +4,16 @@ Pure functions over a :class:`Layout`; the provisioner (``bwrap.py``) owns the s
 
 The launch chain, when the server runs as root::
 
-    unshare --mount -- sh -c STAGE …    # private mount namespace: join cgroups, stage bind sources
-      → prlimit --data=… --nproc=… --    # rlimits, inherited by everything below
-      → setpriv --reuid=U --regid=U …    # an unprivileged host uid, no capabilities, and
-                                         # killed with the server (--pdeathsig)
+    setpriv --pdeathsig SIGKILL -- sh -c GUARD  # dies with the server, or now if it is gone
+      → unshare --mount -- sh -c STAGE …    # private mount namespace: cgroups, bind staging
+      → prlimit --data=… --nproc=… --        # rlimits, inherited by everything below
+      → setpriv --reuid=U --regid=U …        # an unprivileged host uid, no capabilities, and
+                                             # killed with the server (--pdeathsig)
       → bwrap --args FD -- python -m ipykernel_launcher -f /run/kernel.json
 
-and as an ordinary user just ``prlimit … -- bwrap --args FD -- python …``. bwrap resolves its bind
+and as an ordinary user just the guard, then ``prlimit … -- bwrap --args FD -- python …``. The
+parent-death signal survives each ``exec`` but not the uid change, so the privilege drop arms it
+again; bwrap's ``--die-with-parent`` then covers the sandbox. bwrap resolves its bind
 sources as the dropped uid, so a source under a directory that uid cannot enter (a pyenv under
 ``/root``, a ``0700`` temp dir) is first bind-mounted, by root, onto an empty directory of the
 kernel's runtime dir inside the private mount namespace ("staging").
@@ -211,6 +214,11 @@ def inner_env(python_bin: Path, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+# Armed first thing in the child: killed when the server dies. If the server died before it was
+# armed, the parent is no longer the server: give up at once (a kernel must not outlive it).
+DIE_WITH_SERVER = 'test "$PPID" = "$0" || exit 1; exec "$@"'
+
+
 def launch_argv(
     layout: Layout,
     bwrap: str,
@@ -219,12 +227,18 @@ def launch_argv(
     cgroup_procs: list[str],
     stage: dict[Path, Path],
     argv: list[str],
+    server_pid: int,
 ) -> list[str]:
-    """The host command: staging and privilege drop (as root), rlimits, then bwrap."""
+    """The host command: tied to the server's life, staging and privilege drop (as root),
+    rlimits, then bwrap."""
+    guard = [
+        "setpriv", "--pdeathsig", "SIGKILL", "--",
+        "/bin/sh", "-c", DIE_WITH_SERVER, str(server_pid),
+    ]  # fmt: skip
     sandbox = [bwrap, "--args", str(args_fd), "--", *argv]
     prlimit = ["prlimit", *limits.prlimit_args(), "--"]
     if layout.host_uid is None:
-        return [*prlimit, *sandbox]
+        return [*guard, *prlimit, *sandbox]
     uid = str(layout.host_uid)
     setpriv = [
         "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
@@ -238,6 +252,7 @@ def launch_argv(
     for source, target in stage.items():
         steps += ["bind", str(source), str(target)]
     return [
+        *guard,
         "unshare", "--mount", "--propagation", "private", "--",
         "/bin/sh", "-c", STAGE_SCRIPT, "kernelagent-launch", *steps, "--",
         *prlimit, *setpriv, *sandbox,
