@@ -43,6 +43,7 @@ from kernelagent.services.recording import Recorder
 from kernelagent.services.replay import Replayer
 from kernelagent.services.sessions import SessionService
 from kernelagent.services.supervisor import KernelSupervisor
+from kernelagent.services.turns import TurnService
 from kernelagent.services.worldlines import WorldlineService
 from kernelagent.web.routes import routes
 
@@ -70,6 +71,7 @@ class Services:
     gateway: GatewayService
     events: EventLog
     agent: AgentService
+    turns: TurnService
     worldlines: WorldlineService
 
 
@@ -162,7 +164,8 @@ class KernelAgentApp:
             ),
             prices=parse_prices(settings.prices),
         )
-        await agent.start_recovery(every=settings.process_lease)
+        turns = TurnService(db, sessions, agent, recorder, state)
+        await turns.start_recovery(every=settings.process_lease)
         self.services = Services(
             settings=settings,
             db=db,
@@ -181,6 +184,7 @@ class KernelAgentApp:
             gateway=GatewayService(sessions, execution, supervisor, kernels, state),
             events=events,
             agent=agent,
+            turns=turns,
             worldlines=WorldlineService(db, locks, sessions, supervisor, files, events, replayer),
         )
         await pool.start()
@@ -241,6 +245,7 @@ class KernelAgentApp:
             await self.http.close_all_connections()
         if self.services:
             s = self.services
+            await s.turns.stop()
             await s.agent.stop()
             await s.worldlines.stop()
             await s.gateway.stop()

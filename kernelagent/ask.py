@@ -40,7 +40,7 @@ async def run_ask(
         for path in files:
             entry = await services.files.upload(session, path.name, path.read_bytes())
             console.print(f"[dim]uploaded {entry.path} ({entry.size} bytes)[/]")
-        turn = await services.agent.start(user, session.id, question, model)
+        turn = await services.turns.start(user, session.id, question, model)
         status = await _follow(services, user, session.id, turn.id, console)
         output = output or Path(f"kernelagent-{session.id[:8]}.ipynb")
         output.write_bytes(await services.notebooks.export(session))
@@ -92,7 +92,7 @@ async def _follow(services, user, session_id: str, turn_id: str, console: Consol
                 elif event.type == "ask_user":
                     spinner.stop()
                     answer = await asyncio.to_thread(console.input, f"[bold]{data['question']}[/] ")
-                    await services.agent.answer(user, session_id, turn_id, answer)
+                    await services.turns.answer(user, session_id, turn_id, answer)
                     spinner.start()
                 elif event.type == "usage":
                     cost = f", ${data['cost']:.4f}" if data.get("cost") is not None else ""

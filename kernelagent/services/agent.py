@@ -1,20 +1,19 @@
 """AgentService: a turn is a tool-calling loop over the session's kernel, published as events.
 
-``start()`` records the user's message and runs the turn in a background task (it goes on when
-the client goes away): build the conversation from the notebook record → ask the model (streamed,
-``message.delta``) → record its text → run its tool calls (``services.tools``: ``run_python``
-through ``ExecutionService``, so the same lock and record as a person's cell) → give the model a
-budgeted view of the results → again, until it answers without calling a tool, or a budget
-(steps, wall clock, tokens) or an interrupt stops it.
+``launch()`` runs a turn (started by ``TurnService``) in a background task of this process (it goes
+on when the client goes away): build the conversation from the notebook record → ask the model
+(streamed, ``message.delta``) → record its text → run its tool calls (``services.tools``:
+``run_python`` through ``ExecutionService``, so the same lock and record as a person's cell) → give
+the model a budgeted view of the results → again, until it answers without calling a tool, or a
+budget (steps, wall clock, tokens) or an interrupt stops it.
 
 When the turn needs the user (``ask_user``, or a cell in approval mode) it pauses
 (``AwaitingUser``): no task waits, the turn row keeps what it waits for (``pending``) and the
 question is in the record. The answer, sent to any server process, even after a restart, resumes
-it where the session's kernel lives: the paused call is finished with the user's answer, the
-calls after it are run, and the loop goes on from the record. Interrupts reach the process
-running the turn as a signal (``RuntimeState``). Every way a turn ends is recorded on the turn
-row and published (``turn.completed`` or ``turn.failed`` with the reason); budget stops and LLM
-failures also leave a note in the notebook.
+it (``TurnService`` decides where): the paused call is finished with the user's answer, the calls
+after it are run, and the loop goes on from the record. Every way a turn ends is recorded on the
+turn row and published (``turn.completed`` or ``turn.failed`` with the reason); budget stops and
+LLM failures also leave a note in the notebook.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import logging
 from typing import Any, Literal
@@ -32,15 +30,13 @@ from kernelagent.domain import (
     Cell,
     Reply,
     Session,
-    Signal,
     ToolCall,
     Turn,
     Usage,
-    User,
     new_id,
     now,
 )
-from kernelagent.errors import Conflict, InvalidInput, LLMError, NotConfigured, NotFound
+from kernelagent.errors import LLMError
 from kernelagent.events import (
     ApprovalRequired,
     AskUser,
@@ -50,7 +46,6 @@ from kernelagent.events import (
     SessionEvent,
     TurnCompleted,
     TurnFailed,
-    TurnStarted,
     UsageReported,
 )
 from kernelagent.services import tools
@@ -67,7 +62,6 @@ from kernelagent.services.tool_results import describe_cell, pictures
 log = logging.getLogger(__name__)
 
 Decision = Literal["approve", "reject", "edit"]
-GONE = "the server process running this turn stopped"
 
 
 class TurnStopped(Exception):
@@ -138,179 +132,28 @@ class AgentService:
         self.prices = prices or {}
         self.active: dict[str, _Active] = {}  # session id → its turn running in this process
         self._stopping = False
-        self._recovery: asyncio.Task[None] | None = None
-        self._grace = dt.timedelta(seconds=15)  # a turn younger than this may be on its way
         self.handlers = {
             "run_python": self._run_python,
             "ask_user": self._ask_user,
             "read_artifact": self._read_artifact,
         }
-        state.on_signal(self._on_signal)
 
-    # ------------------------------------------------------------------ the API's verbs
+    # ------------------------------------------------------------------ turns in this process
 
-    async def start(self, user: User, session_id: str, content: str, model: str | None) -> Turn:
-        session = await self.sessions.get(user, session_id)
-        if self.llm is None:
-            raise NotConfigured(
-                "no LLM is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for another "
-                "OpenAI-compatible endpoint); code cells still run without one"
-            )
-        if not content.strip():
-            raise InvalidInput("the message is empty")
-        if session.id in self.active or await self._unfinished(session.id):
-            raise Conflict(
-                "a turn is already running in this session: wait for it, answer it, or interrupt it"
-            )
-        turn = Turn(new_id(), session.id, "running", model or self.default_model, now())
-        await self.state.claim("turn", turn.id)  # before the row: no recovery may take it
-        try:
-            await self.db.turns.add(turn)
-            await self._publish(session.id, TurnStarted(turn_id=turn.id, model=turn.model))
-            await self.recorder.markdown(session.id, "user", content, {"turn_id": turn.id})
-        except BaseException:
-            await self.state.release("turn", turn.id)
-            raise
-        await self._dispatch(session, turn)
-        return turn
-
-    async def answer(self, user: User, session_id: str, turn_id: str, text: str) -> None:
-        session, turn = await self._paused(user, session_id, turn_id, "answer")
-        await self._resume(session, turn, {"answer": text})
-
-    async def decide(
-        self, user: User, session_id: str, turn_id: str, decision: str, code: str | None
-    ) -> None:
-        if decision not in ("approve", "reject", "edit"):
-            raise InvalidInput("decision must be one of approve, reject, edit")
-        if decision == "edit" and not (code or "").strip():
-            raise InvalidInput("an edit needs the edited code in 'code'")
-        session, turn = await self._paused(user, session_id, turn_id, "approval")
-        await self._resume(session, turn, {"decision": decision, "code_edited": code})
-
-    async def interrupt(self, user: User, session_id: str) -> None:
-        """Stop the running cell (if any) and the turn (if any), in whichever process."""
-        session = await self.sessions.get(user, session_id)
-        await self._interrupt_here(session.id)
-        await self.state.signal(Signal("interrupt", session.id, sender=self.state.process_id))
-        for turn in await self.db.turns.unfinished(session.id):
-            if turn.status == "waiting":
-                await self._end_paused(turn, "interrupted", "interrupted by the user")
-
-    async def turn(self, user: User, session_id: str, turn_id: str) -> Turn:
-        session = await self.sessions.get(user, session_id)
-        turn = await self.db.turns.get(turn_id)
-        if turn is None or turn.session_id != session.id:
-            raise NotFound("no such turn")
-        return turn
-
-    async def wait(self, session_id: str) -> None:
-        """Until the session's turn running in this process (if any) has ended or paused."""
-        active = self.active.get(session_id)
-        if active is not None and active.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(active.task)
-
-    async def usage(self, session_id: str) -> dict[str, Any]:
-        turns = await self.db.turns.list(session_id)
-        costs = [t.cost for t in turns if t.cost is not None]
-        return {
-            "turns": len(turns),
-            "prompt_tokens": sum(t.prompt_tokens for t in turns),
-            "completion_tokens": sum(t.completion_tokens for t in turns),
-            "cost": round(sum(costs), 6) if costs else None,
-        }
-
-    # ------------------------------------------------------------------ where turns run
-
-    async def start_recovery(self, every: float) -> None:
-        """Fail the running turns of processes that are gone, now and every ``every`` s."""
-        self._grace = dt.timedelta(seconds=every)
-        await self.recover()
-        self._recovery = asyncio.create_task(self._recover_every(every), name="turn-recovery")
-
-    async def _recover_every(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.recover()
-            except Exception:
-                log.exception("recovering turns failed")
-
-    async def recover(self) -> int:
-        """A running turn whose process is gone cannot go on: it fails, saying why. One this
-        process was asked to run but is not running (its signal was lost) starts here. Paused
-        turns are kept (any process can resume them). Returns how many failed."""
-        failed = 0
-        for turn in await self.db.turns.unfinished():
-            if turn.status != "running" or self._here(turn):
-                continue
-            owner = await self.state.owner("turn", turn.id)
-            if owner is None:
-                failed += await self._end_orphan(turn)
-            elif owner == self.state.process_id and turn.session_id not in self.active:
-                session = await self.db.sessions.get(turn.session_id)
-                if session is not None and now() - turn.started_at > self._grace:
-                    self._launch(session, turn)
-        if failed:
-            log.warning("%d turn(s) of a stopped server process were marked failed", failed)
-        return failed
-
-    def _here(self, turn: Turn) -> bool:
-        return any(a.turn.id == turn.id for a in self.active.values())
-
-    async def _orphaned(self, turn: Turn) -> bool:
-        return not self._here(turn) and not await self.state.owner("turn", turn.id)
-
-    async def _end_orphan(self, turn: Turn) -> int:
-        ended = await self.db.turns.transition(
-            turn.id, "running", status="failed", error=GONE, ended_at=now(), pending=None
-        )
-        if ended:
-            await self._publish(
-                turn.session_id, TurnFailed(turn_id=turn.id, status="failed", error=GONE)
-            )
-            await self.recorder.note(turn.session_id, f"The turn stopped: {GONE}")
-        return int(ended)
-
-    async def _unfinished(self, session_id: str) -> bool:
-        """Whether the session has a turn running or paused (an orphan is ended first)."""
-        for turn in await self.db.turns.unfinished(session_id):
-            if turn.status == "running" and await self._orphaned(turn):
-                await self._end_orphan(turn)
-            else:
-                return True
-        return False
-
-    async def _dispatch(self, session: Session, turn: Turn) -> None:
-        """Run the turn where the session's kernel lives: here, or in the process owning it."""
-        owner = await self.state.owner("kernel", session.id)
-        if owner is None or owner == self.state.process_id:
-            self._launch(session, turn)
-            return
-        await self.state.claim("turn", turn.id, owner)
-        await self.state.signal(Signal("run_turn", session.id, turn.id, to=owner))
-
-    def _launch(self, session: Session, turn: Turn) -> None:
+    def launch(self, session: Session, turn: Turn) -> None:
+        """Run (or go on with) ``turn`` in this process, in a task of its own."""
         if session.id in self.active:  # already running here (a signal and a recovery met)
             return
         active = _Active(turn, usage=Usage(turn.prompt_tokens, turn.completion_tokens))
         self.active[session.id] = active
         active.task = asyncio.create_task(self._run(session, active), name=f"turn-{turn.id}")
 
-    async def _on_signal(self, signal: Signal) -> None:
-        if signal.sender == self.state.process_id:
-            return
-        if signal.kind == "interrupt":
-            await self._interrupt_here(signal.session_id)
-        elif signal.kind == "run_turn" and signal.turn_id:
-            turn = await self.db.turns.get(signal.turn_id)
-            session = await self.db.sessions.get(signal.session_id)
-            if turn and session and turn.status == "running" and session.id not in self.active:
-                await self.state.claim("turn", turn.id)
-                self._launch(session, turn)
+    def runs(self, turn_id: str) -> bool:
+        """Whether this process runs the turn now."""
+        return any(a.turn.id == turn_id for a in self.active.values())
 
-    async def _interrupt_here(self, session_id: str) -> None:
+    async def interrupt_here(self, session_id: str) -> None:
+        """Stop the session's cell and turn, as far as they run in this process."""
         await self.execution.interrupt_here(session_id)
         active = self.active.get(session_id)
         if active is None:
@@ -319,46 +162,15 @@ class AgentService:
         if not active.in_cell and active.task is not None:
             active.task.cancel()  # the cell itself ends as "interrupted", then the loop stops
 
-    async def _paused(
-        self, user: User, session_id: str, turn_id: str, kind: Literal["answer", "approval"]
-    ) -> tuple[Session, Turn]:
-        session = await self.sessions.get(user, session_id)
-        turn = await self.db.turns.get(turn_id)
-        if turn is None or turn.session_id != session.id:
-            raise NotFound("no such turn")
-        wanted = "an answer" if kind == "answer" else "an approval"
-        if turn.status not in ("running", "waiting"):
-            raise Conflict("this turn is not running")
-        if turn.status != "waiting" or (turn.pending or {}).get("kind") != kind:
-            raise Conflict(f"this turn is not waiting for {wanted}")
-        return session, turn
-
-    async def _resume(self, session: Session, turn: Turn, given: dict[str, Any]) -> None:
-        """The user's answer or decision joins the pending call; the turn goes on (one
-        answer wins, whichever process it reached)."""
-        pending = {**(turn.pending or {}), **given}
-        await self.state.claim("turn", turn.id)
-        if not await self.db.turns.transition(
-            turn.id, "waiting", status="running", pending=pending
-        ):
-            await self.state.release("turn", turn.id)
-            raise Conflict("this turn was answered already")
-        await self._dispatch(session, dataclasses.replace(turn, status="running", pending=pending))
-
-    async def _end_paused(self, turn: Turn, status: str, error: str) -> None:
-        if await self.db.turns.transition(
-            turn.id, "waiting", status=status, error=error, ended_at=now(), pending=None
-        ):
-            await self._publish(
-                turn.session_id, TurnFailed(turn_id=turn.id, status=status, error=error)
-            )
+    async def wait(self, session_id: str) -> None:
+        """Until the session's turn running in this process (if any) has ended or paused."""
+        active = self.active.get(session_id)
+        if active is not None and active.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(active.task)
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
         for active in list(self.active.values()):
             if active.task is not None:
                 active.task.cancel()

@@ -210,7 +210,7 @@ class SessionsPage(PageHandler):
             return
         s = self.services
         sessions = await s.sessions.list(self.user)
-        usage = {x.id: await s.agent.usage(x.id) for x in sessions}
+        usage = {x.id: await s.turns.usage(x.id) for x in sessions}
         running = await s.execution.busy([x.id for x in sessions])
         rows = [
             {
@@ -246,7 +246,7 @@ class SessionPage(PageHandler):
             "turn": state["turn"],
             "running": [c.id for c in cells if c.status == "pending"],
             "upload_limit": s.settings.upload_limit,
-            "usage": await s.agent.usage(session.id),
+            "usage": await s.turns.usage(session.id),
         }
         self.render_page(
             "session.html",

@@ -38,8 +38,8 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
     """``services``: the app's ``Services`` (see ``app.py``); each handler takes what it uses."""
     s = services
     common = {"auth": s.auth, "body_limit": s.settings.body_limit}
-    with_sessions = {**common, "sessions": s.sessions, "execution": s.execution, "agent": s.agent}
-    agent = {**common, "agent": s.agent}
+    with_sessions = {**common, "sessions": s.sessions, "execution": s.execution, "turns": s.turns}
+    turns = {**common, "turns": s.turns}
     gateway = {**common, "gateway": s.gateway}
     api: list[tuple[str, type]] = []
     table = [
@@ -52,11 +52,11 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
             CellsHandler,
             {**with_sessions, "files": s.files, "notebooks": s.notebooks},
         ),
-        (SESSION + r"/interrupt", InterruptHandler, agent),
-        (SESSION + r"/messages", MessagesHandler, agent),
-        (SESSION + r"/turns/([^/]+)", TurnHandler, agent),
-        (SESSION + r"/turns/([^/]+)/answer", AnswerHandler, agent),
-        (SESSION + r"/turns/([^/]+)/approval", ApprovalHandler, agent),
+        (SESSION + r"/interrupt", InterruptHandler, turns),
+        (SESSION + r"/messages", MessagesHandler, turns),
+        (SESSION + r"/turns/([^/]+)", TurnHandler, turns),
+        (SESSION + r"/turns/([^/]+)/answer", AnswerHandler, turns),
+        (SESSION + r"/turns/([^/]+)/approval", ApprovalHandler, turns),
         (SESSION + r"/replay", ReplayHandler, {**common, "worldlines": s.worldlines}),
         (SESSION + r"/branch", BranchHandler, {**common, "worldlines": s.worldlines}),
         (

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pydantic
 
-from kernelagent.services.agent import AgentService
 from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.notebook_store import NotebookStore
 from kernelagent.services.notebooks import build_notebook
 from kernelagent.services.sessions import TITLE_MAX, SessionService
+from kernelagent.services.turns import TurnService
 from kernelagent.web.base import ApiHandler, Request, operation
 from kernelagent.web.serialize import (
     CellRun,
@@ -72,7 +72,7 @@ class SessionsHandler(ApiHandler):
 class SessionHandler(ApiHandler):
     sessions: SessionService
     execution: ExecutionService
-    agent: AgentService
+    turns: TurnService
 
     @operation(
         "getSession",
@@ -83,7 +83,7 @@ class SessionHandler(ApiHandler):
     )
     async def get(self, session_id: str) -> None:
         session = await self.sessions.get(self.user, session_id)
-        usage = await self.agent.usage(session.id)
+        usage = await self.turns.usage(session.id)
         busy = bool(await self.execution.busy([session.id]))
         self.write_model(session_body(session, busy, usage))
 
@@ -153,7 +153,7 @@ class CellsHandler(ApiHandler):
 class InterruptHandler(ApiHandler):
     """Stops the running cell and the agent's turn, if any."""
 
-    agent: AgentService
+    turns: TurnService
 
     @operation(
         "interrupt",
@@ -163,6 +163,6 @@ class InterruptHandler(ApiHandler):
         errors=(404,),
     )
     async def post(self, session_id: str) -> None:
-        await self.agent.interrupt(self.user, session_id)
+        await self.turns.interrupt(self.user, session_id)
         self.set_status(204)
         self.finish()

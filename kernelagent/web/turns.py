@@ -6,7 +6,7 @@ from typing import Literal
 
 import pydantic
 
-from kernelagent.services.agent import AgentService
+from kernelagent.services.turns import TurnService
 from kernelagent.web.base import ApiHandler, Request, operation
 from kernelagent.web.serialize import TurnAccepted, TurnBody, TurnRef, turn_body
 
@@ -28,7 +28,7 @@ class Approval(Request):
 class MessagesHandler(ApiHandler):
     """``POST {"content", "model"?}`` → 202 ``{"turn_id"}``; the turn runs in the background."""
 
-    agent: AgentService
+    turns: TurnService
 
     @operation(
         "sendMessage",
@@ -43,22 +43,22 @@ class MessagesHandler(ApiHandler):
     )
     async def post(self, session_id: str) -> None:
         body = self.json_body(NewMessage)
-        turn = await self.agent.start(self.user, session_id, body.content, body.model)
+        turn = await self.turns.start(self.user, session_id, body.content, body.model)
         self.write_model(TurnAccepted(turn_id=turn.id, turn=turn_body(turn)), status=202)
 
 
 class TurnHandler(ApiHandler):
-    agent: AgentService
+    turns: TurnService
 
     @operation(
         "getTurn", "One turn: status, model, usage, error", "turns", answer=TurnBody, errors=(404,)
     )
     async def get(self, session_id: str, turn_id: str) -> None:
-        self.write_model(turn_body(await self.agent.turn(self.user, session_id, turn_id)))
+        self.write_model(turn_body(await self.turns.turn(self.user, session_id, turn_id)))
 
 
 class AnswerHandler(ApiHandler):
-    agent: AgentService
+    turns: TurnService
 
     @operation(
         "answerTurn",
@@ -71,12 +71,12 @@ class AnswerHandler(ApiHandler):
     )
     async def post(self, session_id: str, turn_id: str) -> None:
         body = self.json_body(Answer)
-        await self.agent.answer(self.user, session_id, turn_id, body.text)
+        await self.turns.answer(self.user, session_id, turn_id, body.text)
         self.write_model(TurnRef(turn_id=turn_id), status=202)
 
 
 class ApprovalHandler(ApiHandler):
-    agent: AgentService
+    turns: TurnService
 
     @operation(
         "approveCell",
@@ -90,5 +90,5 @@ class ApprovalHandler(ApiHandler):
     )
     async def post(self, session_id: str, turn_id: str) -> None:
         body = self.json_body(Approval)
-        await self.agent.decide(self.user, session_id, turn_id, body.decision, body.code)
+        await self.turns.decide(self.user, session_id, turn_id, body.decision, body.code)
         self.write_model(TurnRef(turn_id=turn_id), status=202)

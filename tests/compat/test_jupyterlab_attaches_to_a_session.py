@@ -19,6 +19,11 @@ pytestmark = pytest.mark.sandbox
 
 TITLE = "Quarterly revenue"
 OUTPUT = ".jp-NotebookPanel .jp-OutputArea-output"
+# the status bar says "<kernel> | Idle" once the notebook's kernel is connected and idle
+KERNEL_IDLE = (
+    "[...document.querySelectorAll('.jp-StatusBar-TextItem')]"
+    ".some(i => i.innerText.includes('Agent:') && i.innerText.includes('Idle'))"
+)
 
 
 @pytest.mark.parametrize("ka_server", ["embedded"], indirect=True)
@@ -56,19 +61,23 @@ async def test_jupyterlab_picks_the_session_and_shares_its_kernel(ka_server, tmp
             await page.screenshot(path=str(shots / "launcher.png"))
             await card.first.click()
 
-            # a notebook on the session's kernel: type a cell that needs the agent's variable
+            # a notebook on the session's kernel: once it is connected, type a cell that needs
+            # the agent's variable
             editor = page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first
             await editor.wait_for()
-            await dismiss_dialogs(page, dialogs)
-            await editor.click()
-            await page.keyboard.type("revenue * 2")
-            await page.keyboard.press("Shift+Enter")
-            await wait_rendered(
-                page,
-                dialogs,
-                f"[...document.querySelectorAll('{OUTPUT}')]"
-                ".some(o => o.innerText.includes('2468'))",
-            )
+            try:
+                await wait_rendered(page, dialogs, KERNEL_IDLE)
+                await editor.click()
+                await page.keyboard.type("revenue * 2")
+                await page.keyboard.press("Shift+Enter")
+                await wait_rendered(
+                    page,
+                    dialogs,
+                    f"[...document.querySelectorAll('{OUTPUT}')]"
+                    ".some(o => o.innerText.includes('2468'))",
+                )
+            finally:
+                await page.screenshot(path=str(shots / "last.png"))
             await page.screenshot(path=str(shots / "notebook.png"))
             kernel_name = await page.evaluate(
                 "document.querySelector('.jp-NotebookPanel .jp-Toolbar-kernelName')?.innerText"

@@ -374,18 +374,18 @@ async def test_a_paused_turn_survives_a_restart(request, tmp_path, unused_port, 
 
 async def test_start_up_fails_only_turns_whose_process_is_gone(server, llm):
     session = await server.session()
-    agent, db = server.services.agent, server.services.db
+    turns, db = server.services.turns, server.services.db
     llm.script(tool_call("run_python", {"code": "import time\ntime.sleep(3)"}), text("done"))
     async with events_of(server, session["id"]) as stream:
         live = await ask(server, session["id"], "take your time")
         await stream.until(lambda e: e.type == "cell.started")
-        assert await agent.recover() == 0  # its process (this one) holds it
+        assert await turns.recover() == 0  # its process (this one) holds it
         # a turn a stopped process left running: nobody holds it
         orphan = dataclasses.replace(
             await db.turns.get(live), id=str(uuid.uuid4()), status="running"
         )
         await db.turns.add(orphan)
-        assert await agent.recover() == 1
+        assert await turns.recover() == 1
         events = await stream.until(ended(live), timeout=30)
     assert (await db.turns.get(orphan.id)).status == "failed"
     assert "stopped" in (await db.turns.get(orphan.id)).error
@@ -402,7 +402,7 @@ async def test_a_turn_whose_signal_was_lost_starts_at_the_next_recovery(server, 
     await services.state.claim("turn", turn.id)
     await services.db.turns.add(turn)
     await services.recorder.markdown(session["id"], "user", "hello", {"turn_id": turn.id})
-    assert await services.agent.recover() == 0
+    assert await services.turns.recover() == 0
     await services.agent.wait(session["id"])
     assert (await services.db.turns.get(turn.id)).status == "completed"
     assert llm.requests[-1]["messages"][-1]["content"] == "hello"
