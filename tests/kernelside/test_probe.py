@@ -28,8 +28,6 @@ from traitlets.config import Config
 from kernelagent.kernelside import probe
 from kernelagent.kernelside.probe import EXPRESSION, MAX_COLUMNS, MAX_FILES
 
-HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
-
 
 def write(root, relative: str, content: str | bytes) -> int:
     """Writes ``content`` at ``root/relative`` (directories made); returns its size in bytes."""
@@ -114,7 +112,6 @@ def test_at_most_max_columns_of_a_wide_table(tmp_path):
     assert found["columns"] == names[:MAX_COLUMNS]
 
 
-@pytest.mark.skipif(not HAS_PYARROW, reason="pyarrow is not installed: no Parquet file to write")
 def test_columns_of_a_parquet_table(tmp_path):
     frame = pd.DataFrame({"when": pd.date_range("2024-01-01", periods=3), "value": [1.0, 2, 3]})
     frame["label"] = ["a", "b", "c"]
@@ -209,8 +206,7 @@ def test_libraries_name_the_installed_ones_with_versions():
     assert names == [name for name in probe.LIBRARIES if name in names]  # in LIBRARIES order
     for name in names:
         assert entry_version(present, name) == importlib.metadata.version(name)
-    if not HAS_PYARROW:
-        assert "pyarrow" not in names
+    assert "pyarrow" in names  # a dependency: the kernel reads Parquet
 
 
 def entry_version(present: list[str], name: str) -> str:
