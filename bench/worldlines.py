@@ -753,7 +753,7 @@ async def main() -> int:
         "kernelagent_shutdown": "  of which the replay kernel's shutdown",
         "kernelagent_wait_for_ready": "  of which the kernel handshake (`kernel_info`)",
         "kernelagent_progress": "  of which progress events (`events.publish` × N)",
-        "kernelagent_cells": "  of which cells executed (`async_execute_cell` × N)",
+        "kernelagent_cells": "  of which cells executed (`running.run_code` × N)",
         "kernelagent_held_wall": "kernelagent `POST …/replay`, pool refill held back, wall",
         "kernelagent_held_cells": "  of which cells executed",
         "nbclient_plain_total": "nbclient, plain `python3`, end to end (kernel start incl.)",
