@@ -107,10 +107,15 @@ class GatewayService:
         self._restarting: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
-    async def model(self, session: Session, name: str | None = None) -> KernelModel:
+    async def model(
+        self, session: Session, name: str | None = None, busy: bool | None = None
+    ) -> KernelModel:
+        """``busy``: whether it runs a cell, when the caller asked already (a listing)."""
+        if busy is None:
+            busy = bool(await self.execution.busy([session.id]))
         if session.id in self._restarting:
             state = "restarting"
-        elif await self.execution.busy([session.id]):
+        elif busy:
             state = "busy"
         elif session.status == "dead":
             state = "dead"
@@ -125,7 +130,9 @@ class GatewayService:
         )
 
     async def list(self, user: User) -> list[KernelModel]:
-        return [await self.model(s) for s in await self.sessions.list(user) if listed(s)]
+        sessions = [s for s in await self.sessions.list(user) if listed(s)]
+        busy = await self.execution.busy([s.id for s in sessions])  # one question for all
+        return [await self.model(s, busy=s.id in busy) for s in sessions]
 
     async def create(self, user: User, name: str | None) -> KernelModel:
         """A new session's kernel; or, for a session's own kernelspec, that session's kernel

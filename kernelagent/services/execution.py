@@ -34,7 +34,7 @@ from kernelagent.services.ports import (
     SessionLocks,
 )
 from kernelagent.services.recording import LOCK_WAIT, Recorder, new_cell
-from kernelagent.services.running import CellResult, collect, died, evaluate
+from kernelagent.services.running import CellResult, collect, died_output, evaluate
 from kernelagent.services.supervisor import KernelSupervisor
 
 log = logging.getLogger(__name__)
@@ -214,8 +214,7 @@ class ExecutionService:
                 kernel_id, code, message=request.message if request else None
             )
         except KernelDied as e:
-            error = {"output_type": "error", **died(str(e))}
-            return CellResult([error], "died", None, None, e.cause == "died")
+            return CellResult([died_output(str(e))], "died", None, None, e.cause == "died")
         self._running[session_id].run = run
         try:
             return await collect(
@@ -249,6 +248,7 @@ class ExecutionService:
     async def evaluate(self, session_id: str, expression: str, timeout: float = 10) -> str:
         """The ``text/plain`` value of ``expression`` in the session's kernel, evaluated silently
         in order with the cells."""
+        await self.supervisor.check_here(session_id)
         async with self.locks.hold(session_id, timeout=LOCK_WAIT):
             session = await self.db.sessions.get(session_id)
             if session is None:

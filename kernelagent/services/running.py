@@ -96,7 +96,7 @@ async def run_code(
     try:
         run = await kernels.execute(kernel_id, code)
     except KernelDied as e:
-        return CellResult([{"output_type": "error", **died(str(e))}], "died", None, None, True)
+        return CellResult([died_output(str(e))], "died", None, None, e.cause == "died")
     try:
         return await collect(kernels, kernel_id, run, timeout, stream_limit)
     finally:
@@ -129,6 +129,11 @@ async def run_silently(kernels: KernelBackend, kernel_id: str, code: str, timeou
     finally:
         run.close()
     return reply is not None and reply.content.get("status") == "ok"
+
+
+def died_output(reason: str) -> dict[str, Any]:
+    """The same, as an nbformat output (a cell whose request never reached the kernel)."""
+    return {"output_type": "error", **died(reason)}
 
 
 def died(reason: str) -> dict[str, Any]:

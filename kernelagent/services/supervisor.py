@@ -67,8 +67,8 @@ class KernelSupervisor:
 
     async def ensure(self, session: Session) -> str:
         """The session's live kernel; a new one with the state rebuilt if it was gone. The
-        caller holds the session's lock."""
-        await self.check_here(session.id)
+        caller holds the session's lock, and has checked that no other process holds the
+        kernel (``check_here``, before queueing for the lock)."""
         kernel_id = session.kernel_id
         if not (kernel_id and await self.kernels.is_alive(kernel_id)):
             if kernel_id:
@@ -202,6 +202,3 @@ class KernelSupervisor:
                     )
                     culled.append(session_id)
         return culled
-
-    def forget(self, kernel_id: str) -> None:
-        self._prepared.discard(kernel_id)

@@ -11,15 +11,11 @@ shadowing builtins does not matter, and unloading takes the entry away again.
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pandas as pd
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 from kernelagent import kernelside
 from kernelagent.kernelside import LOAD_CODE, dataframes
@@ -151,19 +147,6 @@ def test_summary_of_a_frame_whose_cells_cannot_be_printed_is_none():
 
 
 # -- the extension in a real IPython shell ----------------------------------------------------
-
-
-@pytest.fixture
-def shell():
-    """A fresh in-process IPython shell, as in a kernel; the extension is not loaded yet."""
-    assert not InteractiveShell.initialized()
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    module = types.ModuleType("kernelagent_kernelside_dataframe_tests")
-    ip = InteractiveShell.instance(config=config, user_module=module)
-    yield ip
-    InteractiveShell.clear_instance()
-    sys.modules.pop(module.__name__, None)
 
 
 def load(ip) -> None:

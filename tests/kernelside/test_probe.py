@@ -16,14 +16,10 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import sys
-import types
 
 import numpy as np
 import pandas as pd
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
 
 from kernelagent.kernelside import probe
 from kernelagent.kernelside.probe import EXPRESSION, MAX_COLUMNS, MAX_FILES
@@ -251,19 +247,6 @@ def test_expression_in_an_empty_namespace_gives_the_workspace(workspace_dir):
         os.path.join("raw", "notes.txt"),
     ]
     assert set(namespace) <= {"__builtins__"}  # eval's own addition; no name is bound
-
-
-@pytest.fixture
-def shell():
-    """A fresh in-process IPython shell, as in a kernel."""
-    assert not InteractiveShell.initialized()
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    module = types.ModuleType("kernelagent_kernelside_probe_tests")
-    ip = InteractiveShell.instance(config=config, user_module=module)
-    yield ip
-    InteractiveShell.clear_instance()
-    sys.modules.pop(module.__name__, None)
 
 
 def test_expression_through_user_expressions_gives_the_repr_of_the_json(workspace_dir, shell):
