@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (KERNELAGENT_PORT)")
     serve.add_argument("--pool-size", type=int, help="warm kernels (KERNELAGENT_POOL_SIZE)")
     serve.add_argument(
+        "--sandbox", choices=["bubblewrap", "docker"], help="kernel sandbox (KERNELAGENT_SANDBOX)"
+    )
+    serve.add_argument(
         "--unsafe-no-sandbox",
         action="store_true",
         default=None,
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
     try:
         overrides = {
-            k: getattr(args, k, None) for k in ("host", "port", "pool_size", "unsafe_no_sandbox")
+            k: getattr(args, k, None)
+            for k in ("host", "port", "pool_size", "sandbox", "unsafe_no_sandbox")
         }
         settings = Settings.from_env(os.environ, **overrides)
     except ValueError as e:

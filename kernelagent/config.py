@@ -21,6 +21,7 @@ import platformdirs
 
 GiB = 1024**3
 MiB = 1024**2
+SANDBOXES = {"bubblewrap": "kernelagent-python3", "docker": "kernelagent-python3-docker"}
 
 
 def _setting(default: Any, env: str, help: str) -> Any:
@@ -74,8 +75,20 @@ class Settings:
     signed_url_ttl: int = _setting(
         3600, "KERNELAGENT_SIGNED_URL_TTL", "Seconds an artifact's signed URL stays valid"
     )
+    sandbox: str = _setting(
+        "bubblewrap",
+        "KERNELAGENT_SANDBOX",
+        "bubblewrap (a namespace sandbox on this host) or docker (a container per kernel)",
+    )
+    kernel_image: str = _setting(
+        "kernelagent/kernel-python:latest",
+        "KERNELAGENT_KERNEL_IMAGE",
+        "Image of the Docker sandbox's kernels (built from kernel_images/python)",
+    )
     kernel_name: str = _setting(
-        "kernelagent-python3", "KERNELAGENT_KERNEL_NAME", "Kernelspec that session kernels use"
+        "",
+        "KERNELAGENT_KERNEL_NAME",
+        "Kernelspec that session kernels use; default the sandbox's own",
     )
     unsafe_no_sandbox: bool = _setting(
         False,
@@ -99,6 +112,9 @@ class Settings:
     file_size_limit: int = _setting(1 * GiB, "KERNELAGENT_FILE_SIZE_LIMIT", "Largest file, bytes")
     cpu_time_limit: int = _setting(
         3600, "KERNELAGENT_CPU_TIME_LIMIT", "CPU seconds per kernel process (RLIMIT_CPU)"
+    )
+    cpu_limit: float = _setting(
+        1.0, "KERNELAGENT_CPU_LIMIT", "CPUs a Docker kernel may use (--cpus); 0 no limit"
     )
     tmp_size: int = _setting(64 * MiB, "KERNELAGENT_TMP_SIZE", "Size of the kernel's /tmp, bytes")
     kernel_start_timeout: float = _setting(
@@ -155,6 +171,18 @@ class Settings:
         "gone: its turns fail and its sessions' kernels are rebuilt elsewhere",
     )
 
+    def __post_init__(self) -> None:
+        if self.sandbox not in SANDBOXES:
+            choices = "|".join(SANDBOXES)
+            raise ValueError(f"KERNELAGENT_SANDBOX={self.sandbox!r} is not one of {choices}")
+
+    @property
+    def kernelspec(self) -> str:
+        """The kernelspec session kernels start from: the sandbox's own unless one is named."""
+        if self.unsafe_no_sandbox:
+            return "python3"
+        return self.kernel_name or SANDBOXES[self.sandbox]
+
     @property
     def llm_configured(self) -> bool:
         return bool(self.openai_api_key or self.openai_base_url)
@@ -182,9 +210,9 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def provisioner_config(self) -> dict[str, Any]:
-        """Traitlets config for ``BubblewrapProvisioner`` (the sandbox reads no env itself)."""
-        config: dict[str, Any] = {
+    def provisioner_config(self) -> dict[str, dict[str, Any]]:
+        """Traitlets config of the sandbox provisioners (they read no environment themselves)."""
+        common: dict[str, Any] = {
             "memory_limit": self.memory_limit,
             "process_limit": self.process_limit,
             "open_files_limit": self.open_files_limit,
@@ -193,8 +221,11 @@ class Settings:
             "tmp_size": self.tmp_size,
         }
         if self.runtime_dir:
-            config["runtime_dir"] = self.runtime_dir
-        return config
+            common["runtime_dir"] = self.runtime_dir
+        return {
+            "BubblewrapProvisioner": common,
+            "DockerProvisioner": {**common, "image": self.kernel_image, "cpus": self.cpu_limit},
+        }
 
 
 def _parse(field: dataclasses.Field[Any], raw: str) -> Any:

@@ -9,6 +9,12 @@ in ``tests/conftest.py``. The ``s3`` and ``redis`` markers are registered in ``p
     unused loopback port), with dummy ``AWS_*`` credentials in the environment. Yields
     :class:`MotoS3` (``endpoint_url``, ``bucket``, ``url(prefix)``). Mark tests ``s3``.
 
+``docker_engine``
+    A Docker engine that answers and has the kernel image (``make docker`` prepares both): from
+    ``DOCKER_HOST``, else the engine ``make docker`` starts (then ``DOCKER_HOST`` is set for the
+    test run, as the server and the provisioner read it). Missing: skipped, or a failure under
+    ``CI=true``. Yields the image name. Mark tests ``docker``.
+
 ``redis_url``
     ``redis://127.0.0.1:6379/15`` (or ``$KERNELAGENT_TEST_REDIS_URL``) after a successful PING.
     Unreachable: the test is skipped, or fails when ``CI=true`` (CI must not pass by skipping).
@@ -76,6 +82,7 @@ def moto_s3(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> Moto
 
 
 def _redis_unavailable(message: str) -> None:
+    """Skip, or fail under CI=true (a service CI must have)."""
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -112,3 +119,20 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+DOCKER_SOCKET = "unix:///run/kernelagent-docker/docker.sock"  # the engine `make docker` starts
+KERNEL_IMAGE = os.environ.get("KERNELAGENT_KERNEL_IMAGE", "kernelagent/kernel-python:latest")
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """The kernel image's name, once an engine answers and has it (else skip, or fail in CI)."""
+    from kernelagent.sandbox import container
+
+    if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
+        os.environ["DOCKER_HOST"] = DOCKER_SOCKET
+    failure = container.check(os.environ.get("DOCKER_HOST", ""), KERNEL_IMAGE)
+    if failure:
+        _redis_unavailable(f"Docker: {failure}")
+    return KERNEL_IMAGE

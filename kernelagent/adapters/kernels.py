@@ -230,12 +230,14 @@ class LocalKernels:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.kernel_name = "python3" if settings.unsafe_no_sandbox else settings.kernel_name
-        sandbox = settings.provisioner_config()
+        self.kernel_name = settings.kernelspec
+        sandboxes = settings.provisioner_config()
         # the kernel-side extension is this package's: a kernel must see it even when the
-        # package is not inside the Python environment the sandbox binds (an editable install)
-        sandbox["ro_binds"] = [*sandbox.get("ro_binds", []), str(PACKAGE_DIR)]
-        config = Config({"BubblewrapProvisioner": sandbox})
+        # package is not inside the Python environment the sandbox binds (an editable install);
+        # a kernel image has its own copy
+        bwrap = sandboxes["BubblewrapProvisioner"]
+        bwrap["ro_binds"] = [*bwrap.get("ro_binds", []), str(PACKAGE_DIR)]
+        config = Config(sandboxes)
         self.specs = KernelSpecManager(kernel_dirs=kernel_dirs(), config=config)
         self.mkm = AsyncMultiKernelManager(kernel_spec_manager=self.specs, config=config)
         self.workspaces_dir = settings.workspaces_dir

@@ -1,8 +1,10 @@
 """Kernel sandboxes as jupyter_client provisioners, usable by any Jupyter tool.
 
-Reached through kernelspecs (``kernel_images/``); imports nothing from the rest of kernelagent.
+Reached through kernelspecs (``kernel_images/``): bubblewrap (``bwrap.py``) and Docker
+(``container.py``); imports nothing from the rest of kernelagent.
 """
 
 from kernelagent.sandbox.bwrap import BubblewrapProvisioner, SandboxError, set_subreaper
+from kernelagent.sandbox.container import DockerProvisioner
 
-__all__ = ["BubblewrapProvisioner", "SandboxError", "set_subreaper"]
+__all__ = ["BubblewrapProvisioner", "DockerProvisioner", "SandboxError", "set_subreaper"]

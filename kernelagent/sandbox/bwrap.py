@@ -353,7 +353,7 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         layout.workspace.mkdir(parents=True, exist_ok=True)
         if layout.host_uid is not None:
             os.chown(layout.ipc_dir, layout.host_uid, layout.host_uid)
-            _chown_tree(layout.workspace, layout.host_uid)
+            chown_tree(layout.workspace, layout.host_uid)
 
     @staticmethod
     def _stage(layout: command.Layout, sources: list[Path]) -> dict[Path, Path]:
@@ -392,11 +392,12 @@ def _pipe_with(data: bytes) -> int:
     return read
 
 
-def _chown_tree(root: Path, uid: int) -> None:
+def chown_tree(root: Path, uid: int) -> None:
+    """Give a workspace to the kernel's uid (a server running as root)."""
     os.chown(root, uid, uid)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             os.lchown(os.path.join(dirpath, name), uid, uid)
 
 
-__all__ = ["BubblewrapProvisioner", "SandboxError", "set_subreaper"]
+__all__ = ["BubblewrapProvisioner", "SandboxError", "chown_tree", "set_subreaper"]

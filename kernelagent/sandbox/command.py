@@ -53,16 +53,22 @@ shift
 exec "$@"
 """
 
-ETC_FILES = {
-    "passwd": (
-        "root:x:0:0:root:/root:/usr/sbin/nologin\n"
-        f"sandbox:x:{INNER_UID}:{INNER_UID}:sandbox:{INNER_HOME}:/bin/sh\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-    ),
-    "group": f"root:x:0:\nsandbox:x:{INNER_UID}:\nnogroup:x:65534:\n",
-    "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
-    "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
-}
+
+def etc_files(uid: int) -> dict[str, str]:
+    """The sandbox's ``/etc`` account files: root, the kernel's user (``uid``) and nobody."""
+    return {
+        "passwd": (
+            "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+            f"sandbox:x:{uid}:{uid}:sandbox:{INNER_HOME}:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+        "group": f"root:x:0:\nsandbox:x:{uid}:\nnogroup:x:65534:\n",
+        "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
+    }
+
+
+ETC_FILES = etc_files(INNER_UID)
 HOST_ETC_FILES = ("ld.so.cache", "localtime", "mime.types", "fonts", "alternatives", "matplotlibrc")
 USR_MERGED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 

@@ -1,10 +1,15 @@
-"""Fixtures for tests that start real sandboxed kernels.
+"""Fixtures for tests that start real sandboxed kernels, on each sandbox.
 
-``start_sandbox(config=None)`` starts a kernel of the ``kernelagent-python3`` kernelspec with a
-plain ``AsyncKernelManager`` (cwd = a fresh workspace under ``tmp_path``) and returns a
-:class:`Sandbox` with the manager and a ready client; every kernel it started is shut down when the
-test ends, whatever happened. ``run(client, code, timeout)`` executes a cell and returns its
-outputs and reply status.
+``start_sandbox(config=None)`` starts a kernel of the sandbox's kernelspec
+(``kernelagent-python3`` for bubblewrap, ``kernelagent-python3-docker`` for Docker) with a plain
+``AsyncKernelManager`` (cwd = a fresh workspace under ``tmp_path``) and returns a :class:`Sandbox`
+with the manager and a ready client; every kernel it started is shut down when the test ends,
+whatever happened. ``run(client, code, timeout)`` executes a cell and returns its outputs and
+reply status.
+
+Every test using these fixtures runs once per sandbox (``sandbox_kind``: ``bubblewrap``,
+``docker``); a test about one sandbox's own mechanics pins it with
+``@pytest.mark.parametrize("sandbox_kind", ["bubblewrap"], indirect=True)``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from traitlets.config import Config
 
 KERNEL_NAME = "kernelagent-python3"
+KERNEL_NAMES = {"bubblewrap": KERNEL_NAME, "docker": "kernelagent-python3-docker"}
+PROVISIONERS = {"bubblewrap": "BubblewrapProvisioner", "docker": "DockerProvisioner"}
 START_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 20.0
 RUN_TIMEOUT = 30.0
@@ -109,6 +116,7 @@ async def run(
 class Sandbox:
     km: AsyncKernelManager
     workspace: Path
+    kind: str = "bubblewrap"
     kc: AsyncKernelClient | None = None
 
     @property
@@ -159,12 +167,20 @@ def kernel_processes(km: AsyncKernelManager) -> list[psutil.Process]:
 StartSandbox = Callable[..., Awaitable[Sandbox]]
 
 
+@pytest.fixture(params=["bubblewrap", "docker"])
+def sandbox_kind(request: pytest.FixtureRequest) -> str:
+    """Which sandbox the test's kernels run in (Docker: the engine and image must be there)."""
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+    return str(request.param)
+
+
 @pytest.fixture
-async def start_sandbox(tmp_path: Path) -> AsyncIterator[StartSandbox]:
+async def start_sandbox(tmp_path: Path, sandbox_kind: str) -> AsyncIterator[StartSandbox]:
     """Factory: ``await start_sandbox(config={...})`` → a started, ready :class:`Sandbox`.
 
-    ``config`` is the ``BubblewrapProvisioner`` section of the manager's traitlets config;
-    ``files`` (name → text) are put in the workspace before the start.
+    ``config`` is the provisioner's section of the manager's traitlets config (the same trait
+    names on both sandboxes); ``files`` (name → text) are put in the workspace before the start.
     """
     started: list[Sandbox] = []
 
@@ -176,9 +192,10 @@ async def start_sandbox(tmp_path: Path) -> AsyncIterator[StartSandbox]:
         for name, text in (files or {}).items():
             (workspace / name).write_text(text)
         km = AsyncKernelManager(
-            kernel_name=KERNEL_NAME, config=Config({"BubblewrapProvisioner": config or {}})
+            kernel_name=KERNEL_NAMES[sandbox_kind],
+            config=Config({PROVISIONERS[sandbox_kind]: config or {}}),
         )
-        sandbox = Sandbox(km, workspace)
+        sandbox = Sandbox(km, workspace, sandbox_kind)
         started.append(sandbox)  # before starting: a half-started kernel is shut down too
         await asyncio.wait_for(km.start_kernel(cwd=str(workspace)), START_TIMEOUT)
         await sandbox.connect()

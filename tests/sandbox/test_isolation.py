@@ -27,7 +27,8 @@ async def test_every_kernel_process_runs_as_an_unprivileged_host_uid(sandbox: Sa
     assert host_uid not in (0, os.getuid())
     assert 30000 <= host_uid < 60000
     pids = provisioner.kernel_pids()
-    assert len(pids) >= 4, pids  # outer bwrap, sandbox init, kernel, sleep
+    # bubblewrap: outer bwrap, sandbox init, kernel, sleep; Docker: tini, kernel, sleep
+    assert len(pids) >= {"bubblewrap": 4, "docker": 3}[sandbox.kind], pids
     procs = [psutil.Process(pid) for pid in pids]
     for proc in procs:
         assert set(proc.uids()) == {host_uid}, (proc.cmdline(), proc.uids())
@@ -58,6 +59,12 @@ async def test_no_network_but_loopback_of_its_own(sandbox: Sandbox) -> None:
                 "host_loopback": attempt(
                     lambda: socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
                 ),
+                "postgresql": attempt(
+                    lambda: socket.create_connection(("127.0.0.1", 5432), timeout=5).close()
+                ),
+                "redis": attempt(
+                    lambda: socket.create_connection(("127.0.0.1", 6379), timeout=5).close()
+                ),
                 "public": attempt(
                     lambda: socket.create_connection(("1.1.1.1", 443), timeout=5).close()
                 ),
@@ -72,6 +79,9 @@ async def test_no_network_but_loopback_of_its_own(sandbox: Sandbox) -> None:
             listener.accept()  # nothing from the sandbox ever reached the host's loopback
 
     assert outcome["host_loopback"][0] == "ConnectionRefusedError", outcome
+    # the machine's PostgreSQL and Redis listen on the host's loopback, not the sandbox's
+    assert outcome["postgresql"][0] == "ConnectionRefusedError", outcome
+    assert outcome["redis"][0] == "ConnectionRefusedError", outcome
     assert outcome["public"][0] != "succeeded", outcome
     assert outcome["public"][2] < 2, f"no route should fail fast: {outcome}"
     assert outcome["dns"][0] == "gaierror", outcome
@@ -135,6 +145,19 @@ async def test_system_and_python_environment_are_read_only(sandbox: Sandbox) -> 
     assert len(outcome) >= 4
     for path, what in outcome.items():
         assert what in ("OSError", "PermissionError"), (path, what, outcome)
+
+
+async def test_no_capabilities_and_no_new_privileges(sandbox: Sandbox) -> None:
+    code = textwrap.dedent("""
+        import json
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        keys = ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs")
+        print(json.dumps({k: status[k].strip() for k in keys}))
+    """)
+    status = (await sandbox.run(code)).json()
+    assert int(status["CapEff"], 16) == 0, status
+    assert int(status["CapPrm"], 16) == 0, status
+    assert status["NoNewPrivs"] == "1", status
 
 
 async def test_proc_shows_only_the_sandbox(sandbox: Sandbox) -> None:

@@ -103,8 +103,10 @@ async def test_shutdown_leaves_no_process_and_no_files(sandbox: Sandbox) -> None
     km = sandbox.km
     await sandbox.run("import subprocess; sleeper = subprocess.Popen(['sleep', '60'])")
     procs = [psutil.Process(pid) for pid in km.provisioner.kernel_pids()]
-    assert len(procs) >= 4  # outer bwrap, sandbox init, kernel, sleep
+    # bubblewrap: outer bwrap, sandbox init, kernel, sleep; Docker: tini, kernel, sleep
+    assert len(procs) >= {"bubblewrap": 4, "docker": 3}[sandbox.kind]
     kernel_dir = Path(km.connection_file).parent
+    container = getattr(km.provisioner, "container_id", None)
 
     sandbox.client.stop_channels()
     sandbox.kc = None
@@ -113,8 +115,23 @@ async def test_shutdown_leaves_no_process_and_no_files(sandbox: Sandbox) -> None
     survivors = await wait_until_gone(procs, timeout=5)
     assert not survivors, survivors
     assert not kernel_dir.exists()
+    if sandbox.kind == "docker":
+        assert container and not docker_containers(f"id={container}")
 
 
+def docker_containers(*filters: str) -> list[str]:
+    """Ids of the engine's containers (running or not) matching ``key=value`` filters."""
+    from kernelagent.sandbox.container import _client
+
+    engine = _client(os.environ.get("DOCKER_HOST", ""), 30.0)
+    query: dict[str, list[str]] = {}
+    for item in filters:
+        key, _, value = item.partition("=")
+        query.setdefault(key, []).append(value)
+    return [c.id for c in engine.containers.list(all=True, filters=query)]
+
+
+@pytest.mark.parametrize("sandbox_kind", ["bubblewrap"], indirect=True)
 async def test_shutdown_reaps_the_sandbox_init_at_once(sandbox: Sandbox) -> None:
     """The outer bwrap does not wait for its init; the provisioner must, or a zombie remains."""
     km = sandbox.km
@@ -153,10 +170,10 @@ SERVER_SCRIPT = textwrap.dedent("""
                 return
 
 
-    async def serve(workspace):
+    async def serve(workspace, kernel_name):
         from jupyter_client import AsyncKernelManager
 
-        km = AsyncKernelManager(kernel_name="kernelagent-python3")
+        km = AsyncKernelManager(kernel_name=kernel_name)
         await km.start_kernel(cwd=workspace)
         kc = km.client()
         kc.start_channels()
@@ -165,6 +182,7 @@ SERVER_SCRIPT = textwrap.dedent("""
             "server": os.getpid(),
             "pids": km.provisioner.kernel_pids(),
             "kernel_dir": str(Path(km.connection_file).parent),
+            "container": getattr(km.provisioner, "container_id", None),
         }
         print(json.dumps(info), flush=True)
         await asyncio.sleep(3600)
@@ -173,7 +191,7 @@ SERVER_SCRIPT = textwrap.dedent("""
     if sys.argv[1] == "supervise":
         supervise()
     else:
-        asyncio.run(serve(sys.argv[2]))
+        asyncio.run(serve(sys.argv[2], sys.argv[3]))
 """)
 
 
@@ -191,6 +209,7 @@ async def test_kernel_dies_with_its_server(tmp_path: Path) -> None:
             str(script),
             "supervise",
             str(workspace),
+            "kernelagent-python3",
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
             start_new_session=True,
@@ -235,3 +254,52 @@ def cleanup_after_crash(info: dict, procs: list[psutil.Process]) -> None:
         for parent in CGROUP_DIRS:
             with contextlib.suppress(OSError):
                 (parent / kernel_dir.name).rmdir()
+
+
+async def test_containers_of_a_killed_server_are_removed_at_the_next_start(
+    tmp_path: Path, docker_engine: str
+) -> None:
+    """A container does not die with its server (nothing ties them); the next server's first
+    kernel start removes it, and its runtime files, because the owner's lock is released."""
+    script = tmp_path / "server.py"
+    script.write_text(SERVER_SCRIPT)
+    servers = []
+    infos = []
+    try:
+        for n in range(2):
+            workspace = tmp_path / f"workspace{n}"
+            workspace.mkdir()
+            server = await asyncio.create_subprocess_exec(
+                sys.executable, str(script), "serve", str(workspace),
+                "kernelagent-python3-docker",
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            servers.append(server)
+            assert server.stdout is not None
+            line = await asyncio.wait_for(server.stdout.readline(), 60)
+            assert line, "the server died before starting its kernel"
+            infos.append(json.loads(line))
+            if n == 0:
+                first = infos[0]["container"]
+                assert docker_containers(f"id={first}")  # running
+                server.kill()
+                await server.wait()
+                assert docker_containers(f"id={first}"), "outlives its server until the next start"
+                assert Path(infos[0]["kernel_dir"]).exists()
+
+        assert not docker_containers(f"id={infos[0]['container']}")
+        assert not Path(infos[0]["kernel_dir"]).exists()
+        assert docker_containers(f"id={infos[1]['container']}"), "a live server's kernel stays"
+    finally:
+        for server in servers:
+            with contextlib.suppress(ProcessLookupError):
+                server.kill()
+            await server.wait()
+        from kernelagent.sandbox.container import _client
+
+        for info in infos:
+            with contextlib.suppress(Exception):
+                _client(os.environ.get("DOCKER_HOST", ""), 30.0).api.remove_container(
+                    info["container"], force=True
+                )
+            shutil.rmtree(info["kernel_dir"], ignore_errors=True)

@@ -1,0 +1,581 @@
+"""DockerProvisioner: a jupyter_client kernel provisioner that runs each kernel in a container.
+
+Any Jupyter tool starts it through a kernelspec that names it (``kernel_images/``)::
+
+    km = AsyncKernelManager(kernel_name="kernelagent-python3-docker")
+    await km.start_kernel(cwd="/path/to/workspace")   # bound at /workspace, the kernel's cwd
+
+It drives the Docker Engine API with the ``docker`` SDK (``DOCKER_HOST`` as Docker clients read
+it). Each kernel is one container of the kernel image (``kernel_images/python``) with:
+
+* ``--network none`` (only ``lo``): the server reaches the kernel through ``ipc`` sockets in a
+  per-kernel runtime directory bind-mounted at ``/run/kernel``, as the bubblewrap sandbox does;
+* a read-only root, ``--cap-drop ALL``, ``no-new-privileges``, a non-root uid (a per-kernel uid
+  from ``uid_base`` when the server runs as root, else the server's own), ``--pids-limit``,
+  ``--memory`` with no swap, ``--cpus``, rlimits, sized tmpfs for ``/tmp``, ``/dev/shm`` and
+  ``$HOME``, and the session's workspace bind-mounted read-write at ``/workspace``;
+* an environment built from scratch (nothing of the server's crosses);
+* tini as pid 1 (``--init``), which reaps the kernel's orphans and forwards an interrupt to the
+  kernel's whole process group.
+
+Containers carry ``kernelagent.*`` labels, including their server's owner token: a file in the
+runtime directory that the server holds locked while it lives. A server's first launch removes
+the containers whose owner no longer holds its lock (a server that was killed), wherever their
+server ran, as long as it shared the runtime directory.
+
+Where the server itself runs in a container (``compose.yaml``), the workspace and runtime
+directories must have the same path on the host as in the server's container: the engine
+resolves bind-mount sources on the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import shutil
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Dict, Float, Int, Unicode, default
+
+from kernelagent.sandbox import command
+from kernelagent.sandbox.bwrap import SandboxError, chown_tree
+from kernelagent.sandbox.limits import Limits, human_bytes
+
+LABEL = "kernelagent.kernel"  # every kernel container has it (value: the kernel id)
+FIX_ENGINE = (
+    "start a Docker engine (`make docker` starts one on a machine without) and set DOCKER_HOST "
+    "to its socket, or use KERNELAGENT_SANDBOX=bubblewrap"
+)
+SIGKILL_EXIT = 128 + signal.SIGKILL
+SIGXCPU_EXIT = 128 + signal.SIGXCPU
+
+
+class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """Runs the kernel in a locked-down Docker container; see the module docstring."""
+
+    image = Unicode("kernelagent/kernel-python:latest", help="Kernel image").tag(config=True)
+    runtime_dir = Unicode(help="Per-kernel sockets and files (short path, shared with the host)")
+    runtime_dir.tag(config=True)
+    memory_limit = Int(1024**3, help="Bytes of memory (no swap); 0 = none").tag(config=True)
+    process_limit = Int(128, help="Processes and threads (--pids-limit); 0 = none").tag(config=True)
+    cpus = Float(1.0, help="CPUs the kernel may use (--cpus); 0 = no limit").tag(config=True)
+    open_files_limit = Int(256, help="Open files per process; 0 = none").tag(config=True)
+    file_size_limit = Int(1024**3, help="Largest file the kernel may write; 0 = none").tag(
+        config=True
+    )
+    cpu_time_limit = Int(3600, help="CPU seconds per process (RLIMIT_CPU); 0 = none").tag(
+        config=True
+    )
+    tmp_size = Int(64 * 1024**2, help="Bytes of each tmpfs: /tmp, /dev/shm, $HOME").tag(config=True)
+    data_fraction = Float(0.9, help="RLIMIT_DATA as a share of memory_limit").tag(config=True)
+    uid_base = Int(30000, help="First host uid for kernels (server running as root)").tag(
+        config=True
+    )
+    uid_span = Int(30000, help="How many host uids kernels are spread over").tag(config=True)
+    env = Dict(Unicode(), help="Extra environment variables for the kernel").tag(config=True)
+    ro_binds = Dict(Unicode(), help="Extra host directories bound read-only: host → container")
+    ro_binds.tag(config=True)
+    engine_timeout = Float(60.0, help="Seconds one Docker Engine API request may take").tag(
+        config=True
+    )
+
+    _layout: command.Layout | None = None
+    _container_id: str | None = None
+    _host_pid: int | None = None
+    _exit_code: int | None = None
+    _exit_reason: str | None = None
+    _owns_workspace = False
+
+    @default("runtime_dir")
+    def _default_runtime_dir(self) -> str:
+        return f"/tmp/kernelagent-{os.geteuid()}"
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            memory=self.memory_limit or None,
+            processes=self.process_limit or None,
+            open_files=self.open_files_limit or None,
+            file_size=self.file_size_limit or None,
+            cpu_seconds=self.cpu_time_limit or None,
+            tmp_size=self.tmp_size,
+            data_fraction=self.data_fraction,
+        )
+
+    @property
+    def workspace(self) -> Path | None:
+        """The host directory bound at ``/workspace``."""
+        return self._layout.workspace if self._layout else None
+
+    @property
+    def host_uid(self) -> int:
+        """The host uid the kernel's processes run as (no user namespace: the same inside)."""
+        assert self._layout
+        return os.geteuid() if self._layout.host_uid is None else self._layout.host_uid
+
+    @property
+    def container_id(self) -> str | None:
+        return self._container_id
+
+    @property
+    def has_process(self) -> bool:
+        return self._container_id is not None
+
+    def engine(self) -> Any:
+        """The Docker client (one per process and ``DOCKER_HOST``)."""
+        return _client(os.environ.get("DOCKER_HOST", ""), self.engine_timeout)
+
+    # ------------------------------------------------------------------ launch
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Called by the kernel manager before each (re)start; returns the launch arguments."""
+        km = self.parent
+        root = Path(self.runtime_dir)
+        await asyncio.to_thread(self._check_engine)
+        await asyncio.to_thread(_prepare_root, root)
+        await asyncio.to_thread(remove_orphans, self.engine(), str(root))
+
+        kernel_dir = root / self.kernel_id.replace("-", "")[:12]
+        cwd = kwargs.pop("cwd", None)
+        self._owns_workspace = cwd is None
+        workspace = Path(cwd).resolve() if cwd else kernel_dir / "workspace"
+        as_root = os.geteuid() == 0
+        uid = command.sandbox_uid(self.kernel_id, self.uid_base, self.uid_span) if as_root else None
+        layout = self._layout = command.Layout(root, kernel_dir, workspace, uid)
+        self._prepare_dirs(layout)
+        self._exit_code = self._exit_reason = None
+
+        km.transport = "ipc"
+        km.ip = layout.ipc_base
+        km.cache_ports = False
+        km.connection_file = str(layout.connection_file)
+        if len(km.ip.encode()) + 3 > command.SUN_PATH_MAX:
+            raise SandboxError(f"ipc socket path {km.ip!r} is too long; use a shorter runtime_dir")
+
+        kwargs = await super().pre_launch(**kwargs)
+        host_cmd: list[str] = kwargs.pop("cmd")
+        server_env: dict[str, str] = kwargs.pop("env")
+        argv = [
+            command.INNER_CONNECTION_FILE if arg == km.connection_file else arg for arg in host_cmd
+        ]
+        if command.INNER_CONNECTION_FILE not in argv:
+            raise SandboxError("the kernelspec argv must contain {connection_file}")
+        declared = {k: server_env[k] for k in self.kernel_spec.env if k in server_env}
+        extra = {**declared, **self.env, "TINI_KILL_PROCESS_GROUP": "1"}
+        if "JPY_SESSION_NAME" in server_env:
+            extra.setdefault("JPY_SESSION_NAME", server_env["JPY_SESSION_NAME"])
+        python_bin = Path(argv[0]).parent if argv[0].startswith("/") else Path("/usr/local/bin")
+        env = command.inner_env(python_bin, extra)
+
+        inner_info = json.loads(layout.connection_file.read_text())
+        inner_info["ip"] = f"{command.INNER_IPC_DIR}/k"
+        inner_file = kernel_dir / "inner.json"
+        _write_private(inner_file, json.dumps(inner_info), self.host_uid)
+        return {"cmd": argv, "env": env, "inner_file": str(inner_file)}
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:
+        """Creates and starts the container; returns the connection info (host side)."""
+        assert self._layout is not None
+        options = self.container_options(self._layout, cmd, kwargs["env"], kwargs["inner_file"])
+        try:
+            container = await asyncio.to_thread(self._run, options)
+        except Exception as e:
+            raise SandboxError(f"the Docker engine did not start the kernel: {_says(e)}") from e
+        self._container_id = container.id
+        self._host_pid = int(container.attrs.get("State", {}).get("Pid") or 0) or None
+        return self.connection_info  # type: ignore[no-any-return]
+
+    def container_options(
+        self, layout: command.Layout, argv: list[str], env: dict[str, str], inner_file: str
+    ) -> dict[str, Any]:
+        """``docker run`` options of this kernel, as the SDK's ``containers.create`` takes them."""
+        from docker.types import LogConfig, Mount, Ulimit
+
+        limits = self.limits
+        uid = self.host_uid
+        tmp = f"size={limits.tmp_size}"
+        mounts = [
+            Mount(command.INNER_WORKSPACE, str(layout.workspace), type="bind"),
+            Mount(command.INNER_IPC_DIR, str(layout.ipc_dir), type="bind"),
+            Mount(command.INNER_CONNECTION_FILE, inner_file, type="bind", read_only=True),
+        ]
+        for name in ("passwd", "group"):
+            mounts.append(
+                Mount(f"/etc/{name}", str(layout.kernel_dir / name), type="bind", read_only=True)
+            )
+        for source, target in self.ro_binds.items():
+            mounts.append(Mount(target, source, type="bind", read_only=True))
+        ulimits = [Ulimit(name="core", soft=0, hard=0)]
+        for name, value in (
+            ("data", int(limits.memory * limits.data_fraction) if limits.memory else None),
+            ("nofile", limits.open_files),
+            ("fsize", limits.file_size),
+            ("cpu", limits.cpu_seconds),
+        ):
+            if value is not None:
+                ulimits.append(Ulimit(name=name, soft=value, hard=value))
+        options: dict[str, Any] = {
+            "image": self.image,
+            "command": argv,
+            "name": f"kernelagent-{self.kernel_id}",
+            "hostname": "sandbox",
+            "user": f"{uid}:{uid}",
+            "group_add": [],
+            "environment": env,
+            "working_dir": command.INNER_WORKSPACE,
+            "network_mode": "none",
+            "read_only": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "init": True,
+            "ipc_mode": "private",
+            "tmpfs": {
+                "/tmp": f"{tmp},mode=1777",
+                command.INNER_HOME: f"{tmp},mode=0700,uid={uid},gid={uid}",
+            },
+            "shm_size": limits.tmp_size,
+            "mounts": mounts,
+            "ulimits": ulimits,
+            "labels": {
+                LABEL: self.kernel_id,
+                "kernelagent.owner": _owner(Path(self.runtime_dir)),
+                "kernelagent.runtime": self.runtime_dir,
+                "kernelagent.kernel_dir": str(layout.kernel_dir),
+            },
+            "log_config": LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            "detach": True,
+        }
+        if limits.memory:
+            options["mem_limit"] = limits.memory
+            options["memswap_limit"] = limits.memory  # memory + swap = memory: no swap
+        if limits.processes:
+            options["pids_limit"] = limits.processes
+        if self.cpus:
+            options["nano_cpus"] = int(self.cpus * 1e9)
+        return options
+
+    def _run(self, options: dict[str, Any]) -> Any:
+        engine = self.engine()
+        with contextlib.suppress(Exception):  # a leftover of this kernel id (a failed restart)
+            engine.containers.get(options["name"]).remove(force=True)
+        container = engine.containers.create(**options)
+        try:
+            container.start()
+            container.reload()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+            raise
+        return container
+
+    def _check_engine(self) -> None:
+        failure = check(os.environ.get("DOCKER_HOST", ""), self.image, self.engine_timeout)
+        if failure:
+            raise SandboxError(failure)
+
+    def _prepare_dirs(self, layout: command.Layout) -> None:
+        layout.kernel_dir.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(layout.kernel_dir, 0o711 if layout.host_uid is not None else 0o700)
+        layout.ipc_dir.mkdir(mode=0o700, exist_ok=True)
+        for sock in layout.ipc_dir.glob("k-*"):
+            sock.unlink()
+        layout.workspace.mkdir(parents=True, exist_ok=True)
+        uid = self.host_uid
+        for name, text in command.etc_files(uid).items():
+            if name not in ("passwd", "group"):
+                continue
+            path = layout.kernel_dir / name
+            path.write_text(text)
+            path.chmod(0o644)
+        if layout.host_uid is not None:
+            os.chown(layout.ipc_dir, uid, uid)
+            chown_tree(layout.workspace, uid)
+
+    # ------------------------------------------------------------------ a running kernel
+
+    async def poll(self) -> int | None:
+        if self._container_id is None:
+            return self._exit_code if self._exit_code is not None else 0
+        state = await asyncio.to_thread(self._state)
+        if state is None or state.get("Status") in ("exited", "dead"):
+            self._note_exit(state)
+            return self._exit_code
+        return None
+
+    async def wait(self) -> int | None:
+        while (status := await self.poll()) is None:
+            await asyncio.sleep(0.1)
+        return status
+
+    async def send_signal(self, signum: int) -> None:
+        """SIGINT reaches the kernel's process group through tini; others go to the kernel."""
+        if self._container_id is None:
+            return
+        with contextlib.suppress(Exception):  # gone meanwhile
+            await asyncio.to_thread(self.engine().api.kill, self._container_id, int(signum))
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    def _state(self) -> dict[str, Any] | None:
+        try:
+            return self.engine().api.inspect_container(self._container_id)["State"]  # type: ignore[no-any-return]
+        except Exception as e:
+            if getattr(e, "status_code", None) == 404:
+                return None
+            raise
+
+    def kernel_pids(self) -> list[int]:
+        """Host pids of the container's processes (tini, the kernel and its children); empty
+        when this process cannot see them (the server itself in a container)."""
+        import psutil
+
+        if not self._host_pid:
+            return []
+        try:
+            init = psutil.Process(self._host_pid)
+            if "ipykernel" not in " ".join(init.cmdline()):
+                return []
+            return [init.pid, *(p.pid for p in init.children(recursive=True))]
+        except psutil.Error:
+            return []
+
+    def limit_mechanism(self) -> str:
+        """How the limits are enforced for this kernel (for ``doctor``)."""
+        return (
+            "Docker (cgroup memory without swap, pids, cpus) + rlimits (DATA, NOFILE, FSIZE, CPU)"
+        )
+
+    def exit_reason(self) -> str | None:
+        """Why the kernel died, in words a user can act on; None while it runs."""
+        return self._exit_reason
+
+    def _note_exit(self, state: dict[str, Any] | None) -> None:
+        if self._exit_reason is not None:
+            return
+        if state is None:
+            self._exit_code, self._exit_reason = -signal.SIGKILL, "its container was removed"
+            return
+        status = int(state.get("ExitCode") or 0)
+        self._exit_code = status
+        limits = self.limits
+        memory = human_bytes(limits.memory) if limits.memory else "none"
+        if state.get("OOMKilled"):
+            self._exit_reason = f"out of memory (limit {memory})"
+        elif status == SIGXCPU_EXIT:
+            self._exit_reason = f"CPU time limit exceeded ({limits.cpu_seconds} s)"
+        elif status == SIGKILL_EXIT:
+            self._exit_reason = "killed by signal SIGKILL"
+        elif status > 128:
+            try:
+                name = signal.Signals(status - 128).name
+            except ValueError:
+                name = str(status - 128)
+            self._exit_reason = f"killed by signal {name}"
+        else:
+            tail = self.log_tail()
+            self._exit_reason = f"exited with status {status}" + (f": {tail}" if tail else "")
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines the container wrote to stderr."""
+        if self._container_id is None:
+            return ""
+        try:
+            raw = self.engine().api.logs(self._container_id, stdout=False, tail=lines)
+        except Exception:  # noqa: BLE001 - a tail is a courtesy
+            return ""
+        return " / ".join(raw.decode(errors="replace").strip().splitlines()[-lines:])
+
+    async def cleanup(self, restart: bool = False) -> None:
+        """Called after the kernel stopped: the container goes; files stay for a restart."""
+        await super().cleanup(restart)
+        container_id, self._container_id = self._container_id, None
+        self._host_pid = None
+        if container_id is not None:
+            await asyncio.to_thread(self._remove, container_id)
+        layout = self._layout
+        if layout is None:
+            return
+        for sock in layout.ipc_dir.glob("k-*"):
+            with contextlib.suppress(OSError):
+                sock.unlink()
+        if not restart:
+            shutil.rmtree(layout.kernel_dir, ignore_errors=True)
+
+    def _remove(self, container_id: str) -> None:
+        api = self.engine().api
+        try:
+            state = api.inspect_container(container_id)["State"]
+            if state.get("Status") in ("exited", "dead"):
+                self._note_exit(state)
+            api.remove_container(container_id, force=True)
+        except Exception as e:
+            if getattr(e, "status_code", None) != 404:
+                raise
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await super().get_provisioner_info()
+        info["container_id"] = self._container_id
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self._container_id = provisioner_info.get("container_id")
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return recommended
+
+
+_clients: dict[tuple[str, float], Any] = {}
+
+
+def _client(docker_host: str, timeout: float) -> Any:
+    """One Docker client per engine: its connection pool is shared by every kernel."""
+    import docker
+
+    key = (docker_host, timeout)
+    if key not in _clients:
+        _clients[key] = docker.DockerClient(
+            base_url=docker_host or None, timeout=int(timeout), max_pool_size=32, version="auto"
+        )
+    return _clients[key]
+
+
+def _forget_client(docker_host: str, timeout: float) -> None:
+    client = _clients.pop((docker_host, timeout), None)
+    if client is not None:
+        client.close()
+
+
+@functools.lru_cache(maxsize=8)  # a fact about this machine; asked again for another image
+def check(docker_host: str, image: str, timeout: float = 10.0) -> str | None:
+    """None when the engine answers and has ``image``, else what is wrong and how to fix it."""
+    try:
+        import docker
+    except ImportError:
+        return "the docker Python package is missing: pip install 'docker>=7.1'"
+    where = docker_host or "the default socket (/var/run/docker.sock)"
+    try:
+        engine = _client(docker_host, timeout)
+        engine.ping()
+    except Exception as e:  # noqa: BLE001
+        _forget_client(docker_host, timeout)
+        return f"cannot reach the Docker engine at {where} ({_says(e)}): {FIX_ENGINE}"
+    try:
+        engine.images.get(image)
+    except docker.errors.ImageNotFound:
+        return (
+            f"the kernel image {image} is not on the engine at {where}: build it with "
+            f"`make docker`, or `docker build -f kernel_images/python/Dockerfile -t {image} .`, "
+            "or set KERNELAGENT_KERNEL_IMAGE"
+        )
+    except Exception as e:  # noqa: BLE001
+        return f"the Docker engine at {where} cannot look up {image}: {_says(e)}"
+    return None
+
+
+def _says(error: BaseException) -> str:
+    explanation = getattr(error, "explanation", None)
+    return str(explanation or error).strip() or type(error).__name__
+
+
+# ---------------------------------------------------------------------- owners and orphans
+
+_owner_files: dict[str, tuple[str, int]] = {}  # runtime root → (owner token, locked fd)
+
+
+def _owner(root: Path) -> str:
+    """This process's owner token under ``root``: a file it holds locked while it lives."""
+    key = str(root)
+    if key not in _owner_files or _owner_files[key][1] < 0:
+        owners = root / "owners"
+        owners.mkdir(mode=0o700, exist_ok=True)
+        token = uuid.uuid4().hex
+        fd = os.open(owners / token, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _owner_files[key] = (token, fd)
+    return _owner_files[key][0]
+
+
+def owner_alive(root: Path, token: str) -> bool:
+    """Whether the process that made ``token`` still holds its lock."""
+    if token == _owner(root):
+        return True
+    path = root / "owners" / token
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+_swept: set[tuple[int, str]] = set()
+
+
+def remove_orphans(engine: Any, runtime_dir: str, *, again: bool = False) -> list[str]:
+    """Remove the kernel containers (and kernel dirs) whose server is gone; returns their ids.
+
+    Done once per process and runtime directory, at its first launch (``again`` forces it).
+    """
+    key = (id(engine), runtime_dir)
+    if key in _swept and not again:
+        return []
+    _swept.add(key)
+    root = Path(runtime_dir)
+    removed: list[str] = []
+    filters = {"label": [LABEL, f"kernelagent.runtime={runtime_dir}"]}
+    for container in engine.containers.list(all=True, filters=filters, ignore_removed=True):
+        labels = container.labels
+        token = labels.get("kernelagent.owner", "")
+        if token and owner_alive(root, token):
+            continue
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+            removed.append(container.id)
+        kernel_dir = Path(labels.get("kernelagent.kernel_dir", ""))
+        if kernel_dir.parent == root:
+            shutil.rmtree(kernel_dir, ignore_errors=True)
+        if token:
+            with contextlib.suppress(OSError):
+                (root / "owners" / token).unlink()
+    return removed
+
+
+def _prepare_root(root: Path) -> None:
+    if root.is_symlink() or (root.exists() and root.stat().st_uid != os.geteuid()):
+        raise SandboxError(
+            f"runtime dir {root} is not owned by this user; remove it or pick another"
+        )
+    root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    os.chmod(root, 0o711 if os.geteuid() == 0 else 0o700)
+
+
+def _write_private(path: Path, text: str, uid: int) -> None:
+    """A file only the kernel's uid may read (the connection key is in it)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o400)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    if os.geteuid() == 0:
+        os.chown(path, uid, uid)
+
+
+__all__ = ["DockerProvisioner", "check", "remove_orphans"]
