@@ -7,7 +7,9 @@ the LLM endpoint as configured. Each line says ok or what is wrong and which set
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -59,12 +61,13 @@ async def run_doctor(settings: Settings) -> int:
     if settings.unsafe_no_sandbox:
         report(False, "KERNELAGENT_UNSAFE_NO_SANDBOX is set: kernels run without a sandbox")
     kernels = LocalKernels(settings)
+    kernels.mkm.log.setLevel(logging.CRITICAL)  # a failed start is reported below, in one line
     workspace = f".doctor-{secrets.token_hex(6)}"
     started = time.perf_counter()
     try:
         kernel_id = await kernels.start(workspace)
     except KernelAgentError as e:
-        report(False, f"sandboxed kernel ({kernels.kernel_name}): {e}")
+        report(False, f"sandboxed kernel ({kernels.kernel_name}, {settings.sandbox}): {e}")
         await kernels.close()
         return 1
     try:
@@ -73,6 +76,9 @@ async def run_doctor(settings: Settings) -> int:
         provisioner = kernels.manager(kernel_id).provisioner
         mechanism = getattr(provisioner, "limit_mechanism", lambda: "none")()
         report(True, f"limits enforced by {mechanism}")
+        describe = getattr(provisioner, "describe", None)  # the Docker sandbox reads them back
+        for line in await asyncio.to_thread(describe) if describe else []:
+            report(True, line)
         client = kernels.client(kernel_id)
         lines: list[str] = []
 

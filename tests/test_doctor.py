@@ -23,13 +23,30 @@ def doctor(tmp_path, **env):
     )
 
 
-def test_doctor_passes_on_this_machine(tmp_path):
-    result = doctor(tmp_path)
+@pytest.mark.parametrize("sandbox", ["bubblewrap", "docker"])
+def test_doctor_passes_on_this_machine(tmp_path, request, sandbox):
+    if sandbox == "docker":
+        request.getfixturevalue("docker_engine")
+    result = doctor(tmp_path, KERNELAGENT_SANDBOX=sandbox)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert all(line.startswith("ok") for line in lines), result.stdout
     assert any("network: blocked" in line for line in lines)
     assert any("limits enforced by" in line for line in lines)
+    if sandbox == "docker":
+        assert any(line.startswith("ok    Docker engine ") for line in lines), result.stdout
+        assert any("kernel image kernelagent/kernel-python:latest" in line for line in lines)
+        assert any("memory 1 GiB (no swap), pids 128, cpus 1" in line for line in lines)
+
+
+def test_doctor_names_the_fix_when_the_kernel_image_is_missing(tmp_path, docker_engine):
+    result = doctor(
+        tmp_path, KERNELAGENT_SANDBOX="docker", KERNELAGENT_KERNEL_IMAGE="kernelagent/none:0"
+    )
+    assert result.returncode == 1
+    assert "the kernel image kernelagent/none:0 is not on the engine" in result.stdout
+    assert "make docker" in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 def test_doctor_names_the_cause_when_the_kernelspec_is_missing(tmp_path):

@@ -357,6 +357,28 @@ class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
             "Docker (cgroup memory without swap, pids, cpus) + rlimits (DATA, NOFILE, FSIZE, CPU)"
         )
 
+    def describe(self) -> list[str]:
+        """The engine, the image and the limits in force, read back from the engine (``doctor``)."""
+        engine = self.engine()
+        version = engine.version()
+        image = engine.images.get(self.image)
+        host = engine.api.inspect_container(self._container_id)["HostConfig"]
+        memory = human_bytes(host["Memory"]) if host.get("Memory") else "none"
+        swap = "no swap" if host.get("MemorySwap") == host.get("Memory") else "swap allowed"
+        cpus = f"{host['NanoCpus'] / 1e9:g}" if host.get("NanoCpus") else "all"
+        where = os.environ.get("DOCKER_HOST") or "the default socket"
+        pids = host.get("PidsLimit") or "none"
+        dropped = ",".join(host.get("CapDrop") or []) or "none"
+        return [
+            f"Docker engine {version.get('Version')} at {where} ({version.get('Os')}, "
+            f"storage {engine.info().get('Driver')})",
+            f"kernel image {self.image}: {human_bytes(image.attrs['Size'])}, "
+            f"built {image.attrs['Created'][:19]}",
+            f"container limits: memory {memory} ({swap}), pids {pids}, cpus {cpus}, "
+            f"network {host.get('NetworkMode')}, read-only root {host.get('ReadonlyRootfs')}, "
+            f"capabilities dropped {dropped}",
+        ]
+
     def exit_reason(self) -> str | None:
         """Why the kernel died, in words a user can act on; None while it runs."""
         return self._exit_reason

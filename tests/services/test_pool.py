@@ -28,9 +28,11 @@ async def run(kernels: LocalKernels, kernel_id: str, code: str, reply: dict | No
     return "".join(texts)
 
 
-@pytest.fixture
-async def pool_and_kernels(settings):
-    settings = dataclasses.replace(settings, pool_size=1)
+@pytest.fixture(params=["bubblewrap", "docker"])
+async def pool_and_kernels(request, settings):
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+    settings = dataclasses.replace(settings, pool_size=1, sandbox=request.param)
     kernels = LocalKernels(settings)
     pool = KernelPool(kernels, size=1, preimport=["pandas", "plotly.io"])
     await pool.start()
