@@ -1,9 +1,13 @@
 # One entry point for a fresh machine: `make serve` installs and starts, `make test` installs and tests.
 PYTHON ?= python3
+# the engine `make docker` starts where none answers (tests and the Docker sandbox use it)
+ifeq ($(DOCKER_HOST)$(wildcard /var/run/docker.sock),)
+export DOCKER_HOST := unix:///run/kernelagent-docker/docker.sock
+endif
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install serve test lint bench doctor browser
+.PHONY: install serve test lint bench doctor browser docker
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +34,12 @@ browser:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
-test: lint browser
+# Docker: an engine (installed and started here if none answers), the base, kernel and server
+# images; a no-op when all is there (the builds hit their cache)
+docker: install
+	bash deploy/prepare-docker.sh
+
+test: lint browser docker
 	$(BIN)/python -m pytest
 
 bench: install

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares Docker on this machine for the Docker sandbox and the images (`make docker`):
 # an engine (Debian's docker.io, started here when none answers), a Debian base image made with
-# debootstrap (no registry needed), the kernel image and the server image. Each step is skipped
+# debootstrap (no registry needed), the kernel image and the server image, and a compose tool. Each step is skipped
 # when its result is already there, so a second run only re-checks the images' build cache.
 #
 # Environment: DOCKER_HOST (the engine to use; default the socket started here),
@@ -61,10 +61,20 @@ build() {  # image dockerfile
         cp /etc/ssl/certs/ca-certificates.crt deploy/certs/ca.crt
     fi
     say "building $1"
-    docker build --quiet --network host --build-arg BASE="$BASE" -t "$1" -f "$2" . >/dev/null
+    log=$(mktemp)
+    if ! docker build --network host --build-arg BASE="$BASE" -t "$1" -f "$2" . >"$log" 2>&1; then
+        tail -30 "$log" >&2; rm -f "$log"; exit 1
+    fi
+    rm -f "$log"
+}
+
+compose_tool() {  # checks compose.yaml in the tests (Debian's docker-compose)
+    command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || {
+        say "installing docker-compose"; install_packages docker-compose; }
 }
 
 engine
+compose_tool
 base_image
 build "$KERNEL_IMAGE" kernel_images/python/Dockerfile
 if [ "${1:-}" != "--kernel-only" ]; then

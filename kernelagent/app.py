@@ -190,7 +190,7 @@ class KernelAgentApp:
         await pool.start()
         if settings.kernel_idle_ttl > 0:
             self._culler = asyncio.create_task(self._cull(supervisor, settings.kernel_idle_ttl))
-        sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else "bubblewrap"
+        sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else settings.sandbox
         self.web = web.Application(
             routes(self.services, sandbox),
             cookie_secret=secret,

@@ -136,3 +136,17 @@ def docker_engine() -> str:
     if failure:
         _redis_unavailable(f"Docker: {failure}")
     return KERNEL_IMAGE
+
+
+SERVER_IMAGE = os.environ.get("KERNELAGENT_SERVER_IMAGE", "kernelagent/server:latest")
+
+
+@pytest.fixture(scope="session")
+def server_image(docker_engine: str) -> str:
+    """The server image's name, once the engine has it (``make docker`` builds it)."""
+    from kernelagent.sandbox import container
+
+    failure = container.check(os.environ.get("DOCKER_HOST", ""), SERVER_IMAGE)
+    if failure:
+        _redis_unavailable(f"Docker: {failure}")
+    return SERVER_IMAGE
