@@ -1,16 +1,20 @@
-"""Kernel start and execute round trip: plain jupyter_client vs the sandbox vs the warm pool.
+"""Kernel start and execute round trip: plain jupyter_client vs each sandbox vs the warm pool.
 
-Run: ``.venv/bin/python bench/kernels.py [--runs 20] [--json out.json]``
+Run: ``.venv/bin/python bench/kernels.py [--runs 20] [--json out.json]`` (``make bench``; the
+Docker variant needs the engine and image of ``make docker``, and is left out without them).
 
 Measured in one run, interleaved so that machine noise hits every variant alike:
 
 * cold start, ``start_kernel()`` → first ``kernel_info_reply``: (a) plain local ipykernel via
-  ``AsyncKernelManager(kernel_name="python3")``, (b) the sandboxed ``kernelagent-python3``;
-* (c) taking a kernel from the warm pool (``KernelPool.acquire``), and hand-out → first
-  ``kernel_info_reply`` on a fresh client;
-* ``1+1`` round trip, ``execute_request`` → ``status: idle``, for (a) and (b).
+  ``AsyncKernelManager(kernel_name="python3")``, (b) bubblewrap (``kernelagent-python3``),
+  (d) Docker (``kernelagent-python3-docker``), with the part spent in ``start_kernel()`` (the
+  sandbox's launch: for Docker, the engine creating and starting the container) apart;
+* (c) taking a kernel from the warm pool (``KernelPool.acquire``) of each sandbox, and hand-out
+  → first ``kernel_info_reply`` on a fresh client;
+* ``1+1`` round trip, ``execute_request`` → ``status: idle``, for (a), (b) and (d).
 
-Prints a table and JSON (medians, p95, ratios b/a). This is a benchmark, not a test.
+Prints a table and JSON (medians, p95, ratios to plain and Docker to bubblewrap). This is a
+benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ TARGETS = {
     "pool_handout_p50_ms": 20.0,
     "rtt_ratio_p50": 1.2,
     "start_ratio_p50": 1.5,
+    "docker_pool_handout_p50_ms": 20.0,
+    "docker_rtt_vs_bubblewrap_p50": 1.2,
+}
+KERNELS = {
+    "plain": "python3",
+    "bubblewrap": "kernelagent-python3",
+    "docker": "kernelagent-python3-docker",
 }
 
 
@@ -52,17 +63,19 @@ async def first_kernel_info(client: AsyncKernelClient, timeout: float = 60) -> N
                 raise
 
 
-async def cold_start(kernel_name: str, workspace: Path) -> tuple[float, AsyncKernelManager]:
+async def cold_start(kernel_name: str, workspace: Path) -> tuple[float, float, AsyncKernelManager]:
+    """(start → first reply, of which in ``start_kernel()``, the manager)."""
     km = AsyncKernelManager(kernel_name=kernel_name)
     started = time.perf_counter()
     await km.start_kernel(cwd=str(workspace), stderr=subprocess.DEVNULL)
+    launched = time.perf_counter() - started
     client = km.client()
     client.start_channels()
     try:
         await first_kernel_info(client)
     finally:
         client.stop_channels()
-    return time.perf_counter() - started, km
+    return time.perf_counter() - started, launched, km
 
 
 async def round_trips(km: AsyncKernelManager, runs: int) -> list[float]:
@@ -80,25 +93,26 @@ async def round_trips(km: AsyncKernelManager, runs: int) -> list[float]:
     return samples
 
 
-async def bench_starts(runs: int, tmp: Path) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {"plain": [], "sandbox": []}
+async def bench_starts(runs: int, tmp: Path, variants: list[str]) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {}
     for i in range(runs):
-        for variant, name in (("plain", "python3"), ("sandbox", "kernelagent-python3")):
+        for variant in variants:
             workspace = tmp / f"{variant}-{i}"
             workspace.mkdir()
-            elapsed, km = await cold_start(name, workspace)
-            results[variant].append(elapsed)
+            elapsed, launched, km = await cold_start(KERNELS[variant], workspace)
+            results.setdefault(variant, []).append(elapsed)
+            results.setdefault(f"{variant}_start_kernel", []).append(launched)
             await km.shutdown_kernel(now=True)
     return results
 
 
-async def bench_rtt(runs: int, tmp: Path) -> dict[str, list[float]]:
+async def bench_rtt(runs: int, tmp: Path, variants: list[str]) -> dict[str, list[float]]:
     managers = {}
-    for variant, name in (("plain", "python3"), ("sandbox", "kernelagent-python3")):
+    for variant in variants:
         workspace = tmp / f"rtt-{variant}"
         workspace.mkdir()
-        managers[variant] = (await cold_start(name, workspace))[1]
-    results: dict[str, list[float]] = {"plain": [], "sandbox": []}
+        managers[variant] = (await cold_start(KERNELS[variant], workspace))[2]
+    results: dict[str, list[float]] = {variant: [] for variant in variants}
     try:
         for _ in range(4):  # interleaved blocks
             for variant, km in managers.items():
@@ -109,8 +123,10 @@ async def bench_rtt(runs: int, tmp: Path) -> dict[str, list[float]]:
     return results
 
 
-async def bench_pool(runs: int, tmp: Path) -> dict[str, list[float]]:
-    settings = Settings(data_dir=tmp / "pool-data", pool_size=2, pool_preimport="")
+async def bench_pool(runs: int, tmp: Path, sandbox: str) -> dict[str, list[float]]:
+    settings = Settings(
+        data_dir=tmp / f"pool-{sandbox}", pool_size=2, pool_preimport="", sandbox=sandbox
+    )
     kernels = LocalKernels(settings)
     pool = KernelPool(kernels, size=2)
     await pool.start()
@@ -134,6 +150,25 @@ async def bench_pool(runs: int, tmp: Path) -> dict[str, list[float]]:
     return {"handout": handout, "handout_to_ready": to_ready}
 
 
+def docker_available() -> bool:
+    """Whether the Docker variant can run here (``make docker`` prepares it)."""
+    import docker
+
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException as e:
+        print(f"Docker variant left out: {e}", file=sys.stderr)
+        return False
+    try:
+        client.images.get(Settings().kernel_image)
+        return True
+    except docker.errors.DockerException as e:
+        print(f"Docker variant left out: {e}", file=sys.stderr)
+        return False
+    finally:
+        client.close()
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -141,53 +176,77 @@ async def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     logging.disable(logging.INFO)
+    variants = ["plain", "bubblewrap"] + (["docker"] if docker_available() else [])
+    sandboxes = [v for v in variants if v != "plain"]
 
     with tempfile.TemporaryDirectory(prefix="kernelagent-bench-") as tmp:
-        starts = await bench_starts(args.runs, Path(tmp))
-        rtt = await bench_rtt(args.rtt_runs, Path(tmp))
-        pool = await bench_pool(args.runs, Path(tmp))
+        starts = await bench_starts(args.runs, Path(tmp), variants)
+        rtt = await bench_rtt(args.rtt_runs, Path(tmp), variants)
+        pools = {sandbox: await bench_pool(args.runs, Path(tmp), sandbox) for sandbox in sandboxes}
 
-    results = {
+    results: dict = {
         "cold_start": {k: summary(v) for k, v in starts.items()},
         "rtt_1plus1": {k: summary(v) for k, v in rtt.items()},
-        "pool": {k: summary(v) for k, v in pool.items()},
-    }
-    start_ratio = (
-        results["cold_start"]["sandbox"]["p50_ms"] / results["cold_start"]["plain"]["p50_ms"]
-    )
-    rtt_ratio = (
-        results["rtt_1plus1"]["sandbox"]["p50_ms"] / results["rtt_1plus1"]["plain"]["p50_ms"]
-    )
-    results["ratios"] = {
-        "start_ratio_p50": round(start_ratio, 3),
-        "rtt_ratio_p50": round(rtt_ratio, 3),
-    }
-    results["targets"] = {
-        "pool_handout_p50_ms": results["pool"]["handout"]["p50_ms"]
-        <= TARGETS["pool_handout_p50_ms"],
-        "rtt_ratio_p50": rtt_ratio <= TARGETS["rtt_ratio_p50"],
-        "start_ratio_p50": start_ratio <= TARGETS["start_ratio_p50"],
+        "pool": {
+            sandbox: {k: summary(v) for k, v in pool.items()} for sandbox, pool in pools.items()
+        },
     }
 
-    rows = [
-        ("cold start → kernel_info_reply, plain (a)", results["cold_start"]["plain"]),
-        ("cold start → kernel_info_reply, sandbox (b)", results["cold_start"]["sandbox"]),
-        ("warm pool hand-out (c)", results["pool"]["handout"]),
-        ("warm pool hand-out → kernel_info_reply", results["pool"]["handout_to_ready"]),
-        ("1+1 round trip, plain (a)", results["rtt_1plus1"]["plain"]),
-        ("1+1 round trip, sandbox (b)", results["rtt_1plus1"]["sandbox"]),
-    ]
-    print(f"{'metric':48} {'n':>4} {'p50 ms':>9} {'p95 ms':>9}")
+    def p50(section: str, key: str) -> float:
+        return float(results[section][key]["p50_ms"])
+
+    ratios = {
+        "start_ratio_p50": p50("cold_start", "bubblewrap") / p50("cold_start", "plain"),
+        "rtt_ratio_p50": p50("rtt_1plus1", "bubblewrap") / p50("rtt_1plus1", "plain"),
+    }
+    checks = {
+        "pool_handout_p50_ms": results["pool"]["bubblewrap"]["handout"]["p50_ms"],
+        "rtt_ratio_p50": ratios["rtt_ratio_p50"],
+        "start_ratio_p50": ratios["start_ratio_p50"],
+    }
+    if "docker" in variants:
+        ratios["docker_start_ratio_p50"] = p50("cold_start", "docker") / p50("cold_start", "plain")
+        ratios["docker_rtt_ratio_p50"] = p50("rtt_1plus1", "docker") / p50("rtt_1plus1", "plain")
+        ratios["docker_rtt_vs_bubblewrap_p50"] = p50("rtt_1plus1", "docker") / p50(
+            "rtt_1plus1", "bubblewrap"
+        )
+        checks["docker_pool_handout_p50_ms"] = results["pool"]["docker"]["handout"]["p50_ms"]
+        checks["docker_rtt_vs_bubblewrap_p50"] = ratios["docker_rtt_vs_bubblewrap_p50"]
+    results["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    results["targets"] = {k: v <= TARGETS[k] for k, v in checks.items()}
+
+    rows = []
+    for variant in variants:
+        rows.append((f"cold start → kernel_info_reply, {variant}", starts_row(results, variant)))
+        if variant != "plain":
+            rows.append(
+                (
+                    f"  of which start_kernel(), {variant}",
+                    starts_row(results, f"{variant}_start_kernel"),
+                )
+            )
+    for sandbox in sandboxes:
+        rows.append((f"warm pool hand-out, {sandbox}", results["pool"][sandbox]["handout"]))
+        rows.append(
+            (f"warm pool hand-out → kernel_info_reply, {sandbox}",
+             results["pool"][sandbox]["handout_to_ready"])
+        )  # fmt: skip
+    for variant in variants:
+        rows.append((f"1+1 round trip, {variant}", results["rtt_1plus1"][variant]))
+    print(f"{'metric':52} {'n':>4} {'p50 ms':>9} {'p95 ms':>9}")
     for label, s in rows:
-        print(f"{label:48} {s['n']:>4} {s['p50_ms']:>9.2f} {s['p95_ms']:>9.2f}")
-    print(
-        f"sandbox/plain cold start p50: {start_ratio:.2f}x (target ≤ {TARGETS['start_ratio_p50']}x)"
-    )
-    print(f"sandbox/plain 1+1 p50:        {rtt_ratio:.2f}x (target ≤ {TARGETS['rtt_ratio_p50']}x)")
+        print(f"{label:52} {s['n']:>4} {s['p50_ms']:>9.2f} {s['p95_ms']:>9.2f}")
+    for key, value in results["ratios"].items():
+        target = f" (target ≤ {TARGETS[key]})" if key in TARGETS else ""
+        print(f"{key:36} {value:.2f}x{target}")
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def starts_row(results: dict, key: str) -> dict:
+    return results["cold_start"][key]
 
 
 if __name__ == "__main__":

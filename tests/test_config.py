@@ -40,6 +40,20 @@ def test_bad_values_name_the_variable():
 
 
 def test_provisioner_config_carries_the_limits():
-    config = Settings(memory_limit=512, runtime_dir="/tmp/ka").provisioner_config()
-    assert config["memory_limit"] == 512
-    assert config["runtime_dir"] == "/tmp/ka"
+    config = Settings(
+        memory_limit=512, runtime_dir="/tmp/ka", kernel_image="img:1", cpu_limit=0.5
+    ).provisioner_config()
+    for section in ("BubblewrapProvisioner", "DockerProvisioner"):
+        assert config[section]["memory_limit"] == 512
+        assert config[section]["runtime_dir"] == "/tmp/ka"
+    assert config["DockerProvisioner"]["image"] == "img:1"
+    assert config["DockerProvisioner"]["cpus"] == 0.5
+
+
+def test_the_sandbox_picks_its_kernelspec_and_refuses_unknown_ones():
+    assert Settings().kernelspec == "kernelagent-python3"
+    assert Settings(sandbox="docker").kernelspec == "kernelagent-python3-docker"
+    assert Settings(sandbox="docker", kernel_name="mine").kernelspec == "mine"
+    assert Settings(sandbox="docker", unsafe_no_sandbox=True).kernelspec == "python3"
+    with pytest.raises(ValueError, match="KERNELAGENT_SANDBOX='firecracker' is not one of"):
+        Settings.from_env({"KERNELAGENT_SANDBOX": "firecracker"})
