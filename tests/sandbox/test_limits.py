@@ -123,3 +123,28 @@ async def test_filling_tmp_is_enospc(sandbox: Sandbox) -> None:
     result = await sandbox.run("open('/tmp/small', 'w').write('ok')")
     assert result.status == "ok", result.describe()
     assert result.of_type("execute_result")[0]["data"]["text/plain"] == "2"
+
+
+async def test_a_file_past_the_size_limit_is_efbig_and_the_kernel_survives(
+    start_sandbox: StartSandbox,
+) -> None:
+    sandbox = await start_sandbox({"file_size_limit": 10 * MiB})
+    code = textwrap.dedent("""
+        import json, os
+        failure, written = None, 0
+        try:
+            with open("bomb.bin", "wb") as f:   # in the workspace, which is writable
+                for _ in range(40):
+                    f.write(b"x" * (1024**2))
+                    f.flush()
+                    written += 1
+        except OSError as e:
+            failure = [type(e).__name__, e.errno]
+        print(json.dumps({"failure": failure, "size": os.path.getsize("bomb.bin")}))
+    """)
+    outcome = (await sandbox.run(code)).json()
+    assert outcome["failure"] == ["OSError", errno.EFBIG], outcome
+    assert outcome["size"] == 10 * MiB
+    assert (sandbox.workspace / "bomb.bin").stat().st_size == 10 * MiB
+    after = await sandbox.run("open('small.txt', 'w').write('ok')")
+    assert after.status == "ok", after.describe()
