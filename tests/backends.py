@@ -128,11 +128,11 @@ KERNEL_IMAGE = os.environ.get("KERNELAGENT_KERNEL_IMAGE", "kernelagent/kernel-py
 @pytest.fixture(scope="session")
 def docker_engine() -> str:
     """The kernel image's name, once an engine answers and has it (else skip, or fail in CI)."""
-    from kernelagent.sandbox import container
+    from kernelagent.sandbox import engine
 
     if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
         os.environ["DOCKER_HOST"] = DOCKER_SOCKET
-    failure = container.check(os.environ.get("DOCKER_HOST", ""), KERNEL_IMAGE)
+    failure = engine.check(os.environ.get("DOCKER_HOST", ""), KERNEL_IMAGE)
     if failure:
         _redis_unavailable(f"Docker: {failure}")
     return KERNEL_IMAGE
@@ -144,9 +144,9 @@ SERVER_IMAGE = os.environ.get("KERNELAGENT_SERVER_IMAGE", "kernelagent/server:la
 @pytest.fixture(scope="session")
 def server_image(docker_engine: str) -> str:
     """The server image's name, once the engine has it (``make docker`` builds it)."""
-    from kernelagent.sandbox import container
+    from kernelagent.sandbox import engine
 
-    failure = container.check(os.environ.get("DOCKER_HOST", ""), SERVER_IMAGE)
+    failure = engine.check(os.environ.get("DOCKER_HOST", ""), SERVER_IMAGE)
     if failure:
         _redis_unavailable(f"Docker: {failure}")
     return SERVER_IMAGE

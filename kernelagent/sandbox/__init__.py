@@ -1,7 +1,7 @@
 """Kernel sandboxes as jupyter_client provisioners, usable by any Jupyter tool.
 
 Reached through kernelspecs (``kernel_images/``): bubblewrap (``bwrap.py``) and Docker
-(``container.py``); imports nothing from the rest of kernelagent.
+(``container.py``, with ``engine.py``); imports nothing from the rest of kernelagent.
 """
 
 from kernelagent.sandbox.bwrap import BubblewrapProvisioner, set_subreaper

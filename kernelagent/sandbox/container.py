@@ -18,10 +18,8 @@ it). Each kernel is one container of the kernel image (``kernel_images/python``)
 * tini as pid 1 (``--init``), which reaps the kernel's orphans and forwards an interrupt to the
   kernel's whole process group.
 
-Containers carry ``kernelagent.*`` labels, including their server's owner token: a file in the
-runtime directory that the server holds locked while it lives. A server's first launch removes
-the containers whose owner no longer holds its lock (a server that was killed), wherever their
-server ran, as long as it shared the runtime directory.
+Containers carry ``kernelagent.*`` labels, including their server's owner token
+(``engine.py``); a server's first launch removes the containers of servers that were killed.
 
 Where the server itself runs in a container (``compose.yaml``), the workspace and runtime
 directories must have the same path on the host as in the server's container: the engine
@@ -31,16 +29,10 @@ resolves bind-mount sources on the host.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import fcntl
-import gc
 import json
 import os
-import shutil
 import signal
-import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +40,18 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Dict, Float, Unicode
 
 from kernelagent.sandbox import command
+from kernelagent.sandbox.engine import (
+    LABEL,
+    check,
+    client,
+    in_thread,
+    owner,
+    remove_orphans,
+    says,
+)
 from kernelagent.sandbox.limits import human_bytes
 from kernelagent.sandbox.options import SandboxError, SandboxOptions
 
-LABEL = "kernelagent.kernel"  # every kernel container has it (value: the kernel id)
-FIX_ENGINE = (
-    "start a Docker engine (`make docker` starts one on a machine without) and set DOCKER_HOST "
-    "to its socket, or use KERNELAGENT_SANDBOX=bubblewrap"
-)
 SIGKILL_EXIT = 128 + signal.SIGKILL
 SIGXCPU_EXIT = 128 + signal.SIGXCPU
 
@@ -86,16 +82,16 @@ class DockerProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
 
     def engine(self) -> Any:
         """The Docker client (one per process and ``DOCKER_HOST``)."""
-        return _client(os.environ.get("DOCKER_HOST", ""), self.engine_timeout)
+        return client(os.environ.get("DOCKER_HOST", ""), self.engine_timeout)
 
     # ------------------------------------------------------------------ launch
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Called by the kernel manager before each (re)start; returns the launch arguments."""
         root = Path(self.runtime_dir)
-        await _in_thread(self._check_engine)
-        await _in_thread(_prepare_root, root)
-        await _in_thread(remove_orphans, self.engine(), str(root))
+        await in_thread(self._check_engine)
+        await in_thread(_prepare_root, root)
+        await in_thread(remove_orphans, self.engine(), str(root))
 
         cwd = kwargs.pop("cwd", None)
         self._owns_workspace = cwd is None
@@ -120,9 +116,9 @@ class DockerProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
         assert self._layout is not None
         options = self.container_options(self._layout, cmd, kwargs["env"], kwargs["inner_file"])
         try:
-            container = await _in_thread(self._run, options)
+            container = await in_thread(self._run, options)
         except Exception as e:
-            raise SandboxError(f"the Docker engine did not start the kernel: {_says(e)}") from e
+            raise SandboxError(f"the Docker engine did not start the kernel: {says(e)}") from e
         self._container_id = container.id
         self._host_pid = int(container.attrs.get("State", {}).get("Pid") or 0) or None
         return self.connection_info  # type: ignore[no-any-return]
@@ -180,7 +176,7 @@ class DockerProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
             "ulimits": ulimits,
             "labels": {
                 LABEL: self.kernel_id,
-                "kernelagent.owner": _owner(Path(self.runtime_dir)),
+                "kernelagent.owner": owner(Path(self.runtime_dir)),
                 "kernelagent.runtime": self.runtime_dir,
                 "kernelagent.kernel_dir": str(layout.kernel_dir),
             },
@@ -229,7 +225,7 @@ class DockerProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
     async def poll(self) -> int | None:
         if self._container_id is None:
             return self._exit_code if self._exit_code is not None else 0
-        state = await _in_thread(self._state)
+        state = await in_thread(self._state)
         if state is None or state.get("Status") in ("exited", "dead"):
             self._note_exit(state)
             return self._exit_code
@@ -245,7 +241,7 @@ class DockerProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
         if self._container_id is None:
             return
         with contextlib.suppress(Exception):  # gone meanwhile
-            await _in_thread(self.engine().api.kill, self._container_id, int(signum))
+            await in_thread(self.engine().api.kill, self._container_id, int(signum))
 
     async def kill(self, restart: bool = False) -> None:
         await self.send_signal(signal.SIGKILL)
@@ -346,7 +342,7 @@ class DockerProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
         container_id, self._container_id = self._container_id, None
         self._host_pid = None
         if container_id is not None:
-            await _in_thread(self._remove, container_id)
+            await in_thread(self._remove, container_id)
         self._remove_files(restart)
 
     def _remove(self, container_id: str) -> None:
@@ -373,147 +369,6 @@ class DockerProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
         return recommended
 
 
-_engine_threads = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="kernelagent-docker")
-
-
-async def _in_thread(fn: Any, *args: Any) -> Any:
-    """Run a blocking engine call (the SDK is synchronous) on threads of its own, so that kernels
-    starting together never hold up the event loop's default executor (file I/O uses it)."""
-    return await asyncio.get_running_loop().run_in_executor(_engine_threads, fn, *args)
-
-
-_clients: dict[tuple[str, float], Any] = {}
-
-
-def _client(docker_host: str, timeout: float) -> Any:
-    """One Docker client per engine: its connection pool is shared by every kernel."""
-    import docker
-
-    key = (docker_host, timeout)
-    if key not in _clients:
-        _clients[key] = docker.DockerClient(
-            base_url=docker_host or None, timeout=int(timeout), max_pool_size=32, version="auto"
-        )
-    return _clients[key]
-
-
-def _forget_client(docker_host: str, timeout: float) -> None:
-    client = _clients.pop((docker_host, timeout), None)
-    if client is not None:
-        client.close()
-
-
-_found: set[tuple[str, str]] = set()  # (engine, image) pairs seen working: not asked again
-
-
-def check(docker_host: str, image: str, timeout: float = 10.0) -> str | None:
-    """None when the engine answers and has ``image``, else what is wrong and how to fix it."""
-    if (docker_host, image) in _found:
-        return None
-    try:
-        import docker
-    except ImportError:
-        return "the docker Python package is missing: pip install 'docker>=7.1'"
-    where = docker_host or "the default socket (/var/run/docker.sock)"
-    socket = (docker_host or "unix:///var/run/docker.sock").removeprefix("unix://")
-    if "://" not in socket and not os.path.exists(socket):
-        return f"cannot reach the Docker engine at {where} (no such socket): {FIX_ENGINE}"
-    try:
-        engine = _client(docker_host, timeout)
-        engine.ping()
-    except Exception as e:  # noqa: BLE001
-        _forget_client(docker_host, timeout)
-        with warnings.catch_warnings():  # docker-py leaves a failed connect's socket to the GC
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
-        return f"cannot reach the Docker engine at {where} ({_says(e)}): {FIX_ENGINE}"
-    try:
-        engine.images.get(image)
-    except docker.errors.ImageNotFound:
-        return (
-            f"the kernel image {image} is not on the engine at {where}: build it with "
-            f"`make docker`, or `docker build -f kernel_images/python/Dockerfile -t {image} .`, "
-            "or set KERNELAGENT_KERNEL_IMAGE"
-        )
-    except Exception as e:  # noqa: BLE001
-        return f"the Docker engine at {where} cannot look up {image}: {_says(e)}"
-    _found.add((docker_host, image))
-    return None
-
-
-def _says(error: BaseException) -> str:
-    explanation = getattr(error, "explanation", None)
-    return str(explanation or error).strip() or type(error).__name__
-
-
-# ---------------------------------------------------------------------- owners and orphans
-
-_owner_files: dict[str, tuple[str, int]] = {}  # runtime root → (owner token, locked fd)
-
-
-def _owner(root: Path) -> str:
-    """This process's owner token under ``root``: a file it holds locked while it lives."""
-    key = str(root)
-    if key not in _owner_files or _owner_files[key][1] < 0:
-        owners = root / "owners"
-        owners.mkdir(mode=0o700, exist_ok=True)
-        token = uuid.uuid4().hex
-        fd = os.open(owners / token, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _owner_files[key] = (token, fd)
-    return _owner_files[key][0]
-
-
-def owner_alive(root: Path, token: str) -> bool:
-    """Whether the process that made ``token`` still holds its lock."""
-    if token == _owner(root):
-        return True
-    path = root / "owners" / token
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-_swept: set[tuple[int, str]] = set()
-
-
-def remove_orphans(engine: Any, runtime_dir: str, *, again: bool = False) -> list[str]:
-    """Remove the kernel containers (and kernel dirs) whose server is gone; returns their ids.
-
-    Done once per process and runtime directory, at its first launch (``again`` forces it).
-    """
-    key = (id(engine), runtime_dir)
-    if key in _swept and not again:
-        return []
-    _swept.add(key)
-    root = Path(runtime_dir)
-    removed: list[str] = []
-    filters = {"label": [LABEL, f"kernelagent.runtime={runtime_dir}"]}
-    for container in engine.containers.list(all=True, filters=filters, ignore_removed=True):
-        labels = container.labels
-        token = labels.get("kernelagent.owner", "")
-        if token and owner_alive(root, token):
-            continue
-        with contextlib.suppress(Exception):
-            container.remove(force=True)
-            removed.append(container.id)
-        kernel_dir = Path(labels.get("kernelagent.kernel_dir", ""))
-        if kernel_dir.parent == root:
-            shutil.rmtree(kernel_dir, ignore_errors=True)
-        if token:
-            with contextlib.suppress(OSError):
-                (root / "owners" / token).unlink()
-    return removed
-
-
 def _prepare_root(root: Path) -> None:
     if root.is_symlink() or (root.exists() and root.stat().st_uid != os.geteuid()):
         raise SandboxError(
@@ -534,4 +389,4 @@ def _write_private(path: Path, text: str, uid: int) -> None:
         os.chown(path, uid, uid)
 
 
-__all__ = ["DockerProvisioner", "check", "remove_orphans"]
+__all__ = ["DockerProvisioner"]

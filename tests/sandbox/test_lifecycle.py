@@ -121,9 +121,9 @@ async def test_shutdown_leaves_no_process_and_no_files(sandbox: Sandbox) -> None
 
 def docker_containers(*filters: str) -> list[str]:
     """Ids of the engine's containers (running or not) matching ``key=value`` filters."""
-    from kernelagent.sandbox.container import _client
+    from kernelagent.sandbox.engine import client
 
-    engine = _client(os.environ.get("DOCKER_HOST", ""), 30.0)
+    engine = client(os.environ.get("DOCKER_HOST", ""), 30.0)
     query: dict[str, list[str]] = {}
     for item in filters:
         key, _, value = item.partition("=")
@@ -295,11 +295,11 @@ async def test_containers_of_a_killed_server_are_removed_at_the_next_start(
             with contextlib.suppress(ProcessLookupError):
                 server.kill()
             await server.wait()
-        from kernelagent.sandbox.container import _client
+        from kernelagent.sandbox.engine import client
 
         for info in infos:
             with contextlib.suppress(Exception):
-                _client(os.environ.get("DOCKER_HOST", ""), 30.0).api.remove_container(
+                client(os.environ.get("DOCKER_HOST", ""), 30.0).api.remove_container(
                     info["container"], force=True
                 )
             shutil.rmtree(info["kernel_dir"], ignore_errors=True)

@@ -102,11 +102,11 @@ async def test_docker_problems_are_sandbox_errors_naming_the_fix(
 @pytest.mark.parametrize("sandbox_kind", ["docker"], indirect=True)
 async def test_docker_container_is_locked_down(start_sandbox) -> None:
     """What the engine was told, read back from it (the isolation tests check the effects)."""
-    from kernelagent.sandbox.container import LABEL, _client
+    from kernelagent.sandbox.engine import LABEL, client
 
     sandbox = await start_sandbox({"memory_limit": 512 * 1024**2, "cpus": 0.5})
     provisioner = sandbox.km.provisioner
-    engine = _client(os.environ.get("DOCKER_HOST", ""), 30.0)
+    engine = client(os.environ.get("DOCKER_HOST", ""), 30.0)
     attrs = engine.api.inspect_container(provisioner.container_id)
     host = attrs["HostConfig"]
     assert host["NetworkMode"] == "none"

@@ -17,7 +17,7 @@ import tempfile
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from kernelagent.sandbox.container import LABEL, _client
+from kernelagent.sandbox.engine import LABEL, client
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.docker, pytest.mark.postgres]
 
@@ -34,7 +34,7 @@ def data_dir():
 async def test_the_server_image_serves_sessions_with_docker_kernels(
     server_image, postgres_url, redis_url, unused_port, data_dir
 ):
-    engine = _client(os.environ.get("DOCKER_HOST", ""), 60.0)
+    engine = client(os.environ.get("DOCKER_HOST", ""), 60.0)
     socket_path = (os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")[len("unix://") :]
     runtime = f"{data_dir}/run"
     server = engine.containers.run(
