@@ -379,6 +379,7 @@ class LocalKernels:
         silent: bool = False,
         store_history: bool = True,
         user_expressions: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
         message: dict[str, Any] | None = None,
     ) -> _Run:
         link = await self._link(kernel_id)
@@ -394,6 +395,7 @@ class LocalKernels:
                     "allow_stdin": False,
                     "stop_on_error": False,
                 },
+                metadata=metadata,
             )
         run = _Run(link, str(message["header"]["msg_id"]))
         link.runs[run.msg_id] = run

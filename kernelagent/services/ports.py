@@ -301,10 +301,12 @@ class KernelBackend(Workspaces, Protocol):
         silent: bool = False,
         store_history: bool = True,
         user_expressions: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
         message: dict[str, Any] | None = None,
     ) -> KernelRun:
         """Send an ``execute_request`` (``message``: a client's own, sent as is, so the
-        kernel's messages carry the client's msg_id). KernelDied if the kernel is gone."""
+        kernel's messages carry the client's msg_id; ``metadata``: the request's, which
+        kernel-side code reads as data). KernelDied if the kernel is gone."""
         ...
 
     async def interrupt(self, kernel_id: str) -> None: ...
