@@ -27,6 +27,7 @@ from kernelagent.adapters.events import make_events
 from kernelagent.adapters.kernels import LocalKernels
 from kernelagent.adapters.llm import OpenAIChat
 from kernelagent.adapters.locks import make_locks
+from kernelagent.adapters.remote_kernels import RemoteKernels
 from kernelagent.adapters.runtime import make_runtime
 from kernelagent.adapters.storage import FsspecStorage
 from kernelagent.config import Settings
@@ -59,7 +60,7 @@ class Services:
     storage: Storage
     locks: SessionLocks
     state: RuntimeState
-    kernels: LocalKernels
+    kernels: LocalKernels | RemoteKernels
     pool: KernelPool
     auth: AuthService
     recorder: Recorder
@@ -101,8 +102,12 @@ class KernelAgentApp:
         events = make_events(settings.redis_url or None, settings.events_retention)
         state = make_runtime(settings.redis_url or None, settings.process_lease)
         await state.start()
-        kernels = LocalKernels(settings)
-        kernels.clear_scratch()
+        kernels: LocalKernels | RemoteKernels
+        if settings.gateway_url:
+            kernels = RemoteKernels(settings)
+        else:
+            kernels = LocalKernels(settings)
+            kernels.clear_scratch()
         pool = KernelPool(
             kernels,
             size=settings.pool_size,
@@ -191,6 +196,8 @@ class KernelAgentApp:
         if settings.kernel_idle_ttl > 0:
             self._culler = asyncio.create_task(self._cull(supervisor, settings.kernel_idle_ttl))
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else settings.sandbox
+        if settings.gateway_url:
+            sandbox = f"the gateway's ({settings.gateway_url})"
         self.web = web.Application(
             routes(self.services, sandbox),
             cookie_secret=secret,

@@ -117,6 +117,34 @@ class Settings:
         1.0, "KERNELAGENT_CPU_LIMIT", "CPUs a Docker kernel may use (--cpus); 0 no limit"
     )
     tmp_size: int = _setting(64 * MiB, "KERNELAGENT_TMP_SIZE", "Size of the kernel's /tmp, bytes")
+    gateway_url: str = _setting(
+        "",
+        "KERNELAGENT_GATEWAY_URL",
+        "A Jupyter Kernel Gateway or Enterprise Gateway: session kernels run there",
+    )
+    gateway_token: str = _setting(
+        "", "KERNELAGENT_GATEWAY_TOKEN", "Token of the gateway (Authorization: token …)"
+    )
+    gateway_kernel_name: str = _setting(
+        "python3", "KERNELAGENT_GATEWAY_KERNEL_NAME", "Kernelspec of session kernels on the gateway"
+    )
+    gateway_username: str = _setting(
+        "kernelagent",
+        "KERNELAGENT_GATEWAY_USERNAME",
+        "KERNEL_USERNAME sent with each kernel start (Enterprise Gateway's per-user limits)",
+    )
+    gateway_workspace: str = _setting(
+        "",
+        "KERNELAGENT_GATEWAY_WORKSPACE",
+        "Directory in a remote kernel made its workspace and cwd ({kernel_id} is filled in); "
+        "default the kernel's own cwd",
+    )
+    gateway_request_timeout: float = _setting(
+        60.0, "KERNELAGENT_GATEWAY_REQUEST_TIMEOUT", "Seconds a gateway request may take"
+    )
+    gateway_connect_timeout: float = _setting(
+        20.0, "KERNELAGENT_GATEWAY_CONNECT_TIMEOUT", "Seconds to connect to the gateway"
+    )
     kernel_start_timeout: float = _setting(
         60.0, "KERNELAGENT_KERNEL_START_TIMEOUT", "Seconds a kernel may take to become ready"
     )

@@ -13,7 +13,8 @@
     ├── SandboxError      503  the sandbox cannot run here (message: cause and fix)
     ├── NotConfigured     503  a feature needs a setting (message: which one)
     ├── LLMError          502  the LLM endpoint gave no usable reply (message: why, what to set)
-    └── KernelDied        503  a kernel died (message: why, e.g. "out of memory (limit 1 GiB)")
+    ├── KernelDied        503  a kernel died (message: why, e.g. "out of memory (limit 1 GiB)")
+    └── WorkspaceOffline  409  the workspace lives in a remote kernel that is not running
 
 ``web/base.py`` maps each to ``{"error": {"code", "message"}}`` with the status above.
 """
@@ -75,3 +76,10 @@ class KernelDied(KernelAgentError):
     def __init__(self, message: str, cause: str = "died"):
         super().__init__(message)
         self.cause = cause
+
+
+class WorkspaceOffline(KernelAgentError):
+    """A workspace that lives in its kernel's filesystem (a remote kernel) while no kernel of it
+    runs: its files are what was last mirrored to storage until the next cell brings it back."""
+
+    status, code = 409, "workspace_offline"

@@ -26,6 +26,12 @@ def imports(path: Path) -> set[str]:
     return names
 
 
+def within(name: str, package: str) -> bool:
+    """``name`` is ``package`` or one of its modules ("tornado.websocket" is not "tornado.web")."""
+    prefix = package if package.endswith(".") else f"{package}."
+    return name == package.rstrip(".") or name.startswith(prefix)
+
+
 def test_layers_import_only_downwards():
     problems = []
     for layer, forbidden in FORBIDDEN.items():
@@ -33,7 +39,7 @@ def test_layers_import_only_downwards():
             for name in imports(path):
                 if layer in ("sandbox", "kernelside") and name.startswith(f"kernelagent.{layer}"):
                     continue
-                if name.startswith(forbidden):
+                if any(within(name, package) for package in forbidden):
                     problems.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert not problems, "\n".join(problems)
 

@@ -6,8 +6,8 @@ Jupyter protocol. It implements the ``KernelBackend`` port; failures come out as
 ``kernelagent.errors`` exceptions.
 
 * Each kernel has one client of this process (``_Link``): a reader task per channel hands every
-  message to the run (``_Run``) whose request it answers, by parent msg_id, so a cell, a silent
-  evaluation and the pool's warm-up never see each other's messages.
+  message to the run (``kernel_runs.Run``) whose request it answers, by parent msg_id, so a
+  cell, a silent evaluation and the pool's warm-up never see each other's messages.
 * A gateway WebSocket gets sockets of its own (``_Channels``), as jupyter_server gives each one.
 * Workspaces are directories ``<workspaces>/<name>``; the kernel sees its own at ``/workspace``
   through the sandbox's bind mount. ``adopt`` renames a pooled kernel's directory to a session's:
@@ -31,81 +31,16 @@ from jupyter_client.session import Session as JupyterSession
 from traitlets.config import Config
 
 from kernelagent.adapters import workspace_io
+from kernelagent.adapters.kernel_runs import Run, end_runs, parse
 from kernelagent.adapters.kernelspecs import kernel_dirs
 from kernelagent.config import Settings
 from kernelagent.domain import FileStat, KernelMessage
 from kernelagent.errors import InvalidInput, KernelDied, NotFound, SandboxError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # kernelagent/, for the kernel-side code
-LIVENESS_POLL = 0.5  # seconds of silence after which a run checks that its kernel still lives
 HANDSHAKE_TIMEOUT = 30.0  # seconds for a kernel to answer this process's first request
 WORKSPACE_NAME = re.compile(r"\.?[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 CHANNELS = ("shell", "control", "stdin", "iopub")
-
-
-def parse(channel: str, msg: dict[str, Any]) -> KernelMessage:
-    return KernelMessage(
-        channel,
-        msg.get("header") or {},
-        msg.get("parent_header") or {},
-        msg.get("metadata") or {},
-        msg.get("content") or {},
-        tuple(bytes(b) for b in msg.get("buffers") or ()),
-    )
-
-
-class _Ended:
-    """Put in a run's queue when its kernel went away: ``next`` raises ``error``."""
-
-    def __init__(self, error: KernelDied):
-        self.error = error
-
-
-class _Run:
-    """One request's messages, as ``_Link`` hands them over."""
-
-    def __init__(self, link: _Link, msg_id: str):
-        self.link = link
-        self.msg_id = msg_id
-        self.messages: asyncio.Queue[KernelMessage | _Ended] = asyncio.Queue()
-        self.replies: asyncio.Queue[KernelMessage | _Ended] = asyncio.Queue()
-
-    async def next(self, timeout: float) -> KernelMessage | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            wait = min(deadline - loop.time(), LIVENESS_POLL)
-            if wait <= 0:
-                return None
-            try:
-                if self.messages.empty():
-                    item = await asyncio.wait_for(self.messages.get(), wait)
-                else:
-                    item = self.messages.get_nowait()
-            except TimeoutError:
-                if not await self.link.alive():
-                    reason = await self.link.kernels.exit_reason(self.link.kernel_id)
-                    raise KernelDied(reason or "the kernel died") from None
-                continue
-            if isinstance(item, _Ended):
-                raise item.error
-            return item
-
-    async def reply(self, timeout: float) -> KernelMessage | None:
-        try:
-            if self.replies.empty():
-                item = await asyncio.wait_for(self.replies.get(), timeout)
-            else:
-                item = self.replies.get_nowait()
-        except TimeoutError:
-            return None
-        return None if isinstance(item, _Ended) else item
-
-    async def send_input(self, message: dict[str, Any]) -> None:
-        self.link.client.session.send(self.link.client.stdin_channel.socket, message)
-
-    def close(self) -> None:
-        self.link.runs.pop(self.msg_id, None)
 
 
 class _Link:
@@ -116,7 +51,7 @@ class _Link:
         self.kernel_id = kernel_id
         self.client: AsyncKernelClient = kernels.manager(kernel_id).client()
         self.client.start_channels()
-        self.runs: dict[str, _Run] = {}
+        self.runs: dict[str, Run] = {}
         self.readers = [
             asyncio.create_task(self._read(name), name=f"kernel-{name}-{kernel_id}")
             for name in ("shell", "iopub", "stdin")
@@ -130,7 +65,7 @@ class _Link:
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             request = self.client.session.msg("kernel_info_request", {})
-            run = _Run(self, request["header"]["msg_id"])
+            run = Run(self, request["header"]["msg_id"])
             self.runs[run.msg_id] = run
             self.client.session.send(self.client.shell_channel.socket, request)
             try:
@@ -145,6 +80,13 @@ class _Link:
     async def alive(self) -> bool:
         return await self.kernels.is_alive(self.kernel_id)
 
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        socket = getattr(self.client, f"{channel}_channel").socket
+        self.client.session.send(socket, message)
+
+    async def exit_reason(self) -> str | None:
+        return await self.kernels.exit_reason(self.kernel_id)
+
     async def _read(self, name: str) -> None:
         channel = getattr(self.client, f"{name}_channel")
         session = self.client.session
@@ -157,15 +99,12 @@ class _Link:
                 continue
             run = self.runs.get(msg.parent_id or "")
             if run is not None:
-                (run.replies if name == "shell" else run.messages).put_nowait(msg)
+                run.deliver(msg)
 
     def end(self, error: KernelDied) -> None:
         """Every run in flight ends with ``error``; the client stops."""
         self.ready.cancel()
-        for run in self.runs.values():
-            run.messages.put_nowait(_Ended(error))
-            run.replies.put_nowait(_Ended(error))
-        self.runs.clear()
+        end_runs(self.runs, error)
         for task in self.readers:
             task.cancel()
         self.client.stop_channels()
@@ -381,7 +320,7 @@ class LocalKernels:
         user_expressions: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
         message: dict[str, Any] | None = None,
-    ) -> _Run:
+    ) -> Run:
         link = await self._link(kernel_id)
         client = link.client
         if message is None:
@@ -397,7 +336,7 @@ class LocalKernels:
                 },
                 metadata=metadata,
             )
-        run = _Run(link, str(message["header"]["msg_id"]))
+        run = Run(link, str(message["header"]["msg_id"]))
         link.runs[run.msg_id] = run
         client.session.send(client.shell_channel.socket, message)
         return run

@@ -16,6 +16,7 @@ file is never stored twice. ``restore()`` puts a workspace back to a manifest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -27,7 +28,7 @@ from pathlib import PurePosixPath
 from itsdangerous import BadSignature, Signer
 
 from kernelagent.domain import Artifact, FileEntry, Session, new_id, now
-from kernelagent.errors import Forbidden, InvalidInput, NotFound, TooLarge
+from kernelagent.errors import Forbidden, InvalidInput, NotFound, TooLarge, WorkspaceOffline
 from kernelagent.services.outputs import ArtifactBlob
 from kernelagent.services.ports import Database, Storage, Workspaces
 from kernelagent.services.recording import Recorder
@@ -101,7 +102,8 @@ class FileService:
         if len(data) > self.upload_limit:
             raise TooLarge(f"upload of {len(data)} bytes exceeds the limit of {self.upload_limit}")
         rel = self.confine(path)
-        await self.workspaces.write_file(session.id, rel, data)
+        with contextlib.suppress(WorkspaceOffline):  # its kernel gets it when it comes back
+            await self.workspaces.write_file(session.id, rel, data)
         entry = FileEntry(rel, len(data), hashlib.sha256(data).hexdigest(), now())
         await self.storage.put(file_key(session.id, rel), data)
         await self._keep_blob(entry.sha256, data)
@@ -125,7 +127,12 @@ class FileService:
 
     async def read(self, session: Session, path: str) -> tuple[bytes, str]:
         rel = self.confine(path)
-        return await self.workspaces.read_file(session.id, rel, self.read_limit), rel
+        try:
+            return await self.workspaces.read_file(session.id, rel, self.read_limit), rel
+        except WorkspaceOffline:  # as last mirrored
+            if not await self.storage.exists(file_key(session.id, rel)):
+                raise NotFound(f"no file {rel!r} in this session") from None
+            return await self.storage.get(file_key(session.id, rel)), rel
 
     async def mirror(self, session: Session) -> bool:
         """Copy files that changed since the last mirror to storage; drop deleted ones.
@@ -136,7 +143,10 @@ class FileService:
             seen = self._seen[session.id] = {
                 e.path: _Seen(-1, -1, e.sha256) for e in await self.db.files.list(session.id)
             }
-        current = await self.workspaces.list_files(session.id)
+        try:
+            current = await self.workspaces.list_files(session.id)
+        except WorkspaceOffline:
+            return False  # its files stay as last mirrored
         changed = False
         for rel in set(seen) - set(current):
             changed = True
@@ -152,7 +162,7 @@ class FileService:
                 continue
             try:
                 data = await self.workspaces.read_file(session.id, rel, self.read_limit)
-            except (NotFound, TooLarge):
+            except (NotFound, TooLarge, WorkspaceOffline):
                 continue  # changed under our feet (the kernel is still writing); next time
             sha = hashlib.sha256(data).hexdigest()
             if not (known and known.sha256 == sha):
@@ -241,4 +251,5 @@ class FileService:
         """Drop a deleted session's workspace and cache (its storage prefix is removed by the
         caller)."""
         self._seen.pop(session_id, None)
-        await self.workspaces.remove_workspace(session_id)
+        with contextlib.suppress(WorkspaceOffline):
+            await self.workspaces.remove_workspace(session_id)

@@ -1,0 +1,106 @@
+"""One request's messages, as a backend's client of a kernel (a "link") routes them: shared by
+the local and the remote kernel backends.
+
+A link reads every message its kernel sends and hands each to the ``Run`` whose request it
+answers (by parent msg_id): a cell, a silent evaluation and the pool's warm-up never see each
+other's messages. When the kernel goes away, every run in flight ends with ``KernelDied``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from kernelagent.domain import KernelMessage
+from kernelagent.errors import KernelDied
+
+LIVENESS_POLL = 0.5  # seconds of silence after which a run checks that its kernel still lives
+
+
+class Link(Protocol):
+    """A backend's client of one kernel, as its runs use it."""
+
+    runs: dict[str, Run]
+
+    async def alive(self) -> bool: ...
+
+    async def exit_reason(self) -> str | None: ...
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None: ...
+
+
+def parse(channel: str, msg: dict[str, Any]) -> KernelMessage:
+    return KernelMessage(
+        channel,
+        msg.get("header") or {},
+        msg.get("parent_header") or {},
+        msg.get("metadata") or {},
+        msg.get("content") or {},
+        tuple(bytes(b) for b in msg.get("buffers") or ()),
+    )
+
+
+class Ended:
+    """Put in a run's queue when its kernel went away: ``next`` raises ``error``."""
+
+    def __init__(self, error: KernelDied):
+        self.error = error
+
+
+class Run:
+    """One request's messages, as ``_Link`` hands them over."""
+
+    def __init__(self, link: Link, msg_id: str):
+        self.link = link
+        self.msg_id = msg_id
+        self.messages: asyncio.Queue[KernelMessage | Ended] = asyncio.Queue()
+        self.replies: asyncio.Queue[KernelMessage | Ended] = asyncio.Queue()
+
+    async def next(self, timeout: float) -> KernelMessage | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            wait = min(deadline - loop.time(), LIVENESS_POLL)
+            if wait <= 0:
+                return None
+            try:
+                if self.messages.empty():
+                    item = await asyncio.wait_for(self.messages.get(), wait)
+                else:
+                    item = self.messages.get_nowait()
+            except TimeoutError:
+                if not await self.link.alive():
+                    reason = await self.link.exit_reason()
+                    raise KernelDied(reason or "the kernel died") from None
+                continue
+            if isinstance(item, Ended):
+                raise item.error
+            return item
+
+    async def reply(self, timeout: float) -> KernelMessage | None:
+        try:
+            if self.replies.empty():
+                item = await asyncio.wait_for(self.replies.get(), timeout)
+            else:
+                item = self.replies.get_nowait()
+        except TimeoutError:
+            return None
+        return None if isinstance(item, Ended) else item
+
+    async def send_input(self, message: dict[str, Any]) -> None:
+        await self.link.send("stdin", message)
+
+    def deliver(self, msg: KernelMessage) -> None:
+        """A message of this request: replies (shell) apart from the rest."""
+        (self.replies if msg.channel == "shell" else self.messages).put_nowait(msg)
+
+    def close(self) -> None:
+        self.link.runs.pop(self.msg_id, None)
+
+
+def end_runs(runs: dict[str, Run], error: KernelDied) -> None:
+    """Every run in flight ends with ``error``."""
+    for run in runs.values():
+        run.messages.put_nowait(Ended(error))
+        run.replies.put_nowait(Ended(error))
+    runs.clear()
