@@ -7,7 +7,7 @@ endif
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install serve test lint bench doctor browser docker
+.PHONY: install serve test lint bench doctor browser docker gateway
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,11 @@ browser:
 docker: install
 	bash deploy/prepare-docker.sh
 
-test: lint browser docker
+# Jupyter Enterprise Gateway in a virtualenv of its own, for the remote-kernel tests
+gateway:
+	bash deploy/prepare-gateway.sh
+
+test: lint browser docker gateway
 	$(BIN)/python -m pytest
 
 bench: install

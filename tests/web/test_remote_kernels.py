@@ -1,6 +1,7 @@
-"""The server with its session kernels on a real Jupyter Kernel Gateway (a gateway URL set):
-the same proofs as with local kernels, through the same tests, and what only a remote kernel
-needs: its workspace through the kernel, a WebSocket that drops mid-cell, a workspace offline.
+"""The server with its session kernels on a real gateway (Jupyter Kernel Gateway, and Jupyter
+Enterprise Gateway): the same proofs as with local kernels, through the same tests, and what
+only a remote kernel needs: its workspace through the kernel, a WebSocket that drops mid-cell,
+a workspace offline.
 
 Each imported name below is a test of another module, collected again here, where ``ka_server``
 and ``server`` make a server whose kernels run on the gateway.
@@ -11,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import backend_settings, running
@@ -52,24 +55,40 @@ from kernelagent.adapters.remote_kernels import RemoteKernels
 pytestmark = pytest.mark.sandbox
 
 
-@pytest.fixture(scope="module")
-def kernel_gateway(tmp_path_factory):
-    """Jupyter Kernel Gateway on loopback with a token; yields (url, token, its directory)."""
-    home = tmp_path_factory.mktemp("kernel-gateway")
+EG_VENV = Path(os.environ.get("KERNELAGENT_EG_VENV", "/var/lib/kernelagent-eg/venv"))
+
+
+@pytest.fixture(scope="module", params=["kernel_gateway", "enterprise_gateway"])
+def kernel_gateway(request, tmp_path_factory):
+    """A real gateway on loopback with a token: Jupyter Kernel Gateway (from this environment)
+    or Jupyter Enterprise Gateway (from its own, ``make gateway``), its kernels running this
+    environment's Python. Yields (url, token, its directory)."""
+    home = tmp_path_factory.mktemp(request.param)
     sock, port = bind_unused_port()
     sock.close()
     token = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "KERNELAGENT"))}
     env["JUPYTER_RUNTIME_DIR"] = str(home / "runtime")
-    log = (home / "kernel_gateway.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "kernel_gateway",
-            "--KernelGatewayApp.ip=127.0.0.1", f"--KernelGatewayApp.port={port}",
-            f"--KernelGatewayApp.auth_token={token}",
-        ],
-        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    listen = ["--ip=127.0.0.1", f"--port={port}"]
+    if request.param == "kernel_gateway":
+        argv = [sys.executable, "-m", "kernel_gateway", f"--KernelGatewayApp.auth_token={token}"]
+        argv += [f"--KernelGatewayApp{option[1:]}" for option in listen]
+    else:
+        binary = EG_VENV / "bin" / "jupyter-enterprisegateway"
+        if not binary.exists():
+            message = f"no Enterprise Gateway at {binary} (make gateway installs it)"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        spec = home / "kernels" / "python3"
+        spec.mkdir(parents=True)
+        argv_spec = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        kernel = {"argv": argv_spec, "display_name": "Python 3", "language": "python"}
+        (spec / "kernel.json").write_text(json.dumps(kernel))
+        env.update({"JUPYTER_PATH": str(home), "EG_AUTH_TOKEN": token})
+        argv = [str(binary), *listen]
+    log = (home / "gateway.log").open("wb")
+    process = subprocess.Popen(argv, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(_until_up(url, token, process, home))
@@ -87,7 +106,7 @@ async def _until_up(url, token, process, home) -> None:
     client = AsyncHTTPClient()
     async with asyncio.timeout(60):
         while True:
-            assert process.poll() is None, (home / "kernel_gateway.log").read_text()
+            assert process.poll() is None, (home / "gateway.log").read_text()
             with contextlib.suppress(OSError):
                 response = await client.fetch(
                     f"{url}/api", headers={"Authorization": f"token {token}"}, raise_error=False
