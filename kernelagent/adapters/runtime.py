@@ -36,6 +36,7 @@ from kernelagent.domain import Signal, new_id
 from kernelagent.errors import KernelAgentError
 
 log = logging.getLogger(__name__)
+CLOSE_TIMEOUT = 5.0  # seconds a process's goodbye to Redis may take
 
 SOCKET_TIMEOUT = 5.0
 KEEP = 7 * 24 * 3600  # seconds a session's activity and busy marks outlive their writer
@@ -168,15 +169,19 @@ class RedisRuntime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._handlers.stop()
-        with contextlib.suppress(RedisError):
-            if self._pubsub is not None:
-                await self._pubsub.aclose()
-            for key in self._counted:
-                await self.redis.hdel(key, self.process_id)
-            for key in self._owned:
-                await self._release(key)
-            await self.redis.delete(self._key("proc", self.process_id))
-        await self.redis.aclose()
+        # a goodbye that Redis does not answer must not hold the shutdown: the lease ends it
+        with contextlib.suppress(RedisError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                if self._pubsub is not None:
+                    await self._pubsub.aclose()
+                for key in self._counted:
+                    await self.redis.hdel(key, self.process_id)
+                for key in self._owned:
+                    await self._release(key)
+                await self.redis.delete(self._key("proc", self.process_id))
+        with contextlib.suppress(RedisError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.redis.aclose()
 
     @property
     def _ms(self) -> int:
