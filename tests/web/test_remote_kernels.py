@@ -72,7 +72,7 @@ def kernel_gateway(request, tmp_path_factory):
     listen = ["--ip=127.0.0.1", f"--port={port}"]
     if request.param == "kernel_gateway":
         argv = [sys.executable, "-m", "kernel_gateway", f"--KernelGatewayApp.auth_token={token}"]
-        argv += [f"--KernelGatewayApp{option[1:]}" for option in listen]
+        argv += [f"--KernelGatewayApp.{option[2:]}" for option in listen]
     else:
         binary = EG_VENV / "bin" / "jupyter-enterprisegateway"
         if not binary.exists():
