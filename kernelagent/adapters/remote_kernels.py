@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 60.0
 RECONNECT_ATTEMPTS = 5
 MAX_MESSAGE = 256 * 1024 * 1024  # a WebSocket message: a file chunk is ~6 MiB
+ALIVE_FOR = 1.0  # seconds a kernel the gateway just reported is taken to be alive
 
 
 class GatewayError(KernelAgentError):
@@ -61,7 +62,7 @@ class _RemoteLink:
         self.session_id = uuid.uuid4().hex  # the gateway buffers for it while we reconnect
         self.runs: dict[str, Run] = {}
         self.ws: WebSocketClientConnection | None = None
-        self.lost: str | None = None  # why the gateway's kernel is no longer ours
+        self._reconnecting = asyncio.Lock()
         self.reader: asyncio.Task[None] | None = None
         self.ready = asyncio.ensure_future(self._open())
 
@@ -96,14 +97,16 @@ class _RemoteLink:
             raise KernelDied("the connection to the remote kernel is not open", "died")
         frame = {**message, "channel": channel}
         buffers = frame.pop("buffers", None) or []
-        try:
-            if buffers:
-                await self.ws.write_message(_binary_message(frame, buffers), binary=True)
-            else:
-                await self.ws.write_message(json.dumps(frame, default=str))
-        except WebSocketClosedError:
-            await self._reconnect()
-            await self.send(channel, message)
+        data = _binary_message(frame, buffers) if buffers else json.dumps(frame, default=str)
+        for _ in range(2):  # once more on a reconnected socket
+            try:
+                await self.ws.write_message(data, binary=bool(buffers))
+                return
+            except WebSocketClosedError:
+                if not await self._reconnect():
+                    break
+        reason = await self.kernels.exit_reason(self.kernel_id)
+        raise KernelDied(reason or "the connection to the remote kernel was lost", "died")
 
     async def _read(self) -> None:
         while True:
@@ -129,9 +132,17 @@ class _RemoteLink:
 
     async def _reconnect(self) -> bool:
         """Open the WebSocket again (same ``session_id``: the gateway replays what it buffered);
-        False, with the kernel lost, when the gateway no longer has it."""
+        False, with the kernel lost, when the gateway no longer has it. The reader and a sender
+        may both notice: the second finds the socket the first opened."""
+        broken = self.ws
+        async with self._reconnecting:
+            if self.ws is not broken and self.ws is not None and self.ws.protocol is not None:
+                return True
+            return await self._open_again()
+
+    async def _open_again(self) -> bool:
         for attempt in range(RECONNECT_ATTEMPTS):
-            if self.lost:
+            if self.kernel_id in self.kernels._lost:
                 return False
             if not await self.kernels.exists(self.kernel_id):
                 self.kernels.lose(self.kernel_id, "the gateway no longer has the kernel")
@@ -219,6 +230,7 @@ class RemoteKernels:
         self._workspaces: dict[str, str] = {}  # kernel id → workspace name
         self._roots: dict[str, str] = {}  # kernel id → its workspace directory in the kernel
         self._lost: dict[str, str] = {}  # kernel id → why it is no longer ours
+        self._seen_alive: dict[str, float] = {}  # kernel id → when the gateway last had it
 
     # ------------------------------------------------------------------ the gateway's API
 
@@ -354,6 +366,7 @@ class RemoteKernels:
         known = self._workspaces.pop(kernel_id, None) is not None
         self._roots.pop(kernel_id, None)
         self._lost.pop(kernel_id, None)
+        self._seen_alive.pop(kernel_id, None)
         if known:
             with contextlib.suppress(GatewayError):
                 await self._request("DELETE", f"/api/kernels/{quote(kernel_id)}")
@@ -366,13 +379,19 @@ class RemoteKernels:
     async def is_alive(self, kernel_id: str) -> bool:
         if kernel_id not in self._workspaces or kernel_id in self._lost:
             return False
-        link = self._links.get(kernel_id)
-        if link is not None and link.ws is not None and link.ws.protocol is not None:
-            return True  # the gateway closes the WebSocket of a kernel it no longer has
+        # asked of the gateway: a kernel deleted or culled there may keep its WebSocket open
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._seen_alive.get(kernel_id, -ALIVE_FOR) < ALIVE_FOR:
+            return True
         try:
-            return await self.exists(kernel_id)
+            alive = await self.exists(kernel_id)
         except GatewayError:
             return False
+        if alive:
+            self._seen_alive[kernel_id] = loop.time()
+        else:
+            self.lose(kernel_id, "the gateway no longer has the kernel (culled or shut down there)")
+        return alive
 
     async def exit_reason(self, kernel_id: str) -> str | None:
         return self._lost.get(kernel_id)
@@ -382,6 +401,7 @@ class RemoteKernels:
         if kernel_id in self._workspaces and kernel_id not in self._lost:
             log.warning("remote kernel %s lost: %s", kernel_id, why)
             self._lost[kernel_id] = why
+            self._seen_alive.pop(kernel_id, None)
             self._drop_link(kernel_id, why, "died")
 
     # ------------------------------------------------------------------ messages

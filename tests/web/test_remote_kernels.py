@@ -209,6 +209,27 @@ async def test_a_kernel_that_dies_on_the_gateway_is_recorded_and_replaced(ka_ser
     assert (await ka_server.services.db.sessions.get(sid)).kernel_id != before
 
 
+async def test_a_kernel_deleted_on_the_gateway_is_rebuilt_on_next_use(ka_server, kernel_gateway):
+    url, token, _ = kernel_gateway
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "x = 'kept'")
+    kernel_id = (await ka_server.services.db.sessions.get(sid)).kernel_id
+    deleted = await AsyncHTTPClient().fetch(
+        f"{url}/api/kernels/{kernel_id}", method="DELETE",
+        headers={"Authorization": f"token {token}"}, raise_error=False,
+    )  # fmt: skip
+    assert deleted.code == 204
+    kernels = ka_server.services.kernels
+    async with asyncio.timeout(10):  # the gateway closes the WebSocket; the kernel counts as lost
+        while await kernels.is_alive(kernel_id):
+            await asyncio.sleep(0.05)
+    cell = (await ka_server.run(sid, "x"))["cell"]
+    assert cell["outputs"][0]["data"]["text/plain"] == "'kept'"
+    assert (await ka_server.services.db.sessions.get(sid)).kernel_id != kernel_id
+    notes = [c.source for c in await ka_server.services.db.cells.list(sid) if c.role == "system"]
+    assert any("rebuilt by replaying" in n for n in notes), notes
+
+
 async def _on_gateway(kernel_gateway, kernel_id: str) -> int:
     url, token, _ = kernel_gateway
     response = await AsyncHTTPClient().fetch(
