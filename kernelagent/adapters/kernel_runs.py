@@ -9,7 +9,11 @@ other's messages. When the kernel goes away, every run in flight ends with ``Ker
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
+
+from jupyter_client.session import Session
 
 from kernelagent.domain import KernelMessage
 from kernelagent.errors import KernelDied
@@ -104,3 +108,51 @@ def end_runs(runs: dict[str, Run], error: KernelDied) -> None:
         run.messages.put_nowait(Ended(error))
         run.replies.put_nowait(Ended(error))
     runs.clear()
+
+
+def execute_request(
+    session: Session,
+    code: str,
+    *,
+    silent: bool,
+    store_history: bool,
+    user_expressions: dict[str, str] | None,
+    metadata: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """An ``execute_request`` as the backends send it (no stdin, no stop on error)."""
+    content = {
+        "code": code,
+        "silent": silent,
+        "store_history": store_history,
+        "user_expressions": user_expressions or {},
+        "allow_stdin": False,
+        "stop_on_error": False,
+    }
+    return session.msg("execute_request", content, metadata=metadata)  # type: ignore[no-any-return]
+
+
+async def request(link: Link, message: dict[str, Any]) -> Run:
+    """Send ``message`` on the link's shell channel; its run receives what answers it."""
+    run = Run(link, str(message["header"]["msg_id"]))
+    link.runs[run.msg_id] = run
+    try:
+        await link.send("shell", message)
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
+async def start_whole(
+    starting: Coroutine[Any, Any, str], shutdown: Callable[[str], Awaitable[None]]
+) -> str:
+    """A kernel start that a cancelled caller does not cut half-way (that would leave the
+    kernel behind): the start completes, then the kernel is shut down and the cancellation
+    goes on."""
+    task = asyncio.ensure_future(starting)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await shutdown(await task)
+        raise

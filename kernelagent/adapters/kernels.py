@@ -31,7 +31,14 @@ from jupyter_client.session import Session as JupyterSession
 from traitlets.config import Config
 
 from kernelagent.adapters import workspace_io
-from kernelagent.adapters.kernel_runs import Run, end_runs, parse
+from kernelagent.adapters.kernel_runs import (
+    Run,
+    end_runs,
+    execute_request,
+    parse,
+    request,
+    start_whole,
+)
 from kernelagent.adapters.kernelspecs import kernel_dirs
 from kernelagent.config import Settings
 from kernelagent.domain import FileStat, KernelMessage
@@ -194,16 +201,8 @@ class LocalKernels:
             shutil.rmtree(stale, ignore_errors=True)
 
     async def start(self, workspace: str) -> str:
-        """Cancelling the caller does not cancel a start half-way (that would orphan the
-        process): the start completes and the kernel is shut down before the cancellation
-        propagates."""
-        starting = asyncio.ensure_future(self._start(workspace))
-        try:
-            return await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await self.shutdown(await starting, now=True)
-            raise
+        """A cancelled caller does not cut the start half-way (``start_whole``)."""
+        return await start_whole(self._start(workspace), lambda k: self.shutdown(k, now=True))
 
     async def _start(self, workspace: str) -> str:
         self.check_kernelspec()
@@ -322,24 +321,16 @@ class LocalKernels:
         message: dict[str, Any] | None = None,
     ) -> Run:
         link = await self._link(kernel_id)
-        client = link.client
         if message is None:
-            message = client.session.msg(
-                "execute_request",
-                {
-                    "code": code,
-                    "silent": silent,
-                    "store_history": store_history,
-                    "user_expressions": user_expressions or {},
-                    "allow_stdin": False,
-                    "stop_on_error": False,
-                },
+            message = execute_request(
+                link.client.session,
+                code,
+                silent=silent,
+                store_history=store_history,
+                user_expressions=user_expressions,
                 metadata=metadata,
             )
-        run = Run(link, str(message["header"]["msg_id"]))
-        link.runs[run.msg_id] = run
-        client.session.send(client.shell_channel.socket, message)
-        return run
+        return await request(link, message)
 
     async def connect(self, kernel_id: str) -> _Channels:
         if kernel_id not in self.mkm:

@@ -36,7 +36,14 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from kernelagent.adapters.kernel_files import KernelFiles
-from kernelagent.adapters.kernel_runs import Run, end_runs, parse
+from kernelagent.adapters.kernel_runs import (
+    Run,
+    end_runs,
+    execute_request,
+    parse,
+    request,
+    start_whole,
+)
 from kernelagent.config import Settings
 from kernelagent.domain import FileStat, KernelMessage
 from kernelagent.errors import KernelAgentError, KernelDied, WorkspaceOffline
@@ -298,15 +305,8 @@ class RemoteKernels:
         return spec, {}
 
     async def start(self, workspace: str) -> str:
-        """Cancelling the caller does not cancel a start half-way (the remote kernel would be
-        left behind): the start completes and the kernel is shut down."""
-        starting = asyncio.ensure_future(self._start(workspace))
-        try:
-            return await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await self.shutdown(await starting, now=True)
-            raise
+        """A cancelled caller does not cut the start half-way (``start_whole``)."""
+        return await start_whole(self._start(workspace), lambda k: self.shutdown(k, now=True))
 
     async def _start(self, workspace: str) -> str:
         env = {"KERNEL_USERNAME": self.settings.gateway_username}
@@ -419,26 +419,15 @@ class RemoteKernels:
     ) -> Run:
         link = await self._link(kernel_id)
         if message is None:
-            message = self.session.msg(
-                "execute_request",
-                {
-                    "code": code,
-                    "silent": silent,
-                    "store_history": store_history,
-                    "user_expressions": user_expressions or {},
-                    "allow_stdin": False,
-                    "stop_on_error": False,
-                },
+            message = execute_request(
+                self.session,
+                code,
+                silent=silent,
+                store_history=store_history,
+                user_expressions=user_expressions,
                 metadata=metadata,
             )
-        run = Run(link, str(message["header"]["msg_id"]))
-        link.runs[run.msg_id] = run
-        try:
-            await link.send("shell", message)
-        except BaseException:
-            run.close()
-            raise
-        return run
+        return await request(link, message)
 
     async def connect(self, kernel_id: str) -> _RemoteChannels:
         if not await self.is_alive(kernel_id):
