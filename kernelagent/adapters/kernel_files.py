@@ -4,9 +4,10 @@ For kernels whose filesystem the server cannot see (a remote gateway, a pod), th
 operations of the ``Workspaces`` port go through the kernel: silent, history-less execute
 requests whose ``user_expressions`` call ``kernelagent.kernelside.files``. Nothing is recorded as
 a cell, nothing reaches iopub, no name is bound in the user's namespace. Transfers are chunked
-(base64 in the JSON messages, so any gateway carries them), size-limited before and while
-reading, and checked by sha256 both ways: a write becomes the file only when the kernel's hash
-of the whole matches, and a read is compared with the kernel's hash of the file.
+(base64 in the JSON messages, so any gateway carries them) with a few chunks in flight,
+size-limited before reading, and checked by sha256 both ways: a write becomes the file only
+when the kernel's hash of the whole matches, and a read is compared with the kernel's hash of
+the file.
 
 Example::
 
@@ -21,14 +22,17 @@ import base64
 import hashlib
 import json
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kernelagent.adapters.kernel_runs import Run
 from kernelagent.domain import FileStat
 from kernelagent.errors import InvalidInput, KernelAgentError, KernelDied, NotFound, TooLarge
 
 MODULE = "__import__('kernelagent.kernelside.files', fromlist=['files'])"
 CHUNK = 4 * 1024 * 1024  # bytes per request: ~5.3 MiB of base64 in one message
+WINDOW = 3  # requests in flight: the server, the gateway and the kernel each work on one
 ERRORS: dict[str, type[KernelAgentError]] = {
     "FileNotFoundError": NotFound,
     "OSError": NotFound,  # ELOOP: a symlink where a file or directory was expected
@@ -43,11 +47,19 @@ Execute = Callable[..., Awaitable[Any]]  # a backend's execute: returns a Kernel
 class KernelFiles:
     """The ``Workspaces`` operations of one kernel's workspace, done by the kernel itself."""
 
-    def __init__(self, execute: Execute, root: str, chunk: int = CHUNK, timeout: float = 60.0):
+    def __init__(
+        self,
+        execute: Execute,
+        root: str,
+        chunk: int = CHUNK,
+        timeout: float = 60.0,
+        window: int = WINDOW,
+    ):
         self.execute = execute
         self.root = root
         self.chunk = chunk
         self.timeout = timeout
+        self.window = window
 
     async def list_files(self, kernel_id: str) -> dict[str, FileStat]:
         found = json.loads(await self._call(kernel_id, "listing", self.root))
@@ -57,17 +69,15 @@ class KernelFiles:
         size = int(await self._call(kernel_id, "size", self.root, path))
         if size > limit:
             raise TooLarge(f"{path!r} is larger than {limit} bytes")
-        chunks, total = [], 0
-        while total < size:
-            data = _base64(await self._call(kernel_id, "read", self.root, path, total, self.chunk))
-            if not data:
-                break  # it shrank meanwhile: the hash below tells
-            chunks.append(data)
-            total += len(data)
-            if total > limit:  # it grew meanwhile
-                raise TooLarge(f"{path!r} is larger than {limit} bytes")
-        content = b"".join(chunks)
-        expected = await self._call(kernel_id, "digest", self.root, path)
+        calls = [
+            ("read", (self.root, path, at, self.chunk), None) for at in range(0, size, self.chunk)
+        ]
+        *pieces, expected = await self._calls(
+            kernel_id, [*calls, ("digest", (self.root, path), None)]
+        )
+        content = b"".join(
+            map(_base64, pieces)
+        )  # a file that grew or shrank meanwhile: the hash tells
         if hashlib.sha256(content).hexdigest() != expected:
             raise NotFound(f"{path!r} changed while it was read; try again")
         return content
@@ -75,16 +85,17 @@ class KernelFiles:
     async def write_file(self, kernel_id: str, path: str, data: bytes) -> None:
         part = secrets.token_hex(8)
         sha = hashlib.sha256(data).hexdigest()
+        offsets = range(0, max(len(data), 1), self.chunk)
+        calls = [
+            (
+                "write",
+                (self.root, path, part, at, sha if at == offsets[-1] else ""),
+                data[at : at + self.chunk],
+            )
+            for at in offsets
+        ]
         try:
-            offset = 0
-            while True:
-                piece = data[offset : offset + self.chunk]
-                last = offset + len(piece) >= len(data)
-                args = (self.root, path, part, offset, sha if last else "")
-                await self._call(kernel_id, "write", *args, chunk=piece)
-                offset += len(piece)
-                if last:
-                    return
+            await self._calls(kernel_id, calls)
         except BaseException:
             await self._call(kernel_id, "abandon", self.root, path, part)
             raise
@@ -100,9 +111,32 @@ class KernelFiles:
     ) -> str:
         """``function(*args)`` of ``kernelside.files`` in the kernel; its value's text/plain.
         ``chunk`` travels in the request's metadata."""
+        return await self._answer(await self._send(kernel_id, function, args, chunk))
+
+    async def _calls(
+        self, kernel_id: str, calls: list[tuple[str, tuple, bytes | None]]
+    ) -> list[str]:
+        """The answers to ``calls`` (function, args, chunk), in order, with up to ``window``
+        requests in flight: the kernel takes them one after another from its shell channel, and
+        meanwhile the next chunk is already encoded and on its way through the gateway."""
+        answers: list[str] = []
+        pending: deque[Run] = deque()
+        try:
+            for function, args, chunk in calls:
+                pending.append(await self._send(kernel_id, function, args, chunk))
+                if len(pending) >= self.window:
+                    answers.append(await self._answer(pending.popleft()))
+            while pending:
+                answers.append(await self._answer(pending.popleft()))
+        finally:
+            for run in pending:
+                run.close()
+        return answers
+
+    async def _send(self, kernel_id: str, function: str, args: tuple, chunk: bytes | None) -> Run:
         expression = f"{MODULE}.{function}({', '.join(map(repr, args))})"
         metadata = None if chunk is None else {"kernelagent_chunk": _b64(chunk)}
-        run = await self.execute(
+        return await self.execute(
             kernel_id,
             "",
             silent=True,
@@ -110,6 +144,8 @@ class KernelFiles:
             user_expressions={"v": expression},
             metadata=metadata,
         )
+
+    async def _answer(self, run: Run) -> str:
         try:
             reply = await run.reply(self.timeout)
         finally:

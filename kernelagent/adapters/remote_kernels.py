@@ -27,6 +27,7 @@ import logging
 import socket
 import struct
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -181,14 +182,23 @@ class _RemoteChannels:
         self.ws = ws
         self.inbox: asyncio.Queue[KernelMessage | None] = asyncio.Queue()
         self.iopub_only = False
-        self.reader = asyncio.create_task(self._read())
+        self.closed = False
+        self.reader = asyncio.create_task(self._read(ws))
 
-    async def _read(self) -> None:
-        while (raw := await self.ws.read_message()) is not None:
+    async def _read(self, ws: WebSocketClientConnection) -> None:
+        while (raw := await ws.read_message()) is not None:
             msg = _parse_frame(raw)
             if msg is not None and not (self.iopub_only and msg.channel != "iopub"):
                 self.inbox.put_nowait(msg)
-        self.inbox.put_nowait(None)
+        if ws is self.ws:  # not one replaced by ``reopen``
+            self.inbox.put_nowait(None)
+
+    def reopen(self, ws: WebSocketClientConnection) -> None:
+        """Go on over ``ws``: after a restart the gateway's channels of the old socket may lead to
+        a kernel that is gone (a container kernel is replaced, with new addresses)."""
+        old, self.ws = self.ws, ws
+        old.close()
+        self.reader = asyncio.create_task(self._read(ws))
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         frame = {**message, "channel": channel}
@@ -219,6 +229,7 @@ class _RemoteChannels:
         self.iopub_only = True
 
     def close(self) -> None:
+        self.closed = True
         self.reader.cancel()
         self.ws.close()
 
@@ -236,6 +247,8 @@ class RemoteKernels:
         self._links: dict[str, _RemoteLink] = {}
         self._workspaces: dict[str, str] = {}  # kernel id → workspace name
         self._roots: dict[str, str] = {}  # kernel id → its workspace directory in the kernel
+        self._restarting: dict[str, asyncio.Future[None]] = {}  # kernel id → done
+        self._channels: dict[str, weakref.WeakSet[_RemoteChannels]] = {}  # gateway API clients'
         self._lost: dict[str, str] = {}  # kernel id → why it is no longer ours
         self._seen_alive: dict[str, float] = {}  # kernel id → when the gateway last had it
 
@@ -356,8 +369,18 @@ class RemoteKernels:
     async def restart(self, kernel_id: str) -> None:
         if kernel_id not in self._workspaces or kernel_id in self._lost:
             raise KernelDied("the kernel is gone")
-        self._drop_link(kernel_id, "the kernel was restarted while this cell ran", "restarted")
-        await self._request("POST", f"/api/kernels/{quote(kernel_id)}/restart")
+        # No WebSocket opens meanwhile: one opened while the gateway replaces a container
+        # kernel would get channels to the container that is going away.
+        done = self._restarting[kernel_id] = asyncio.get_running_loop().create_future()
+        try:
+            self._drop_link(kernel_id, "the kernel was restarted while this cell ran", "restarted")
+            await self._request("POST", f"/api/kernels/{quote(kernel_id)}/restart")
+        finally:
+            del self._restarting[kernel_id]
+            done.set_result(None)
+        for channels in list(self._channels.get(kernel_id, ())):
+            if not channels.closed:
+                channels.reopen(await self.websocket(kernel_id, uuid.uuid4().hex))
         await self._link(kernel_id)
         await self._enter_workspace(kernel_id)
 
@@ -367,6 +390,7 @@ class RemoteKernels:
         self._roots.pop(kernel_id, None)
         self._lost.pop(kernel_id, None)
         self._seen_alive.pop(kernel_id, None)
+        self._channels.pop(kernel_id, None)
         if known:
             with contextlib.suppress(GatewayError):
                 await self._request("DELETE", f"/api/kernels/{quote(kernel_id)}")
@@ -432,9 +456,13 @@ class RemoteKernels:
     async def connect(self, kernel_id: str) -> _RemoteChannels:
         if not await self.is_alive(kernel_id):
             raise KernelDied("the kernel is gone")
-        return _RemoteChannels(await self.websocket(kernel_id, uuid.uuid4().hex))
+        channels = _RemoteChannels(await self.websocket(kernel_id, uuid.uuid4().hex))
+        self._channels.setdefault(kernel_id, weakref.WeakSet()).add(channels)
+        return channels
 
     async def _link(self, kernel_id: str) -> _RemoteLink:
+        while (restarting := self._restarting.get(kernel_id)) is not None:
+            await asyncio.shield(restarting)
         if kernel_id in self._lost:
             raise KernelDied(self._lost[kernel_id])
         link = self._links.get(kernel_id)

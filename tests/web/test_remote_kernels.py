@@ -10,18 +10,12 @@ and ``server`` make a server whose kernels run on the gateway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import os
-import signal
-import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
 from conftest import backend_settings, running
+from gateways import gateway, on_gateway
 from test_agent import agent_settings, llm  # noqa: F401 - the scripted LLM fixture
 from test_agent import test_a_turn_runs_code_sees_a_summary_and_answers as test_agent_turn
 from test_agent import test_interrupt_stops_the_cell_and_the_turn as test_agent_interrupt
@@ -48,76 +42,22 @@ from test_worldlines import (
     test_replay_reports_each_cell,
 )
 from tornado.httpclient import AsyncHTTPClient
-from tornado.testing import bind_unused_port
 
 from kernelagent.adapters.remote_kernels import RemoteKernels
 
 pytestmark = pytest.mark.sandbox
 
 
-EG_VENV = Path(os.environ.get("KERNELAGENT_EG_VENV", "/var/lib/kernelagent-eg/venv"))
-
-
 @pytest.fixture(scope="module", params=["kernel_gateway", "enterprise_gateway"])
 def kernel_gateway(request, tmp_path_factory):
-    """A real gateway on loopback with a token: Jupyter Kernel Gateway (from this environment)
-    or Jupyter Enterprise Gateway (from its own, ``make gateway``), its kernels running this
-    environment's Python. Yields (url, token, its directory)."""
-    home = tmp_path_factory.mktemp(request.param)
-    sock, port = bind_unused_port()
-    sock.close()
-    token = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "KERNELAGENT"))}
-    env["JUPYTER_RUNTIME_DIR"] = str(home / "runtime")
-    listen = ["--ip=127.0.0.1", f"--port={port}"]
-    if request.param == "kernel_gateway":
-        argv = [sys.executable, "-m", "kernel_gateway", f"--KernelGatewayApp.auth_token={token}"]
-        argv += [f"--KernelGatewayApp.{option[2:]}" for option in listen]
-    else:
-        binary = EG_VENV / "bin" / "jupyter-enterprisegateway"
-        if not binary.exists():
-            message = f"no Enterprise Gateway at {binary} (make gateway installs it)"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message)
-            pytest.skip(message)
-        spec = home / "kernels" / "python3"
-        spec.mkdir(parents=True)
-        argv_spec = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        kernel = {"argv": argv_spec, "display_name": "Python 3", "language": "python"}
-        (spec / "kernel.json").write_text(json.dumps(kernel))
-        env.update({"JUPYTER_PATH": str(home), "EG_AUTH_TOKEN": token})
-        argv = [str(binary), *listen]
-    log = (home / "gateway.log").open("wb")
-    process = subprocess.Popen(argv, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        asyncio.run(_until_up(url, token, process, home))
-        yield url, token, home
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-async def _until_up(url, token, process, home) -> None:
-    client = AsyncHTTPClient()
-    async with asyncio.timeout(60):
-        while True:
-            assert process.poll() is None, (home / "gateway.log").read_text()
-            with contextlib.suppress(OSError):
-                response = await client.fetch(
-                    f"{url}/api", headers={"Authorization": f"token {token}"}, raise_error=False
-                )
-                if response.code == 200:
-                    return
-            await asyncio.sleep(0.1)
+    """A real gateway on loopback with a token: Jupyter Kernel Gateway or Jupyter Enterprise
+    Gateway, its kernels running this environment's Python. Yields (url, token)."""
+    with gateway(request.param, tmp_path_factory.mktemp(request.param)) as running_gateway:
+        yield running_gateway
 
 
 def remote(kernel_gateway, tmp_path) -> dict:
-    url, token, _ = kernel_gateway
+    url, token = kernel_gateway
     return {
         "gateway_url": url,
         "gateway_token": token,
@@ -160,9 +100,9 @@ async def test_kernels_run_on_the_gateway_and_files_go_through_them(ka_server, k
     assert {f["path"] for f in listed["files"]} == {"data/blob.bin", "made.txt"}
     made = await ka_server.fetch(f"/api/v1/sessions/{sid}/files/made.txt")
     assert made.body == b"by the kernel"
-    assert await _on_gateway(kernel_gateway, kernel_id) == 200
+    assert await on_gateway(*kernel_gateway, kernel_id) == 200
     await ka_server.fetch(f"/api/v1/sessions/{sid}", "DELETE")
-    assert await _on_gateway(kernel_gateway, kernel_id) == 404
+    assert await on_gateway(*kernel_gateway, kernel_id) == 404
 
 
 async def test_a_dropped_websocket_loses_no_output(ka_server):
@@ -210,7 +150,7 @@ async def test_a_kernel_that_dies_on_the_gateway_is_recorded_and_replaced(ka_ser
 
 
 async def test_a_kernel_deleted_on_the_gateway_is_rebuilt_on_next_use(ka_server, kernel_gateway):
-    url, token, _ = kernel_gateway
+    url, token = kernel_gateway
     sid = (await ka_server.session())["id"]
     await ka_server.run(sid, "x = 'kept'")
     kernel_id = (await ka_server.services.db.sessions.get(sid)).kernel_id
@@ -228,16 +168,6 @@ async def test_a_kernel_deleted_on_the_gateway_is_rebuilt_on_next_use(ka_server,
     assert (await ka_server.services.db.sessions.get(sid)).kernel_id != kernel_id
     notes = [c.source for c in await ka_server.services.db.cells.list(sid) if c.role == "system"]
     assert any("rebuilt by replaying" in n for n in notes), notes
-
-
-async def _on_gateway(kernel_gateway, kernel_id: str) -> int:
-    url, token, _ = kernel_gateway
-    response = await AsyncHTTPClient().fetch(
-        f"{url}/api/kernels/{kernel_id}",
-        headers={"Authorization": f"token {token}"},
-        raise_error=False,
-    )
-    return response.code
 
 
 __all__ = [
