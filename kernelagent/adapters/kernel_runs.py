@@ -118,8 +118,10 @@ def execute_request(
     store_history: bool,
     user_expressions: dict[str, str] | None,
     metadata: dict[str, Any] | None,
+    buffers: list[bytes] | None = None,
 ) -> dict[str, Any]:
-    """An ``execute_request`` as the backends send it (no stdin, no stop on error)."""
+    """An ``execute_request`` as the backends send it (no stdin, no stop on error); binary
+    ``buffers`` travel as the message's own (over a gateway, in a binary WebSocket frame)."""
     content = {
         "code": code,
         "silent": silent,
@@ -128,7 +130,10 @@ def execute_request(
         "allow_stdin": False,
         "stop_on_error": False,
     }
-    return session.msg("execute_request", content, metadata=metadata)  # type: ignore[no-any-return]
+    message = session.msg("execute_request", content, metadata=metadata)
+    if buffers:
+        message["buffers"] = buffers
+    return message  # type: ignore[no-any-return]
 
 
 async def request(link: Link, message: dict[str, Any]) -> Run:

@@ -318,6 +318,7 @@ class LocalKernels:
         store_history: bool = True,
         user_expressions: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
+        buffers: list[bytes] | None = None,
         message: dict[str, Any] | None = None,
     ) -> Run:
         link = await self._link(kernel_id)
@@ -329,6 +330,7 @@ class LocalKernels:
                 store_history=store_history,
                 user_expressions=user_expressions,
                 metadata=metadata,
+                buffers=buffers,
             )
         return await request(link, message)
 

@@ -3,7 +3,7 @@
 A kernel on another machine (a remote gateway, a pod) has a filesystem the server cannot read.
 The server's ``KernelFiles`` adapter calls these functions in ``user_expressions`` of silent,
 history-less execute requests: nothing is recorded, nothing is printed, no name is bound, and
-``eval`` runs no IPython input transformation (a 4 MiB chunk is one string literal).
+``eval`` runs no IPython input transformation (a multi-megabyte chunk is one string literal).
 
 Paths are relative to ``root`` (the kernel's workspace) and never follow a symlink; only regular
 files count, as on the server's side (``adapters/workspace_io.py``). A write goes to a hidden
@@ -69,13 +69,12 @@ def read(root: str, rel: str, offset: int, length: int) -> Verbatim:
 
 
 def write(root: str, rel: str, part: str, offset: int, sha256: str = "", data: str = "") -> int:
-    """Write a base64 chunk at ``offset`` of the part file ``part``; with ``sha256`` (the last
-    chunk), check the whole part and rename it to ``rel``. Returns the part's size.
+    """Write a chunk at ``offset`` of the part file ``part``; with ``sha256`` (the last chunk),
+    check the whole part and rename it to ``rel``. Returns the part's size.
 
-    The chunk is ``data``, or else the request's metadata ``kernelagent_chunk``: read from the
-    message, a chunk costs no compilation of a multi-megabyte literal."""
-    if not data:
-        data = _request_metadata().get("kernelagent_chunk", "")
+    The chunk is ``data`` (base64), or else the request's binary buffer: taken from the message
+    as it came, a chunk costs no compilation of a literal and no base64."""
+    chunk = base64.b64decode(data) if data else _request_buffer()
     *dirs, name = rel.split("/")
     _check_name(name)
     dir_fd = _open_dir(root, dirs, create=True)
@@ -85,7 +84,7 @@ def write(root: str, rel: str, part: str, offset: int, sha256: str = "", data: s
             tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
         )
         try:
-            os.pwrite(fd, base64.b64decode(data), offset)
+            os.pwrite(fd, chunk, offset)
             written = os.fstat(fd).st_size
         finally:
             os.close(fd)
@@ -187,15 +186,17 @@ def _open_dir(root: str, parts: list[str], create: bool = False) -> int:
         raise
 
 
-def _request_metadata() -> dict:  # type: ignore[type-arg]
-    """The metadata of the execute request being handled (ipykernel's parent message)."""
+def _request_buffer() -> bytes | memoryview:
+    """The first binary buffer of the execute request being handled (ipykernel's parent
+    message), empty if it has none."""
     from IPython import get_ipython
 
     shell = get_ipython()
     kernel = getattr(shell, "kernel", None)
     if kernel is None:
-        return {}
-    return kernel.get_parent("shell").get("metadata", {})  # type: ignore[no-any-return]
+        return b""
+    buffers = kernel.get_parent("shell").get("buffers") or [b""]
+    return buffers[0]  # type: ignore[no-any-return]
 
 
 def _check_name(name: str) -> None:

@@ -302,11 +302,12 @@ class KernelBackend(Workspaces, Protocol):
         store_history: bool = True,
         user_expressions: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
+        buffers: list[bytes] | None = None,
         message: dict[str, Any] | None = None,
     ) -> KernelRun:
         """Send an ``execute_request`` (``message``: a client's own, sent as is, so the
-        kernel's messages carry the client's msg_id; ``metadata``: the request's, which
-        kernel-side code reads as data). KernelDied if the kernel is gone."""
+        kernel's messages carry the client's msg_id; ``metadata`` and ``buffers``: the
+        request's, which kernel-side code reads as data). KernelDied if the kernel is gone."""
         ...
 
     async def interrupt(self, kernel_id: str) -> None: ...
