@@ -101,7 +101,7 @@ class KernelAgentApp:
         locks = make_locks(settings.redis_url or None, ttl=settings.process_lease)
         events = make_events(settings.redis_url or None, settings.events_retention)
         state = make_runtime(settings.redis_url or None, settings.process_lease)
-        await state.start()
+        await state.start(settings.advertised_url)
         kernels: LocalKernels | RemoteKernels
         if settings.gateway_url:
             kernels = RemoteKernels(settings)

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,14 @@ class Settings:
         "gone: its turns fail and its sessions' kernels are rebuilt elsewhere",
     )
 
+    advertise_url: str = _setting(
+        "",
+        "KERNELAGENT_ADVERTISE_URL",
+        "URL at which the other server processes reach this one (requests for the kernels it "
+        "holds are forwarded there); default http://<host>:<port>, this machine's address "
+        "when listening on all interfaces",
+    )
+
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOXES:
             choices = "|".join(SANDBOXES)
@@ -210,6 +219,15 @@ class Settings:
         if self.unsafe_no_sandbox:
             return "python3"
         return self.kernel_name or SANDBOXES[self.sandbox]
+
+    @property
+    def advertised_url(self) -> str:
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostbyname(socket.gethostname())
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def llm_configured(self) -> bool:

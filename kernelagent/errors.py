@@ -83,3 +83,10 @@ class WorkspaceOffline(KernelAgentError):
     runs: its files are what was last mirrored to storage until the next cell brings it back."""
 
     status, code = 409, "workspace_offline"
+
+
+class HolderUnreachable(KernelAgentError):
+    """The server process holding a session's kernel did not answer a forwarded request (it
+    is stopping or gone; once its lease expires, the kernel is rebuilt here)."""
+
+    status, code = 503, "holder_unreachable"

@@ -3,11 +3,11 @@
 For kernels whose filesystem the server cannot see (a remote gateway, a pod), the workspace
 operations of the ``Workspaces`` port go through the kernel: silent, history-less execute
 requests whose ``user_expressions`` call ``kernelagent.kernelside.files``. Nothing is recorded as
-a cell, nothing reaches iopub, no name is bound in the user's namespace. Transfers are chunked
-(up as the request's binary buffer, down as base64 text) with a few chunks in flight,
-size-limited before reading, and checked by sha256 both ways: a write becomes the file only
-when the kernel's hash of the whole matches, and a read is compared with the kernel's hash of
-the file.
+a cell, no name is bound in the user's namespace. Transfers are chunked, as binary buffers
+both ways (up in the request, down in a ``comm_msg`` on iopub that no frontend has a comm for),
+which a gateway passes through untouched, with a few chunks in flight; size-limited before
+reading, and checked by sha256 both ways: a write becomes the file only when the kernel's hash
+of the whole matches, and a read is compared with the kernel's hash of the file.
 
 Example::
 
@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import secrets
@@ -29,6 +28,7 @@ from typing import Any
 from kernelagent.adapters.kernel_runs import Run
 from kernelagent.domain import FileStat
 from kernelagent.errors import InvalidInput, KernelAgentError, KernelDied, NotFound, TooLarge
+from kernelagent.kernelside.files import CHUNK_COMM
 
 MODULE = "__import__('kernelagent.kernelside.files', fromlist=['files'])"
 CHUNK = 4 * 1024 * 1024  # bytes per request
@@ -71,16 +71,14 @@ class KernelFiles:
         size = int(await self._call(kernel_id, "size", self.root, path))
         if size > limit:
             raise TooLarge(f"{path!r} is larger than {limit} bytes")
-        calls = [
-            ("read", (self.root, path, at, self.chunk), None) for at in range(0, size, self.chunk)
+        sends = [
+            ("send", (self.root, path, at, self.chunk), None) for at in range(0, size, self.chunk)
         ]
         *pieces, expected = await self._calls(
-            kernel_id, [*calls, ("digest", (self.root, path), None)]
+            kernel_id, [*sends, ("digest", (self.root, path), None)]
         )
-        content = b"".join(
-            map(_base64, pieces)
-        )  # a file that grew or shrank meanwhile: the hash tells
-        if hashlib.sha256(content).hexdigest() != expected:
+        content = b"".join(pieces)  # type: ignore[arg-type]
+        if hashlib.sha256(content).hexdigest() != expected:  # it grew or shrank meanwhile
             raise NotFound(f"{path!r} changed while it was read; try again")
         return content
 
@@ -88,10 +86,11 @@ class KernelFiles:
         part = secrets.token_hex(8)
         sha = hashlib.sha256(data).hexdigest()
         offsets = range(0, max(len(data), 1), self.chunk)
+        last = offsets[-1]
         calls = [
             (
                 "write",
-                (self.root, path, part, at, sha if at == offsets[-1] else ""),
+                (self.root, path, part, at, sha if at == last else ""),
                 data[at : at + self.chunk],
             )
             for at in offsets
@@ -108,30 +107,29 @@ class KernelFiles:
     async def clear(self, kernel_id: str) -> None:
         await self._call(kernel_id, "clear", self.root)
 
-    async def _call(
-        self, kernel_id: str, function: str, *args: Any, chunk: bytes | None = None
-    ) -> str:
-        """``function(*args)`` of ``kernelside.files`` in the kernel; its value's text/plain.
-        ``chunk`` travels as the request's binary buffer."""
-        return await self._answer(await self._send(kernel_id, function, args, chunk))
+    async def _call(self, kernel_id: str, function: str, *args: Any) -> str:
+        """``function(*args)`` of ``kernelside.files`` in the kernel; its value's text/plain."""
+        (answer,) = await self._calls(kernel_id, [(function, args, None)])
+        return answer  # type: ignore[return-value]
 
     async def _calls(
         self, kernel_id: str, calls: list[tuple[str, tuple, bytes | None]]
-    ) -> list[str]:
-        """The answers to ``calls`` (function, args, chunk), in order, with up to ``window``
-        requests in flight: the kernel takes them one after another from its shell channel, and
-        meanwhile the next chunk is already encoded and on its way through the gateway."""
-        answers: list[str] = []
-        pending: deque[Run] = deque()
+    ) -> list[str | bytes]:
+        """The answers to ``calls`` (function, args, chunk to send), in order, with up to
+        ``window`` requests in flight: the kernel takes them one after another from its shell
+        channel, and meanwhile the next chunk is already on its way through the gateway. The
+        answer of ``send`` is the bytes it sent; of any other function, its value."""
+        answers: list[str | bytes] = []
+        pending: deque[tuple[str, Run]] = deque()
         try:
             for function, args, chunk in calls:
-                pending.append(await self._send(kernel_id, function, args, chunk))
+                pending.append((function, await self._send(kernel_id, function, args, chunk)))
                 if len(pending) >= self.window:
-                    answers.append(await self._answer(pending.popleft()))
+                    answers.append(await self._answer(*pending.popleft()))
             while pending:
-                answers.append(await self._answer(pending.popleft()))
+                answers.append(await self._answer(*pending.popleft()))
         finally:
-            for run in pending:
+            for _, run in pending:
                 run.close()
         return answers
 
@@ -146,11 +144,15 @@ class KernelFiles:
             buffers=None if chunk is None else [chunk],
         )
 
-    async def _answer(self, run: Run) -> str:
+    async def _answer(self, function: str, run: Run) -> str | bytes:
         try:
-            reply = await run.reply(self.timeout)
+            value = await self._value(run)
+            return await self._received(run, int(value)) if function == "send" else value
         finally:
             run.close()
+
+    async def _value(self, run: Run) -> str:
+        reply = await run.reply(self.timeout)
         if reply is None:
             raise KernelDied(f"the kernel did not answer a file request within {self.timeout:g} s")
         value = reply.content.get("user_expressions", {}).get("v", {})
@@ -163,6 +165,18 @@ class KernelFiles:
             raise ERRORS.get(ename, KernelAgentError)(f"{ename}: {evalue}")
         return str(value.get("data", {}).get("text/plain", ""))
 
-
-def _base64(text_plain: str) -> bytes:
-    return base64.b64decode(text_plain, validate=True)
+    async def _received(self, run: Run, count: int) -> bytes:
+        """The ``count`` bytes ``send`` put on iopub for ``run``: all of them come before the
+        request's ``idle`` status."""
+        pieces = []
+        while (msg := await run.next(self.timeout)) is not None:
+            if msg.msg_type == "comm_msg" and msg.content.get("comm_id") == CHUNK_COMM:
+                pieces.extend(msg.buffers)
+            elif msg.msg_type == "status" and msg.content.get("execution_state") == "idle":
+                data = b"".join(pieces)
+                if len(data) != count:
+                    raise KernelAgentError(
+                        f"a file chunk lost {count - len(data)} bytes on the way"
+                    )
+                return data
+        raise KernelDied(f"the kernel did not send a file chunk within {self.timeout:g} s")

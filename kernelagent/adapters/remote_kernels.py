@@ -183,6 +183,8 @@ class _RemoteChannels:
         self.inbox: asyncio.Queue[KernelMessage | None] = asyncio.Queue()
         self.iopub_only = False
         self.closed = False
+        self.open = asyncio.Event()  # cleared while a restart replaces the socket
+        self.open.set()
         self.reader = asyncio.create_task(self._read(ws))
 
     async def _read(self, ws: WebSocketClientConnection) -> None:
@@ -199,8 +201,10 @@ class _RemoteChannels:
         old, self.ws = self.ws, ws
         old.close()
         self.reader = asyncio.create_task(self._read(ws))
+        self.open.set()
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
+        await self.open.wait()  # what a client sends during a restart goes to the new socket
         frame = {**message, "channel": channel}
         buffers = frame.pop("buffers", None) or []
         if buffers:
@@ -372,17 +376,29 @@ class RemoteKernels:
         # No WebSocket opens meanwhile: one opened while the gateway replaces a container
         # kernel would get channels to the container that is going away.
         done = self._restarting[kernel_id] = asyncio.get_running_loop().create_future()
+        clients = [c for c in self._channels.get(kernel_id, ()) if not c.closed]
+        for channels in clients:
+            channels.open.clear()
         try:
             self._drop_link(kernel_id, "the kernel was restarted while this cell ran", "restarted")
             await self._request("POST", f"/api/kernels/{quote(kernel_id)}/restart")
         finally:
             del self._restarting[kernel_id]
             done.set_result(None)
-        for channels in list(self._channels.get(kernel_id, ())):
-            if not channels.closed:
-                channels.reopen(await self.websocket(kernel_id, uuid.uuid4().hex))
+            await self._reopen(kernel_id, clients)
         await self._link(kernel_id)
         await self._enter_workspace(kernel_id)
+
+    async def _reopen(self, kernel_id: str, clients: list[_RemoteChannels]) -> None:
+        """Each client on a new socket: after a restart, the gateway's channels of an old one
+        may lead to a kernel that is gone. A client whose new socket fails keeps the old."""
+        for channels in clients:
+            try:
+                channels.reopen(await self.websocket(kernel_id, uuid.uuid4().hex))
+            except (KernelAgentError, HTTPClientError, OSError, TimeoutError) as e:
+                log.warning("kept a client's socket to %s after a restart: %s", kernel_id, e)
+            finally:
+                channels.open.set()
 
     async def shutdown(self, kernel_id: str, now: bool = False) -> None:
         self._drop_link(kernel_id, "the kernel was shut down while this cell ran", "shutdown")

@@ -4,9 +4,10 @@
 
 ``RedisRuntime`` is for several processes sharing a Redis (keys under ``<prefix>``):
 
-* ``proc:<id>`` is a process's lease, set with an expiry of ``lease`` seconds and renewed every
-  ``lease / 3`` by a heartbeat task; a process killed without a goodbye stops renewing, and after
-  the expiry everything it owned counts as nobody's.
+* ``proc:<id>`` is a process's lease (its value: the URL the others reach it at), set with an
+  expiry of ``lease`` seconds and renewed every ``lease / 3`` by a heartbeat task; a process
+  killed without a goodbye stops renewing, and after the expiry everything it owned counts as
+  nobody's.
 * ``owner:<kind>:<key>`` names the process owning a session's kernel or a turn; an owner whose
   lease is gone is no owner (no key has to be cleaned up for that to hold).
 * ``running:<session>`` (the process and the cell it runs), ``active:<session>`` (Unix time of
@@ -82,15 +83,19 @@ class LocalRuntime:
         self._active: dict[str, float] = {}
         self._connections: dict[str, int] = {}
         self._handlers = _Handlers()
+        self._address = ""
 
-    async def start(self) -> None:
-        return None
+    async def start(self, address: str = "") -> None:
+        self._address = address
 
     async def close(self) -> None:
         await self._handlers.stop()
 
     async def alive(self, process_id: str) -> bool:
         return process_id == self.process_id
+
+    async def address(self, process_id: str) -> str | None:
+        return self._address if process_id == self.process_id else None
 
     async def claim(self, kind: str, key: str, process_id: str | None = None) -> None:
         self._owners[kind, key] = process_id or self.process_id
@@ -151,12 +156,15 @@ class RedisRuntime:
         self._pubsub: aioredis.client.PubSub | None = None
         self._owned: set[str] = set()  # owner keys this process set
         self._counted: set[str] = set()  # connection hashes this process has a field in
+        self._address = ""
 
     def _key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    async def start(self) -> None:
-        await self._call(self.redis.set(self._key("proc", self.process_id), "1", px=self._ms))
+    async def start(self, address: str = "") -> None:
+        self._address = address
+        lease = self._key("proc", self.process_id)
+        await self._call(self.redis.set(lease, address, px=self._ms))
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await self._call(self._pubsub.subscribe(self._key("signals")))
         self._tasks = [
@@ -197,7 +205,7 @@ class RedisRuntime:
             await asyncio.sleep(max(0.0, due - loop.time()))
             try:
                 async with asyncio.timeout(self.lease / 6):
-                    await self.redis.set(key, "1", px=self._ms)
+                    await self.redis.set(key, self._address, px=self._ms)
                 due = loop.time() + self.lease / 3
             except (RedisError, TimeoutError) as e:
                 log.warning("could not renew this process's lease (retrying): %s", e)
@@ -230,6 +238,10 @@ class RedisRuntime:
 
     async def alive(self, process_id: str) -> bool:
         return bool(await self._call(self.redis.exists(self._key("proc", process_id))))
+
+    async def address(self, process_id: str) -> str | None:
+        value = await self._call(self.redis.get(self._key("proc", process_id)))
+        return None if value is None else value.decode() if isinstance(value, bytes) else str(value)
 
     async def _live(self, process_ids: Sequence[str]) -> set[str]:
         ids = sorted(set(process_ids))

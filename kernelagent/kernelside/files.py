@@ -22,6 +22,7 @@ import stat
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 PART = ".kernelagent-part-"  # prefix of files being written; never listed
+CHUNK_COMM = "kernelagent.files"  # the comm id of the messages that carry a read's bytes
 
 
 class Verbatim:
@@ -62,10 +63,23 @@ def size(root: str, rel: str) -> int:
         return os.fstat(fd).st_size
 
 
-def read(root: str, rel: str, offset: int, length: int) -> Verbatim:
-    """Base64 of up to ``length`` bytes of ``rel`` from ``offset``."""
+def send(root: str, rel: str, offset: int, length: int) -> int:
+    """Send up to ``length`` bytes of ``rel`` from ``offset`` to the requester, as the binary
+    buffer of a ``comm_msg`` (comm ``CHUNK_COMM``, which no frontend opens, so one ignores it)
+    on iopub, parented to this request; returns how many. Bytes as they are: no base64, and a
+    gateway passes a binary buffer through untouched."""
     with _file(root, rel) as fd:
-        return Verbatim(base64.b64encode(os.pread(fd, length, offset)).decode())
+        data = os.pread(fd, length, offset)
+    kernel = _kernel()
+    kernel.session.send(
+        kernel.iopub_socket,
+        "comm_msg",
+        {"comm_id": CHUNK_COMM, "data": {"offset": offset}},
+        parent=kernel.get_parent("shell"),
+        ident=f"comm-{CHUNK_COMM}".encode(),
+        buffers=[data],
+    )
+    return len(data)
 
 
 def write(root: str, rel: str, part: str, offset: int, sha256: str = "", data: str = "") -> int:
@@ -189,14 +203,18 @@ def _open_dir(root: str, parts: list[str], create: bool = False) -> int:
 def _request_buffer() -> bytes | memoryview:
     """The first binary buffer of the execute request being handled (ipykernel's parent
     message), empty if it has none."""
+    buffers = _kernel().get_parent("shell").get("buffers") or [b""]
+    return buffers[0]  # type: ignore[no-any-return]
+
+
+def _kernel():  # type: ignore[no-untyped-def]
+    """The ipykernel kernel running this code (these functions serve a kernel's requests)."""
     from IPython import get_ipython
 
-    shell = get_ipython()
-    kernel = getattr(shell, "kernel", None)
+    kernel = getattr(get_ipython(), "kernel", None)
     if kernel is None:
-        return b""
-    buffers = kernel.get_parent("shell").get("buffers") or [b""]
-    return buffers[0]  # type: ignore[no-any-return]
+        raise RuntimeError("kernelagent.kernelside.files runs in an ipykernel kernel")
+    return kernel
 
 
 def _check_name(name: str) -> None:

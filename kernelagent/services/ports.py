@@ -349,8 +349,9 @@ class RuntimeState(Protocol):
 
     process_id: str
 
-    async def start(self) -> None:
-        """Take this process's lease, keep it renewed, and start delivering signals."""
+    async def start(self, address: str = "") -> None:
+        """Take this process's lease, keep it renewed, and start delivering signals. The lease
+        names ``address``, the URL at which the other processes reach this one."""
         ...
 
     async def close(self) -> None:
@@ -358,6 +359,10 @@ class RuntimeState(Protocol):
         ...
 
     async def alive(self, process_id: str) -> bool: ...
+
+    async def address(self, process_id: str) -> str | None:
+        """The URL a live process is reached at ("" if it gave none); None if it is gone."""
+        ...
 
     async def claim(self, kind: OwnerKind, key: str, process_id: str | None = None) -> None:
         """``process_id`` (this process by default) now owns ``key`` (a session's kernel by

@@ -91,6 +91,14 @@ class KernelSupervisor:
                 "requests for it there (interrupts, answers and approvals work from any)"
             )
 
+    async def holder(self, session_id: str) -> str | None:
+        """The URL of the other live process that holds the session's kernel, where requests
+        that need the kernel go; None when this process may serve them."""
+        owner = await self.state.owner("kernel", session_id)
+        if owner is None or owner == self.state.process_id:
+            return None
+        return await self.state.address(owner) or None
+
     async def is_live(self, session: Session) -> bool:
         if not session.kernel_id:
             return False

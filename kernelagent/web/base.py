@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pydantic
@@ -23,6 +23,7 @@ from tornado import web
 from kernelagent.domain import User
 from kernelagent.errors import InvalidInput, KernelAgentError, TooLarge, Unprocessable
 from kernelagent.services.auth import AuthService
+from kernelagent.web.forward import forward, forwarded
 
 Body = TypeVar("Body", bound=pydantic.BaseModel)
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -85,6 +86,10 @@ class ApiHandler(web.RequestHandler):
     auth_required = True
     auth: AuthService
     body_limit: int = 10 * 1024 * 1024
+    # methods that need the session's kernel (the first path argument): sent on to the process
+    # that holds it, when another does (``web/forward.py``)
+    held: frozenset[str] = frozenset()
+    holder: Callable[[str], Awaitable[str | None]] | None = None
 
     def initialize(self, **deps: Any) -> None:
         for name, value in deps.items():
@@ -99,6 +104,10 @@ class ApiHandler(web.RequestHandler):
             self.current_user = await self._authenticate()
             if self.current_user is None:
                 raise _Unauthorized()
+        if self.request.method in self.held and self.holder and not forwarded(self.request):
+            base = await self.holder(self.path_args[0])
+            if base:
+                await forward(self, base)
 
     async def _authenticate(self) -> User | None:
         header = self.request.headers.get("Authorization", "")

@@ -23,6 +23,7 @@ class Upload(pydantic.BaseModel):
 
 
 class FilesHandler(ApiHandler):
+    held = frozenset({"GET", "POST"})
     sessions: SessionService
     files: FileService
 
@@ -60,6 +61,7 @@ class FilesHandler(ApiHandler):
 
 
 class FileHandler(ApiHandler):
+    held = frozenset({"GET"})
     sessions: SessionService
     files: FileService
 

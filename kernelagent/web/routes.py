@@ -37,7 +37,7 @@ KERNEL = r"/api/kernels/([^/]+)"
 def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]]:
     """``services``: the app's ``Services`` (see ``app.py``); each handler takes what it uses."""
     s = services
-    common = {"auth": s.auth, "body_limit": s.settings.body_limit}
+    common = {"auth": s.auth, "body_limit": s.settings.body_limit, "holder": s.supervisor.holder}
     with_sessions = {**common, "sessions": s.sessions, "execution": s.execution, "turns": s.turns}
     turns = {**common, "turns": s.turns}
     gateway = {**common, "gateway": s.gateway}
@@ -95,7 +95,11 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
         (r"/api/kernels", KernelsHandler, gateway),
         (KERNEL, KernelHandler, gateway),
         (KERNEL + r"/(interrupt|restart)", KernelActionHandler, gateway),
-        (KERNEL + r"/channels", ChannelsHandler, {"auth": s.auth, "gateway": s.gateway}),
+        (
+            KERNEL + r"/channels",
+            ChannelsHandler,
+            {"auth": s.auth, "gateway": s.gateway, "holder": s.supervisor.holder},
+        ),
         (r"/api/kernelspecs", KernelSpecsHandler, gateway),
         (r"/api/kernelspecs/([^/]+)", KernelSpecHandler, gateway),
         (r"/kernelspecs/([^/]+)/([^/]+)", KernelSpecResourceHandler, gateway),

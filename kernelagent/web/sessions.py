@@ -70,6 +70,7 @@ class SessionsHandler(ApiHandler):
 
 
 class SessionHandler(ApiHandler):
+    held = frozenset({"DELETE"})
     sessions: SessionService
     execution: ExecutionService
     turns: TurnService
@@ -122,6 +123,8 @@ class SessionHandler(ApiHandler):
 
 class CellsHandler(ApiHandler):
     """``POST …/cells {"code", "timeout"?}``: a person's cell, run directly (no LLM)."""
+
+    held = frozenset({"POST"})
 
     sessions: SessionService
     execution: ExecutionService

@@ -21,6 +21,8 @@ class NotebookUpload(pydantic.BaseModel):
 class ReplayHandler(ApiHandler):
     """``POST …/replay`` → 200 ``{"cells": [{"cell_id", "status", "diff", ...}], "summary"}``."""
 
+    held = frozenset({"POST"})
+
     worldlines: WorldlineService
 
     @operation(
@@ -38,6 +40,8 @@ class ReplayHandler(ApiHandler):
 
 class BranchHandler(ApiHandler):
     """``POST …/branch {"cell_id"}`` → 201 the new session."""
+
+    held = frozenset({"POST"})
 
     worldlines: WorldlineService
 

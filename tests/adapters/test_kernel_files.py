@@ -92,9 +92,7 @@ async def test_a_corrupted_write_is_refused_and_leaves_nothing(kernel):
     files = KernelFiles(kernels.execute, "/workspace", chunk=1024)
     # the last chunk names a hash the content does not have
     with pytest.raises(InvalidInput, match="sha256"):
-        await files._call(
-            kernel_id, "write", "/workspace", "c.bin", "p1", 0,
-            hashlib.sha256(b"other").hexdigest(), chunk=b"hello",
-        )  # fmt: skip
+        args = ("/workspace", "c.bin", "p1", 0, hashlib.sha256(b"other").hexdigest())
+        await files._calls(kernel_id, [("write", args, b"hello")])
     assert await files.list_files(kernel_id) == {}
     assert os.listdir(kernels.workspace_path("files")) == []

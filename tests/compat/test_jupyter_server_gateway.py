@@ -309,7 +309,7 @@ async def test_jupyter_server_runs_kernels_through_the_gateway(ka_server, jupyte
     opened = await js.json(
         "/api/sessions",
         "POST",
-        {"path": "nb.ipynb", "type": "notebook", "kernel": {"name": "kernelagent-python3"}},
+        {"path": "nb.ipynb", "type": "notebook", "kernel": {"name": name}},
         code=201,
     )
     lab_kernel = opened["kernel"]["id"]

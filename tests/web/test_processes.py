@@ -2,8 +2,9 @@
 
 A turn runs in process A (its session's kernel is there); process B, reached by the same client,
 interrupts it, answers its ``ask_user``, approves its cell, and streams its events live and from a
-``Last-Event-ID``, each taking effect within a second. B refuses to run a cell on A's kernel with
-a clear 409. Starting B does not fail A's running turn; killing A does, within the lease.
+``Last-Event-ID``, each taking effect within a second. What needs A's kernel (a cell, files, the
+Kernel Gateway API and its WebSocket, deleting the session) B passes on to A, transparently.
+Starting B does not fail A's running turn; killing A does, within the lease.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from llm_server import ScriptedLLM, respond, text, tool_call
 from sse import EventStream
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.testing import bind_unused_port
+from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.postgres, pytest.mark.redis, pytest.mark.s3]
 
@@ -82,6 +85,24 @@ class Process:
         response = await self.fetch(path, method, body)
         assert response.code < 300, (self.name, path, response.code, response.body, self.tail())
         return json.loads(response.body) if response.body else {}
+
+    async def upload(self, session_id: str, path: str, content: bytes) -> HTTPResponse:
+        boundary = "two-processes-boundary"
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path}"'
+        return await self.client.fetch(
+            f"{self.base}/api/v1/sessions/{session_id}/files",
+            method="POST",
+            body=f"{head}\r\n\r\n".encode() + content + f"\r\n--{boundary}--\r\n".encode(),
+            headers={
+                "Authorization": f"token {TOKEN}",
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+            raise_error=False,
+        )
+
+    async def channels(self, kernel_id: str) -> WebSocketClientConnection:
+        url = f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={TOKEN}"
+        return await websocket_connect(url)
 
     def events(self, session_id: str, last_event_id: str | None = None) -> EventStream:
         path = f"/api/v1/sessions/{session_id}/events"
@@ -177,9 +198,6 @@ async def test_another_process_controls_a_turn_and_streams_it(processes, llm):
             "turn_id"
         ]
         await on_b.until(lambda e: e.type == "cell.output")  # A's cell, live on B
-        # a cell on A's kernel cannot run in B (yet): a clear refusal, not a second kernel
-        refused = await b.fetch(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "1"})
-        assert refused.code == 409 and b"another server process" in refused.body
         assert (await b.fetch(f"/api/v1/sessions/{sid}/interrupt", "POST")).code == 204
         took = await timed_until(on_b, lambda e: e.type == "cell.completed")
         assert took < PROMPTLY, took
@@ -222,6 +240,58 @@ async def test_another_process_controls_a_turn_and_streams_it(processes, llm):
     assert on_b.events[-1].type == "turn.completed", on_b.events[-1]
     year = await a.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "year"})
     assert year["cell"]["outputs"][0]["data"]["text/plain"] == "2024"
+
+
+async def test_what_needs_a_kernel_held_elsewhere_is_passed_on_to_its_holder(processes):
+    a = await processes("a")
+    b = await processes("b")
+    sid = (await a.json("/api/v1/sessions", "POST", {"title": "held by A"}))["id"]
+    await a.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x = 41"})
+    held = a.kernel_pids()
+    assert held
+
+    # a cell, an upload, the files panel and a download, all sent to B, happen in A's kernel
+    cell = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x + 1"})
+    assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "42"
+    assert (await b.upload(sid, "up.txt", b"through B")).code == 201
+    cell = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "open('up.txt').read()"})
+    assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "'through B'"
+    listed = await b.json(f"/api/v1/sessions/{sid}/files")
+    assert [f["path"] for f in listed["files"]] == ["up.txt"]
+    download = await b.fetch(f"/api/v1/sessions/{sid}/files/up.txt")
+    assert download.code == 200 and download.body == b"through B"
+    assert b.kernel_pids() == [] and a.kernel_pids() == held
+
+    # the Kernel Gateway API's WebSocket, opened on B, talks to A's kernel
+    ws = await b.channels(sid)
+    try:
+        msg_id = uuid.uuid4().hex
+        header = {"msg_id": msg_id, "msg_type": "execute_request", "session": "t",
+                  "username": "t", "version": "5.3", "date": ""}  # fmt: skip
+        content = {"code": "x * 2", "silent": False}
+        frame = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
+        await ws.write_message(json.dumps({**frame, "channel": "shell"}))
+        async with asyncio.timeout(30):
+            while True:
+                msg = json.loads(await ws.read_message())
+                if msg["msg_type"] == "execute_result":
+                    assert msg["parent_header"]["msg_id"] == msg_id
+                    assert msg["content"]["data"]["text/plain"] == "82"
+                    break
+    finally:
+        ws.close()
+    cells = await b.json(f"/api/v1/sessions/{sid}/notebook")
+    assert "x * 2" in json.dumps(cells)  # recorded as the session's cell
+
+    # a restart through B restarts A's kernel; deleting the session through B stops it
+    restarted = await b.fetch(f"/api/kernels/{sid}/restart", "POST")
+    assert restarted.code == 200, restarted.body
+    cell = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "'x' in dir()"})
+    assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "False"
+    assert (await b.fetch(f"/api/v1/sessions/{sid}", "DELETE")).code == 204
+    async with asyncio.timeout(10):
+        while a.kernel_pids():
+            await asyncio.sleep(0.1)
 
 
 async def test_a_killed_process_fails_its_turn_and_leaves_no_kernel(processes, llm):

@@ -14,6 +14,13 @@ import hashlib
 import os
 
 import pytest
+from compat.test_jupyter_server_gateway import (
+    jupyter_server,  # noqa: F401 - the jupyter_server fixture of these tests
+    test_jupyter_server_runs_kernels_through_the_gateway,
+)
+from compat.test_jupyterlab_attaches_to_a_session import (
+    test_jupyterlab_picks_the_session_and_shares_its_kernel,
+)
 from conftest import backend_settings, running
 from gateways import gateway, on_gateway
 from test_agent import agent_settings, llm  # noqa: F401 - the scripted LLM fixture
@@ -184,6 +191,8 @@ __all__ = [
     "test_idle_kernels_are_culled_and_come_back",
     "test_import_any_notebook_and_rebuild_its_state",
     "test_interrupt_endpoint_stops_the_running_cell",
+    "test_jupyter_server_runs_kernels_through_the_gateway",
+    "test_jupyterlab_picks_the_session_and_shares_its_kernel",
     "test_notebook_export_is_valid_nbformat_and_lands_in_storage",
     "test_replay_reports_each_cell",
     "test_restart_keeps_the_socket_and_is_recorded",

@@ -3,13 +3,16 @@
 Speaks the legacy JSON framing, and the binary ``v1.kernel.websocket.jupyter.org`` subprotocol
 when the client offers it (``wire.py``). Malformed frames are dropped with a warning; the
 connection and the kernel survive. TCP_NODELAY is set: with Nagle on, every small reply waits for
-a delayed ACK (~40 ms per round trip).
+a delayed ACK (~40 ms per round trip). A socket for a kernel that another server process holds
+is piped to that process (``web/forward.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tornado import web, websocket
@@ -18,6 +21,7 @@ from kernelagent.domain import KernelMessage, User
 from kernelagent.errors import KernelAgentError
 from kernelagent.services.auth import AuthService
 from kernelagent.services.bridge import GatewayChannel, GatewayService
+from kernelagent.web import forward
 from kernelagent.web.gateway import wire
 
 log = logging.getLogger(__name__)
@@ -26,16 +30,33 @@ log = logging.getLogger(__name__)
 class ChannelsHandler(websocket.WebSocketHandler):
     """One client connection; the routing lives in ``services.bridge.GatewayChannel``."""
 
-    def initialize(self, auth: AuthService, gateway: GatewayService) -> None:
+    def initialize(
+        self,
+        auth: AuthService,
+        gateway: GatewayService,
+        holder: Callable[[str], Awaitable[str | None]] | None = None,
+    ) -> None:
         self.auth = auth
         self.gateway = gateway
+        self.holder = holder
         self.channel: GatewayChannel | None = None
         self.protocol: str | None = None
+        # the same socket at the process holding the kernel, when another process holds it
+        self.upstream: websocket.WebSocketClientConnection | None = None
+        self.piping: asyncio.Task[None] | None = None
 
     async def get(self, kernel_id: str) -> None:
         user = await self._authenticate()
         if user is None:
             raise web.HTTPError(401, "a valid token is required")
+        if self.holder is not None and not forward.forwarded(self.request):
+            base = await self.holder(kernel_id)
+            if base:
+                offered = self.request.headers.get("Sec-WebSocket-Protocol", "")
+                protocols = [p.strip() for p in offered.split(",") if p.strip()]
+                self.upstream = await forward.open_upstream(self, base, protocols)
+                await super().get(kernel_id)
+                return
         try:
             # before the upgrade: once the client sees the socket open, the channel is ready
             self.session, self.kernel = await self.gateway.ensure_live(user, kernel_id)
@@ -52,6 +73,8 @@ class ChannelsHandler(websocket.WebSocketHandler):
         return await self.auth.authenticate(token.strip())
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        if self.upstream is not None:
+            return self.upstream.selected_subprotocol
         self.protocol = wire.negotiate(subprotocols)
         return self.protocol
 
@@ -60,6 +83,9 @@ class ChannelsHandler(websocket.WebSocketHandler):
 
     async def open(self, kernel_id: str) -> None:  # type: ignore[override]
         self.set_nodelay(True)
+        if self.upstream is not None:
+            self.piping = asyncio.create_task(forward.pipe_down(self.upstream, self))
+            return
         try:
             self.channel = await self.gateway.open_channel(
                 self.session, self.kernel, self._send, self.get_query_argument("session_id", None)
@@ -68,6 +94,12 @@ class ChannelsHandler(websocket.WebSocketHandler):
             self.close(4004 if e.status == 404 else 1011, str(e))
 
     async def on_message(self, message: str | bytes) -> None:
+        if self.upstream is not None:
+            try:
+                await self.upstream.write_message(message, binary=isinstance(message, bytes))
+            except websocket.WebSocketClosedError:
+                self.close(1011, "the server process holding the kernel went away")
+            return
         if self.channel is None:
             return
         try:
@@ -104,6 +136,8 @@ class ChannelsHandler(websocket.WebSocketHandler):
         await self.write_message(frame, binary=isinstance(frame, bytes))
 
     def on_close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
         if self.channel is not None:
             channel, self.channel = self.channel, None
             self.gateway.close_later(channel)

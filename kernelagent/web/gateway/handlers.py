@@ -74,6 +74,8 @@ class KernelsHandler(GatewayHandler):
 
 
 class KernelHandler(GatewayHandler):
+    held = frozenset({"DELETE"})
+
     async def get(self, kernel_id: str) -> None:
         self.write_json((await self.gateway.get(self.user, kernel_id)).json())
 
@@ -84,6 +86,8 @@ class KernelHandler(GatewayHandler):
 
 
 class KernelActionHandler(GatewayHandler):
+    held = frozenset({"POST"})
+
     async def post(self, kernel_id: str, action: str) -> None:
         if action == "interrupt":
             await self.gateway.interrupt(self.user, kernel_id)
