@@ -257,6 +257,9 @@ class LocalKernels:
         finally:
             client.stop_channels()
 
+    async def take_over(self, kernel_id: str, workspace: str) -> bool:
+        return False  # another process's kernels were its children: gone with it
+
     async def adopt(self, kernel_id: str, workspace: str) -> None:
         """Rename the kernel's directory to ``workspace``'s (same filesystem), moving files
         already in ``workspace`` into it first."""

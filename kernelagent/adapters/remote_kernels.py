@@ -360,6 +360,22 @@ class RemoteKernels:
             raise KernelDied(f"the remote kernel could not enter its workspace: {value}")
         self._roots[kernel_id] = str(ast.literal_eval(value["data"]["text/plain"]))
 
+    async def take_over(self, kernel_id: str, workspace: str) -> bool:
+        """A kernel on the gateway that another server process started: this process's from
+        now on, with its state and its workspace directory, if the gateway still has it."""
+        if kernel_id in self._workspaces:
+            return kernel_id not in self._lost
+        if not await self.exists(kernel_id):
+            return False
+        self._workspaces[kernel_id] = workspace
+        try:
+            await self._enter_workspace(kernel_id)
+        except KernelDied:
+            self._workspaces.pop(kernel_id, None)
+            self._drop_link(kernel_id, "the kernel could not be taken over", "died")
+            return False
+        return True
+
     async def adopt(self, kernel_id: str, workspace: str) -> None:
         """The kernel's workspace takes the session's name (its files stay where they are; a
         session's earlier workspace went with its kernel)."""

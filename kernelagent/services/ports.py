@@ -288,6 +288,13 @@ class KernelBackend(Workspaces, Protocol):
         code when this returns. SandboxError or KernelDied (with the reason) otherwise."""
         ...
 
+    async def take_over(self, kernel_id: str, workspace: str) -> bool:
+        """Make a kernel that another server process started, and holds no more, this one's
+        (as ``workspace``'s): True when it still runs and this process reaches it (a kernel on
+        a gateway outlives the process that started it); False when it cannot (a local kernel
+        lives and dies with its process)."""
+        ...
+
     async def adopt(self, kernel_id: str, workspace: str) -> None:
         """Give a running kernel (a pooled one) the workspace ``workspace``: files already
         there join the kernel's, and the kernel's own workspace becomes ``workspace``."""

@@ -70,6 +70,8 @@ class KernelSupervisor:
         caller holds the session's lock, and has checked that no other process holds the
         kernel (``check_here``, before queueing for the lock)."""
         kernel_id = session.kernel_id
+        if kernel_id and not await self.kernels.is_alive(kernel_id):
+            await self._take_over(session, kernel_id)
         if not (kernel_id and await self.kernels.is_alive(kernel_id)):
             if kernel_id:
                 await self.kernels.shutdown(kernel_id, now=True)
@@ -120,6 +122,20 @@ class KernelSupervisor:
         else:
             await self.files.mirror(session)
         return reports
+
+    async def _take_over(self, session: Session, kernel_id: str) -> None:
+        """The session's kernel, if another server process started it and is gone, but the
+        kernel lives on (on a gateway): this process's now, with its state."""
+        if not await self.kernels.take_over(kernel_id, session.id):
+            return
+        await self.state.claim("kernel", session.id)
+        await self.recorder.markdown_held(
+            session.id,
+            "system",
+            "*The server process that held this session's kernel is gone; another took the "
+            "kernel over, with its state.*",
+            {"taken_over": kernel_id},
+        )
 
     async def _rebuild_gone(self, session: Session, kernel_id: str) -> None:
         cells = await self.db.cells.list(session.id)

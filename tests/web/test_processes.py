@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from gateways import gateway
 from llm_server import ScriptedLLM, respond, text, tool_call
 from sse import EventStream
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
@@ -162,8 +163,8 @@ async def processes(tmp_path, postgres_url, redis_url, moto_s3, llm):
     }
     started: list[Process] = []
 
-    async def start(name: str) -> Process:
-        process = Process(name, _port(), env, tmp_path / f"{name}.log")
+    async def start(name: str, **extra: str) -> Process:
+        process = Process(name, _port(), {**env, **extra}, tmp_path / f"{name}.log")
         started.append(process)
         await process.ready()
         return process
@@ -319,6 +320,43 @@ async def test_a_killed_process_fails_its_turn_and_leaves_no_kernel(processes, l
     # the session goes on in B: its kernel is rebuilt there
     again = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "6 * 7"})
     assert again["cell"]["outputs"][0]["data"]["text/plain"] == "42"
+
+
+@pytest.fixture(scope="module")
+def kernel_gateway(tmp_path_factory):
+    """A real Jupyter Kernel Gateway on loopback: (url, token)."""
+    with gateway("kernel_gateway", tmp_path_factory.mktemp("gateway")) as running:
+        yield running
+
+
+async def test_a_remote_kernel_outlives_its_process_and_is_taken_over(
+    processes, kernel_gateway, tmp_path
+):
+    url, token = kernel_gateway
+    remote = {
+        "KERNELAGENT_GATEWAY_URL": url,
+        "KERNELAGENT_GATEWAY_TOKEN": token,
+        "KERNELAGENT_GATEWAY_WORKSPACE": str(tmp_path / "remote" / "{kernel_id}"),
+    }
+    a = await processes("a", **remote)
+    b = await processes("b", **remote)
+    sid = (await a.json("/api/v1/sessions", "POST", {"title": "remote"}))["id"]
+    code = "import secrets; x = secrets.token_hex(8); x"  # what a replay would not give again
+    made = await a.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": code})
+    kept = made["cell"]["outputs"][0]["data"]["text/plain"]
+    assert (await a.upload(sid, "data.txt", b"in the kernel's workspace")).code == 201
+    a.popen.kill()  # SIGKILL: A says no goodbye; the kernel lives on at the gateway
+    a.popen.wait()
+    path = f"/api/v1/sessions/{sid}/cells"
+    async with asyncio.timeout(4 * LEASE + 10):  # B passes requests on to A until its lease ends
+        while (cell := await b.fetch(path, "POST", {"code": "x"})).code != 200:
+            assert cell.code == 503, (cell.code, cell.body, b.tail())
+            await asyncio.sleep(0.2)
+    assert json.loads(cell.body)["cell"]["outputs"][0]["data"]["text/plain"] == kept
+    download = await b.fetch(f"/api/v1/sessions/{sid}/files/data.txt")
+    assert download.body == b"in the kernel's workspace"
+    notebook = json.dumps(await b.json(f"/api/v1/sessions/{sid}/notebook"))
+    assert "took the kernel over" in notebook and "rebuilt" not in notebook
 
 
 def _running(pid: int) -> bool:
