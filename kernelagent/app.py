@@ -40,6 +40,7 @@ from kernelagent.services.kernels import KernelPool
 from kernelagent.services.notebook_store import NotebookStore
 from kernelagent.services.output_views import KERNEL_SETUP_CODE
 from kernelagent.services.ports import Database, EventLog, RuntimeState, SessionLocks, Storage
+from kernelagent.services.readiness import Readiness
 from kernelagent.services.recording import Recorder
 from kernelagent.services.replay import Replayer
 from kernelagent.services.sessions import SessionService
@@ -74,6 +75,7 @@ class Services:
     agent: AgentService
     turns: TurnService
     worldlines: WorldlineService
+    readiness: Readiness
 
 
 class KernelAgentApp:
@@ -191,6 +193,7 @@ class KernelAgentApp:
             agent=agent,
             turns=turns,
             worldlines=WorldlineService(db, locks, sessions, supervisor, files, events, replayer),
+            readiness=Readiness(db, state, storage),
         )
         await pool.start()
         if settings.kernel_idle_ttl > 0:
@@ -243,6 +246,14 @@ class KernelAgentApp:
                 log.exception("culling idle kernels failed")
 
     async def stop(self) -> None:
+        """Drain, then close: readiness turns 503 (a load balancer sends new requests
+        elsewhere), new turns are refused, the turns running here get up to the drain timeout
+        to finish; then HTTP closes (SSE clients reconnect elsewhere) and the rest stops. With
+        Redis (several processes), kernels on a gateway are left running for the process that
+        serves their sessions next."""
+        if self.services:
+            self.services.readiness.draining = True
+            await self.services.agent.drain(self.settings.drain_timeout)
         if self._culler:
             self._culler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -258,7 +269,7 @@ class KernelAgentApp:
             await s.gateway.stop()
             await s.notebooks.stop()
             await s.pool.stop()
-            await s.kernels.close()
+            await s.kernels.close(keep=bool(self.settings.redis_url))
             await s.state.close()
             await s.locks.close()
             await s.events.close()

@@ -200,6 +200,11 @@ class Settings:
         "gone: its turns fail and its sessions' kernels are rebuilt elsewhere",
     )
 
+    drain_timeout: float = _setting(
+        30.0,
+        "KERNELAGENT_DRAIN_TIMEOUT",
+        "Seconds a stopping server gives its running turns to finish (new ones are refused)",
+    )
     advertise_url: str = _setting(
         "",
         "KERNELAGENT_ADVERTISE_URL",

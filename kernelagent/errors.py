@@ -90,3 +90,10 @@ class HolderUnreachable(KernelAgentError):
     is stopping or gone; once its lease expires, the kernel is rebuilt here)."""
 
     status, code = 503, "holder_unreachable"
+
+
+class Draining(KernelAgentError):
+    """This server process is shutting down and takes no new turn (a load balancer's retry, or
+    the client's, reaches another)."""
+
+    status, code = 503, "draining"

@@ -290,8 +290,9 @@ class LocalKernels:
             if kernel_id in self.mkm:
                 await self.mkm.shutdown_kernel(kernel_id, now=now)
 
-    async def close(self) -> None:
-        """Stop every kernel and close the ZMQ context (left to GC, it warns and may linger)."""
+    async def close(self, keep: bool = False) -> None:
+        """Stop every kernel and close the ZMQ context (left to GC, it warns and may linger).
+        ``keep`` changes nothing: a local kernel does not outlive its server."""
         for kernel_id in self.mkm.list_kernel_ids():
             await self.shutdown(kernel_id, now=True)
         self.mkm.context.destroy(linger=0)

@@ -427,10 +427,15 @@ class RemoteKernels:
             with contextlib.suppress(GatewayError):
                 await self._request("DELETE", f"/api/kernels/{quote(kernel_id)}")
 
-    async def close(self) -> None:
-        """Shut down every kernel this process started (as the local backend does)."""
+    async def close(self, keep: bool = False) -> None:
+        """Shut down every kernel this process started (as the local backend does); with
+        ``keep``, only close this process's connections: the kernels run on at the gateway."""
         for kernel_id in list(self._workspaces):
-            await self.shutdown(kernel_id, now=True)
+            if keep:
+                self._drop_link(kernel_id, "this server process stopped", "shutdown")
+                self._workspaces.pop(kernel_id, None)
+            else:
+                await self.shutdown(kernel_id, now=True)
 
     async def is_alive(self, kernel_id: str) -> bool:
         if kernel_id not in self._workspaces or kernel_id in self._lost:

@@ -132,6 +132,7 @@ class AgentService:
         self.prices = prices or {}
         self.active: dict[str, _Active] = {}  # session id → its turn running in this process
         self._stopping = False
+        self.draining = False  # shutting down: no new turn starts here
         self.handlers = {
             "run_python": self._run_python,
             "ask_user": self._ask_user,
@@ -168,6 +169,14 @@ class AgentService:
         if active is not None and active.task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(active.task)
+
+    async def drain(self, timeout: float) -> None:
+        """Take no new turn; let those running here finish, for up to ``timeout`` seconds
+        (paused ones hold no task and need nothing)."""
+        self.draining = True
+        tasks = [a.task for a in self.active.values() if a.task is not None]
+        if tasks and timeout > 0:
+            await asyncio.wait(tasks, timeout=timeout)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -339,8 +339,9 @@ class KernelBackend(Workspaces, Protocol):
         """A client connection of its own to the kernel's channels."""
         ...
 
-    async def close(self) -> None:
-        """Stop every kernel this backend started."""
+    async def close(self, keep: bool = False) -> None:
+        """Stop every kernel this backend started (``keep``: leave those that outlive this
+        process running, for another process to take over)."""
         ...
 
 

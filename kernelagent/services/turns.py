@@ -19,7 +19,7 @@ import logging
 from typing import Any, Literal
 
 from kernelagent.domain import Session, Signal, Turn, User, new_id, now
-from kernelagent.errors import Conflict, InvalidInput, NotConfigured, NotFound
+from kernelagent.errors import Conflict, Draining, InvalidInput, NotConfigured, NotFound
 from kernelagent.events import TurnFailed, TurnStarted
 from kernelagent.services.agent import AgentService
 from kernelagent.services.ports import Database, RuntimeState
@@ -58,6 +58,8 @@ class TurnService:
             )
         if not content.strip():
             raise InvalidInput("the message is empty")
+        if self.agent.draining:
+            raise Draining("this server process is shutting down: send the message again")
         if session.id in self.agent.active or await self._unfinished(session.id):
             raise Conflict(
                 "a turn is already running in this session: wait for it, answer it, or interrupt it"

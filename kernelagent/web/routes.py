@@ -17,7 +17,7 @@ from kernelagent.web.gateway.handlers import (
     KernelSpecResourceHandler,
     KernelSpecsHandler,
 )
-from kernelagent.web.health import HealthHandler
+from kernelagent.web.health import HealthHandler, ReadyHandler
 from kernelagent.web.notebooks import NotebookHandler
 from kernelagent.web.openapi import OpenApiHandler
 from kernelagent.web.pages import page_routes
@@ -44,6 +44,7 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
     api: list[tuple[str, type]] = []
     table = [
         (r"/api/v1/health", HealthHandler, {"pool": s.pool, "sandbox": sandbox}),
+        (r"/api/v1/ready", ReadyHandler, {"readiness": s.readiness}),
         (r"/api/v1/openapi\.json", OpenApiHandler, {"routes": api}),
         (r"/api/v1/sessions", SessionsHandler, with_sessions),
         (SESSION, SessionHandler, with_sessions),

@@ -125,6 +125,14 @@ class Health(Body):
     pool: Pool
 
 
+class Ready(Body):
+    status: Literal["ready", "not_ready", "draining"]
+    checks: dict[str, str] = pydantic.Field(
+        description='each backend: "ok", or what went wrong',
+        examples=[{"database": "ok", "runtime_state": "ok", "storage": "ok"}],
+    )
+
+
 class SessionUsage(Body):
     turns: int
     prompt_tokens: int

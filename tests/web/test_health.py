@@ -12,7 +12,11 @@ import sys
 
 from tornado.httpclient import AsyncHTTPClient
 
+from kernelagent.adapters.db import open_database
+from kernelagent.adapters.runtime import LocalRuntime
+from kernelagent.adapters.storage import FsspecStorage
 from kernelagent.app import KernelAgentApp
+from kernelagent.services.readiness import Readiness
 
 
 async def test_health_reports_status_and_pool(settings, unused_port):
@@ -73,3 +77,30 @@ async def test_serve_command_prints_a_url_with_token_and_serves(tmp_path, unused
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         proc.stdout.close()
+
+
+async def test_ready_asks_each_shared_backend(ka_server):
+    response = await ka_server.fetch("/api/v1/ready", token=None)
+    assert response.code == 200, response.body
+    body = json.loads(response.body)
+    assert body == {
+        "status": "ready",
+        "checks": {"database": "ok", "runtime_state": "ok", "storage": "ok"},
+    }
+    ka_server.services.readiness.draining = True  # as a stopping server is
+    response = await ka_server.fetch("/api/v1/ready", token=None)
+    assert response.code == 503 and json.loads(response.body)["status"] == "draining"
+
+
+async def test_not_ready_names_the_backend_that_does_not_answer(tmp_path, unused_port, monkeypatch):
+    """Storage on an S3 endpoint nobody listens on: readiness says so."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    db = await open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    storage = FsspecStorage("s3://nowhere/prefix", endpoint_url=f"http://127.0.0.1:{unused_port}")
+    try:
+        checks = await Readiness(db, LocalRuntime(), storage).check()
+    finally:
+        await db.close()
+    assert checks["database"] == "ok" and checks["runtime_state"] == "ok"
+    assert checks["storage"] != "ok"

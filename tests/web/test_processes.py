@@ -295,6 +295,29 @@ async def test_what_needs_a_kernel_held_elsewhere_is_passed_on_to_its_holder(pro
             await asyncio.sleep(0.1)
 
 
+async def test_sigterm_drains_the_running_turn_then_stops(processes, llm):
+    a = await processes("a")
+    b = await processes("b")
+    sid = (await a.json("/api/v1/sessions", "POST", {"title": "draining"}))["id"]
+    llm.script(
+        tool_call("run_python", {"code": "import time\ntime.sleep(3)\nprint('finished')"}),
+        text("done"),
+    )
+    async with b.events(sid) as on_b:
+        path = f"/api/v1/sessions/{sid}/messages"
+        turn = (await a.json(path, "POST", {"content": "go"}))["turn_id"]
+        await on_b.until(lambda e: e.type == "cell.started")
+        a.popen.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(PROMPTLY):  # a load balancer stops sending A requests
+            while (await a.fetch("/api/v1/ready", token=None)).code != 503:
+                await asyncio.sleep(0.05)
+        refused = await a.fetch(path, "POST", {"content": "another"})
+        assert refused.code == 503 and b"draining" in refused.body
+        await on_b.until(ended(turn), timeout=30)
+    assert on_b.events[-1].type == "turn.completed", on_b.events[-1]
+    assert await asyncio.to_thread(a.popen.wait, 30) == 0
+
+
 async def test_a_killed_process_fails_its_turn_and_leaves_no_kernel(processes, llm):
     a = await processes("a")
     b = await processes("b")
@@ -357,6 +380,22 @@ async def test_a_remote_kernel_outlives_its_process_and_is_taken_over(
     assert download.body == b"in the kernel's workspace"
     notebook = json.dumps(await b.json(f"/api/v1/sessions/{sid}/notebook"))
     assert "took the kernel over" in notebook and "rebuilt" not in notebook
+
+
+async def test_a_stopping_process_leaves_its_remote_kernels_to_the_others(
+    processes, kernel_gateway
+):
+    url, token = kernel_gateway
+    remote = {"KERNELAGENT_GATEWAY_URL": url, "KERNELAGENT_GATEWAY_TOKEN": token}
+    a = await processes("a", **remote)
+    b = await processes("b", **remote)
+    sid = (await a.json("/api/v1/sessions", "POST", {"title": "handed over"}))["id"]
+    code = "import secrets; x = secrets.token_hex(8); x"
+    made = await a.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": code})
+    a.popen.send_signal(signal.SIGTERM)  # a graceful stop: its ownership ends with it
+    assert await asyncio.to_thread(a.popen.wait, 30) == 0
+    cell = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x"})
+    assert cell["cell"]["outputs"][0]["data"] == made["cell"]["outputs"][0]["data"]
 
 
 def _running(pid: int) -> bool:
