@@ -224,7 +224,13 @@ class KernelAgentApp:
         if settings.token:
             if await auth.authenticate(settings.token) is None:
                 users = await self.services.db.users.list()
-                await auth.add_user(f"owner-{len(users) + 1}" if users else "owner", settings.token)
+                try:
+                    name = f"owner-{len(users) + 1}" if users else "owner"
+                    await auth.add_user(name, settings.token)
+                except Exception:
+                    # replicas starting together: another one may have just added it
+                    if await auth.authenticate(settings.token) is None:
+                        raise
             return settings.token
         if token_file.exists():
             token = token_file.read_text().strip()

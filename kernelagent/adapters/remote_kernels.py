@@ -52,6 +52,7 @@ from kernelagent.errors import KernelAgentError, KernelDied, WorkspaceOffline
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 60.0
+REOPEN_TIMEOUT = 10.0  # seconds a restarted kernel has to answer a client's new socket
 RECONNECT_ATTEMPTS = 5
 MAX_MESSAGE = 256 * 1024 * 1024  # a WebSocket message: a file chunk is ~6 MiB
 ALIVE_FOR = 1.0  # seconds a kernel the gateway just reported is taken to be alive
@@ -185,23 +186,38 @@ class _RemoteChannels:
         self.closed = False
         self.open = asyncio.Event()  # cleared while a restart replaces the socket
         self.open.set()
+        self.probe: tuple[str, asyncio.Event] | None = None  # reopen's kernel_info, answered
         self.reader = asyncio.create_task(self._read(ws))
 
     async def _read(self, ws: WebSocketClientConnection) -> None:
         while (raw := await ws.read_message()) is not None:
             msg = _parse_frame(raw)
-            if msg is not None and not (self.iopub_only and msg.channel != "iopub"):
+            if msg is None:
+                continue
+            if self.probe is not None and msg.parent_id == self.probe[0]:
+                if msg.channel == "shell":
+                    self.probe[1].set()
+                continue  # the probe is this adapter's, not the client's
+            if not (self.iopub_only and msg.channel != "iopub"):
                 self.inbox.put_nowait(msg)
-        if ws is self.ws:  # not one replaced by ``reopen``
+        if ws is self.ws and self.open.is_set():  # not one a restart is replacing
             self.inbox.put_nowait(None)
 
-    def reopen(self, ws: WebSocketClientConnection) -> None:
+    async def reopen(self, ws: WebSocketClientConnection, probe: dict[str, Any]) -> None:
         """Go on over ``ws``: after a restart the gateway's channels of the old socket may lead to
-        a kernel that is gone (a container kernel is replaced, with new addresses)."""
+        a kernel that is gone (a container kernel is replaced, with new addresses). Returns once
+        the gateway relays the new socket's messages (its answer to ``probe``, a kernel_info
+        request: a gateway subscribes a new socket to the kernel's output only after a first
+        answer), so the client's next request loses none of its output."""
         old, self.ws = self.ws, ws
         old.close()
+        answered = asyncio.Event()
+        self.probe = (probe["header"]["msg_id"], answered)
         self.reader = asyncio.create_task(self._read(ws))
-        self.open.set()
+        await ws.write_message(json.dumps({**probe, "channel": "shell"}, default=str))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REOPEN_TIMEOUT):
+                await answered.wait()
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         await self.open.wait()  # what a client sends during a restart goes to the new socket
@@ -410,7 +426,8 @@ class RemoteKernels:
         may lead to a kernel that is gone. A client whose new socket fails keeps the old."""
         for channels in clients:
             try:
-                channels.reopen(await self.websocket(kernel_id, uuid.uuid4().hex))
+                ws = await self.websocket(kernel_id, uuid.uuid4().hex)
+                await channels.reopen(ws, self.session.msg("kernel_info_request", {}))
             except (KernelAgentError, HTTPClientError, OSError, TimeoutError) as e:
                 log.warning("kept a client's socket to %s after a restart: %s", kernel_id, e)
             finally:

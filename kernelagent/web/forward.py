@@ -39,6 +39,7 @@ HOP_BY_HOP = {
 }
 WS_HEADERS = {"authorization", "cookie", "origin", "user-agent"}
 TIMEOUT = 24 * 3600.0  # a forwarded cell may run as long as its own timeout allows
+MAX_ANSWER = 1 << 40  # the answer streams through: a download of any size
 
 
 def forwarded(request: httputil.HTTPServerRequest) -> bool:
@@ -67,14 +68,17 @@ async def forward(handler: web.RequestHandler, base: str) -> None:
         header_callback=relay.header,
         streaming_callback=relay.chunk,
     )
+    client = AsyncHTTPClient(force_instance=True, max_body_size=MAX_ANSWER)
     try:
-        await AsyncHTTPClient().fetch(upstream, raise_error=False)
+        await client.fetch(upstream, raise_error=False)
     except (OSError, HTTPClientError) as e:  # the holder is unreachable: it will lose its lease
         if not relay.started:
             raise HolderUnreachable(
                 f"the server process holding this session's kernel did not answer: {e}"
             ) from None
         log.warning("lost the forwarded answer of %s %s: %s", request.method, request.uri, e)
+    finally:
+        client.close()
     await relay.done()
 
 
