@@ -242,8 +242,11 @@ def test_kernelagent_and_the_gateway_agree():
     timeout = float(env["KERNELAGENT_GATEWAY_REQUEST_TIMEOUT"]["value"])
     assert timeout > gateway["kernel"]["launchTimeout"]
     assert find("ResourceQuota", "kernels")["spec"]["hard"]["pods"] == extra["EG_MAX_KERNELS"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert server[probe]["httpGet"]["path"] == "/api/v1/health"
+    assert server["readinessProbe"]["httpGet"]["path"] == "/api/v1/ready"
+    pod = find("Deployment", "kernelagent")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > Settings().drain_timeout
     required = {
         e["valueFrom"]["secretKeyRef"]["key"]
         for e in env.values()
