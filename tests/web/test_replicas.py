@@ -47,6 +47,7 @@ async def replicas(tmp_path, postgres_url, redis_url, moto_s3, llm):  # noqa: F8
         "KERNELAGENT_STORAGE_URL": moto_s3.url("kernelagent"),
         "KERNELAGENT_S3_ENDPOINT_URL": moto_s3.endpoint_url,
         "KERNELAGENT_TOKEN": TOKEN,
+        "KERNELAGENT_SECRET": "replicas-share-the-signing-key",  # as the README asks
         "KERNELAGENT_POOL_SIZE": "0",
         "KERNELAGENT_PROCESS_LEASE": str(LEASE),
         "OPENAI_API_KEY": "sk-two",  # what the scripted LLM of test_processes accepts
@@ -85,6 +86,29 @@ async def test_every_route_works_whichever_replica_it_reaches(replicas):
     for replica in replicas:
         download = await replica.fetch(f"/api/v1/sessions/{sid}/files/in2.txt")
         assert download.body == b"file 2"
+
+    # an artifact's signed URL, made by one replica, works on each; so does its id
+    plot = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2]); plt.show()"
+    drawn = await client.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": plot})
+    (png,) = [a for a in drawn["artifacts"] if a["mime_type"] == "image/png"]
+    for replica in replicas:
+        signed = await replica.fetch(png["url"], token=None)
+        assert signed.code == 200 and signed.body[:4] == b"\x89PNG"
+        assert (await replica.fetch(f"/api/v1/artifacts/{png['id']}")).body == signed.body
+        assert (await replica.fetch("/signin", token=None)).code == 200  # the web pages
+
+    # a notebook imported (its state rebuilt) through one replica runs through the others
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+          "cells": [{"cell_type": "code", "id": "c1", "metadata": {}, "outputs": [],
+                     "execution_count": None, "source": "imported = 7"}]}  # fmt: skip
+    made = await replicas[1].client.fetch(
+        f"{replicas[1].base}/api/v1/notebooks?replay=true", method="POST", body=json.dumps(nb),
+        headers={"Authorization": f"token {TOKEN}"},
+    )  # fmt: skip
+    assert made.code == 201, made.body
+    imported = json.loads(made.body)["id"]
+    again = await client.json(f"/api/v1/sessions/{imported}/cells", "POST", {"code": "imported"})
+    assert _text(again) == "7"
 
     notebook = await client.json(f"/api/v1/sessions/{sid}/notebook")
     assert sum(c["cell_type"] == "code" for c in notebook["cells"]) >= 7
@@ -130,6 +154,7 @@ async def test_every_route_works_whichever_replica_it_reaches(replicas):
             ws.close()
     assert (await client.pick().fetch(f"/api/v1/sessions/{branch['id']}", "DELETE")).code == 204
     assert (await client.pick().fetch(f"/api/v1/sessions/{sid}", "DELETE")).code == 204
+    assert (await client.pick().fetch(f"/api/v1/sessions/{imported}", "DELETE")).code == 204
     async with asyncio.timeout(10):
         while any(r.kernel_pids() for r in replicas):
             await asyncio.sleep(0.1)
