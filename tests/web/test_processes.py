@@ -147,20 +147,27 @@ async def llm() -> AsyncIterator[ScriptedLLM]:
 
 
 @pytest.fixture
-async def processes(tmp_path, postgres_url, redis_url, moto_s3, llm):
-    env = {
+def shared_env(postgres_url, redis_url, moto_s3, llm) -> dict[str, str]:
+    """What server processes sharing one service are started with."""
+    return {
         **os.environ,
         "KERNELAGENT_DATABASE_URL": postgres_url,
         "KERNELAGENT_REDIS_URL": redis_url,
         "KERNELAGENT_STORAGE_URL": moto_s3.url("kernelagent"),
         "KERNELAGENT_S3_ENDPOINT_URL": moto_s3.endpoint_url,
         "KERNELAGENT_TOKEN": TOKEN,
+        "KERNELAGENT_SECRET": "processes-share-the-signing-key",  # as the README asks
         "KERNELAGENT_POOL_SIZE": "0",
         "KERNELAGENT_PROCESS_LEASE": str(LEASE),
         "OPENAI_API_KEY": "sk-two",
         "OPENAI_BASE_URL": llm.base_url,
         "KERNELAGENT_MODEL": "scripted",
     }
+
+
+@pytest.fixture
+async def processes(tmp_path, shared_env):
+    env = shared_env
     started: list[Process] = []
 
     async def start(name: str, **extra: str) -> Process:

@@ -14,7 +14,15 @@ import uuid
 
 import pytest
 from llm_server import tool_call
-from test_processes import LEASE, TOKEN, Process, _port, ended, llm  # noqa: F401 - llm fixture
+from test_processes import (  # noqa: F401 - the llm and shared_env fixtures
+    LEASE,
+    TOKEN,
+    Process,
+    _port,
+    ended,
+    llm,
+    shared_env,
+)
 from tornado.httpclient import HTTPClientError
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.postgres, pytest.mark.redis, pytest.mark.s3]
@@ -39,21 +47,8 @@ class RoundRobin:
 
 
 @pytest.fixture
-async def replicas(tmp_path, postgres_url, redis_url, moto_s3, llm):  # noqa: F811
-    env = {
-        **os.environ,
-        "KERNELAGENT_DATABASE_URL": postgres_url,
-        "KERNELAGENT_REDIS_URL": redis_url,
-        "KERNELAGENT_STORAGE_URL": moto_s3.url("kernelagent"),
-        "KERNELAGENT_S3_ENDPOINT_URL": moto_s3.endpoint_url,
-        "KERNELAGENT_TOKEN": TOKEN,
-        "KERNELAGENT_SECRET": "replicas-share-the-signing-key",  # as the README asks
-        "KERNELAGENT_POOL_SIZE": "0",
-        "KERNELAGENT_PROCESS_LEASE": str(LEASE),
-        "OPENAI_API_KEY": "sk-two",  # what the scripted LLM of test_processes accepts
-        "OPENAI_BASE_URL": llm.base_url,
-        "KERNELAGENT_MODEL": "scripted",
-    }
+async def replicas(tmp_path, shared_env):  # noqa: F811 - the fixture imported above
+    env = shared_env
     started = [Process(name, _port(), env, tmp_path / f"{name}.log") for name in "abc"]
     try:
         await asyncio.gather(*(p.ready() for p in started))
