@@ -70,9 +70,10 @@ class KernelSupervisor:
         caller holds the session's lock, and has checked that no other process holds the
         kernel (``check_here``, before queueing for the lock)."""
         kernel_id = session.kernel_id
-        if kernel_id and not await self.kernels.is_alive(kernel_id):
-            await self._take_over(session, kernel_id)
-        if not (kernel_id and await self.kernels.is_alive(kernel_id)):
+        live = bool(kernel_id) and await self.kernels.is_alive(kernel_id)
+        if kernel_id and not live:
+            live = await self._take_over(session, kernel_id)
+        if not live:
             if kernel_id:
                 await self.kernels.shutdown(kernel_id, now=True)
             kernel = await self.pool.acquire(session.id)
@@ -123,11 +124,11 @@ class KernelSupervisor:
             await self.files.mirror(session)
         return reports
 
-    async def _take_over(self, session: Session, kernel_id: str) -> None:
+    async def _take_over(self, session: Session, kernel_id: str) -> bool:
         """The session's kernel, if another server process started it and is gone, but the
-        kernel lives on (on a gateway): this process's now, with its state."""
+        kernel lives on (on a gateway): this process's now, with its state. False if not."""
         if not await self.kernels.take_over(kernel_id, session.id):
-            return
+            return False
         await self.state.claim("kernel", session.id)
         await self.recorder.markdown_held(
             session.id,
@@ -136,6 +137,7 @@ class KernelSupervisor:
             "kernel over, with its state.*",
             {"taken_over": kernel_id},
         )
+        return True
 
     async def _rebuild_gone(self, session: Session, kernel_id: str) -> None:
         cells = await self.db.cells.list(session.id)
