@@ -74,7 +74,7 @@ class _Link:
             request = self.client.session.msg("kernel_info_request", {})
             run = Run(self, request["header"]["msg_id"])
             self.runs[run.msg_id] = run
-            self.client.session.send(self.client.shell_channel.socket, request)
+            await self.send("shell", request)
             try:
                 if await run.reply(1.0) is not None:
                     with contextlib.suppress(TimeoutError):
@@ -88,8 +88,12 @@ class _Link:
         return await self.kernels.is_alive(self.kernel_id)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Through the asyncio socket itself, never ``Session.send``: that writes on a sync
+        shadow of the socket, which can take the wake-up meant for this link's reader, and a
+        reply then sits unread in the socket until the next message arrives."""
         socket = getattr(self.client, f"{channel}_channel").socket
-        self.client.session.send(socket, message)
+        frames = self.client.session.serialize(message)
+        await socket.send_multipart([*frames, *message.get("buffers", ())])
 
     async def exit_reason(self) -> str | None:
         return await self.kernels.exit_reason(self.kernel_id)

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import resource
+from collections import deque
 
 import pytest
 from jupyter_client.session import Session
@@ -113,6 +114,26 @@ async def test_a_run_gets_its_own_messages_and_its_reply(kernels):
     finally:
         first.close()
         second.close()
+
+
+async def test_requests_sent_while_replies_arrive_miss_no_reply(kernels):
+    """Requests in flight while earlier replies come back, as file transfers pipeline them:
+    a send must not take the wake-up the link's reader waits for."""
+    kernel = await kernels.start("ws")
+    window: deque = deque()
+    try:
+        for n in range(2000):
+            window.append(await kernels.execute(kernel, "", silent=True, store_history=False))
+            if len(window) == 8 or n == 1999:
+                while window:
+                    run = window.popleft()
+                    assert await run.reply(10) is not None, f"no reply in request {n}'s window"
+                    run.close()
+                    if n < 1999:
+                        break
+    finally:
+        for run in window:
+            run.close()
 
 
 @pytest.mark.parametrize(
