@@ -93,6 +93,6 @@ async def test_a_corrupted_write_is_refused_and_leaves_nothing(kernel):
     # the last chunk names a hash the content does not have
     with pytest.raises(InvalidInput, match="sha256"):
         args = ("/workspace", "c.bin", "p1", 0, hashlib.sha256(b"other").hexdigest())
-        await files._calls(kernel_id, [("write", args, b"hello")])
+        await files.kernel.calls(kernel_id, [("write", args, b"hello")], files._answer)
     assert await files.list_files(kernel_id) == {}
     assert os.listdir(kernels.workspace_path("files")) == []
