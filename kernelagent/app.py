@@ -24,6 +24,7 @@ from tornado import httpserver, web
 
 from kernelagent.adapters.db import open_database
 from kernelagent.adapters.events import make_events
+from kernelagent.adapters.kernel_state import KernelState
 from kernelagent.adapters.kernels import LocalKernels
 from kernelagent.adapters.llm import OpenAIChat
 from kernelagent.adapters.locks import make_locks
@@ -37,6 +38,7 @@ from kernelagent.services.bridge import GatewayService
 from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
+from kernelagent.services.namespaces import NamespaceSnapshots
 from kernelagent.services.notebook_store import NotebookStore
 from kernelagent.services.output_views import KERNEL_SETUP_CODE
 from kernelagent.services.ports import Database, EventLog, RuntimeState, SessionLocks, Storage
@@ -128,8 +130,25 @@ class KernelAgentApp:
         )
         sessions = SessionService(db, pool, kernels, files, storage, state, events)
         replayer = Replayer(kernels, files, settings.cell_timeout, settings.stream_limit)
+        namespaces = NamespaceSnapshots(
+            db,
+            storage,
+            KernelState(kernels.execute),
+            enabled=settings.state_snapshots,
+            cell_seconds=settings.state_cell_seconds,
+            limit=settings.state_limit,
+        )
         supervisor = KernelSupervisor(
-            db, locks, kernels, pool, files, recorder, replayer, state, KERNEL_SETUP_CODE
+            db,
+            locks,
+            kernels,
+            pool,
+            files,
+            recorder,
+            replayer,
+            state,
+            namespaces,
+            KERNEL_SETUP_CODE,
         )
         execution = ExecutionService(
             db,
@@ -139,6 +158,7 @@ class KernelAgentApp:
             recorder,
             files,
             state,
+            namespaces,
             default_timeout=settings.cell_timeout,
             stream_limit=settings.stream_limit,
         )
@@ -272,6 +292,7 @@ class KernelAgentApp:
             await s.turns.stop()
             await s.agent.stop()
             await s.worldlines.stop()
+            await s.supervisor.namespaces.stop()
             await s.gateway.stop()
             await s.notebooks.stop()
             await s.pool.stop()

@@ -190,6 +190,18 @@ class Settings:
         "KERNELAGENT_KERNEL_IDLE_TTL",
         "Seconds before an idle kernel is shut down (its session stays); 0 never",
     )
+    state_snapshots: bool = _setting(
+        True,
+        "KERNELAGENT_STATE_SNAPSHOTS",
+        "Snapshot the namespace after each cell, so branches and kernels that were gone come "
+        "back by restore instead of replaying every cell",
+    )
+    state_cell_seconds: float = _setting(
+        2.0, "KERNELAGENT_STATE_CELL_SECONDS", "Longest a namespace snapshot may take, seconds"
+    )
+    state_limit: int = _setting(
+        2 * GiB, "KERNELAGENT_STATE_LIMIT", "Namespace snapshot bytes stored per session"
+    )
     events_retention: int = _setting(
         10_000, "KERNELAGENT_EVENTS_RETENTION", "Events kept per session for SSE replay"
     )

@@ -195,6 +195,24 @@ class FileStat:
 
 
 @dataclasses.dataclass(frozen=True)
+class NamespaceCapture:
+    """A namespace snapshot as the kernel answered it: the manifest of every variable (by
+    name: ``sha``/``size``, ``module``, ``unserialisable`` or ``skipped``, and the ``cell``
+    that last set it) and the bytes that were new."""
+
+    manifest: dict[str, dict[str, Any]]
+    blobs: dict[str, bytes]
+    ms: float
+    skipped: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class NamespaceRestored:
+    restored: list[str]
+    failed: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
 class Reply:
     """One complete answer of the model: its text, its tool calls and what it cost."""
 

@@ -275,6 +275,18 @@ class SqlCellRepo(_Repo):
         query = select(CellRow).where(CellRow.session_id == session_id).order_by(col(CellRow.index))
         return [row.to_domain() for row in tx.exec(query)]
 
+    @writes
+    def annotate(self, tx: Transaction, cell_id: str, key: str, value: Any) -> None:
+        """Set one key of the cell's metadata, whatever else changes it meanwhile (the row
+        is read and written in one transaction, locked on PostgreSQL); nothing if it is gone."""
+        row = tx.get(CellRow, cell_id, with_for_update=True)
+        if row is None:
+            return
+        metadata = json.loads(row.meta)
+        metadata[key] = value
+        row.meta = json.dumps(metadata)
+        tx.add(row)
+
     @reads
     def get(self, tx: Transaction, cell_id: str) -> Cell | None:
         row = tx.get(CellRow, cell_id)

@@ -25,6 +25,7 @@ from kernelagent.domain import Artifact, Cell, KernelMessage, Role, Session, Use
 from kernelagent.errors import KernelDied, NotFound
 from kernelagent.events import CellCompleted, CellOutput, CellStarted
 from kernelagent.services.files import FileService
+from kernelagent.services.namespaces import NamespaceSnapshots, without_state
 from kernelagent.services.outputs import OutputCollector, extract_artifacts
 from kernelagent.services.ports import (
     Database,
@@ -67,6 +68,7 @@ class _Running:
     cell_id: str
     kernel_id: str
     run: KernelRun | None = None
+    capture: KernelRun | None = None  # the namespace snapshot queued behind the cell
     interrupted: bool = False
 
 
@@ -80,10 +82,12 @@ class ExecutionService:
         recorder: Recorder,
         files: FileService,
         state: RuntimeState,
+        namespaces: NamespaceSnapshots,
         default_timeout: float,
         stream_limit: int,
     ):
         self.state = state
+        self.namespaces = namespaces
         self.db = db
         self.locks = locks
         self.kernels = kernels
@@ -121,7 +125,7 @@ class ExecutionService:
                 raise NotFound("no such session")
             kernel_id = await self.supervisor.ensure(session)
             cell = await self.db.cells.append_next(
-                new_cell(session.id, "code", code, role, "pending", dict(metadata or {}))
+                new_cell(session.id, "code", code, role, "pending", without_state(metadata or {}))
             )
             await self.recorder.publish(
                 session.id,
@@ -178,6 +182,11 @@ class ExecutionService:
                 log.exception("storing the outputs or files of cell %s failed", cell.id)
             await self.supervisor.touch(session.id)
             await self._publish_completed(cell)  # after its artifacts: watchers can link them
+            if running.capture is not None:
+                if cell.status == "ok":
+                    self.namespaces.finish(cell, running.capture)
+                else:
+                    running.capture.close()
         if request and result.reply:  # after the record: a client that saw the reply finds it
             await request.deliver("shell", result.reply)
         return Execution(session, cell, artifacts)
@@ -215,7 +224,9 @@ class ExecutionService:
             )
         except KernelDied as e:
             return CellResult([died_output(str(e))], "died", None, None, e.cause == "died")
-        self._running[session_id].run = run
+        running = self._running[session_id]
+        running.run = run
+        running.capture = await self.namespaces.begin(kernel_id, cell)
         try:
             return await collect(
                 self.kernels,

@@ -26,6 +26,8 @@ from kernelagent.domain import (
     FileEntry,
     FileStat,
     KernelMessage,
+    NamespaceCapture,
+    NamespaceRestored,
     Reply,
     Session,
     Signal,
@@ -77,6 +79,10 @@ class CellRepo(Protocol):
     async def update(self, cell: Cell, touch_session: bool = False) -> None:
         """Replace the cell with the same id (outputs, status, timing); ``touch_session`` also
         bumps the session's ``updated_at`` in the same transaction."""
+        ...
+
+    async def annotate(self, cell_id: str, key: str, value: Any) -> None:
+        """Set one key of the cell's metadata, atomically (others may update the cell)."""
         ...
 
     async def next_index(self, session_id: str) -> int: ...
@@ -246,6 +252,30 @@ class KernelRun(Protocol):
 
     def close(self) -> None:
         """Stop collecting this request's messages (always called, when done with it)."""
+        ...
+
+
+class NamespaceState(Protocol):
+    """Snapshots of a kernel's namespace, taken and restored inside the kernel."""
+
+    async def begin_capture(
+        self, kernel_id: str, cell: int, max_bytes: int, max_seconds: float
+    ) -> KernelRun:
+        """Queue a capture of what the cell sent just before changed."""
+        ...
+
+    async def finish_capture(self, run: KernelRun) -> NamespaceCapture | None:
+        """The capture's answer (None: the cell failed, nothing to take); closes ``run``."""
+        ...
+
+    async def restore(
+        self, kernel_id: str, manifest: dict[str, dict[str, Any]], blobs: dict[str, bytes]
+    ) -> NamespaceRestored:
+        """Bind the manifest's variables in a fresh kernel."""
+        ...
+
+    async def rebind(self, kernel_id: str) -> int:
+        """Bind again what the last restore bound (cells re-ran on top of it)."""
         ...
 
 

@@ -15,13 +15,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
+from typing import Any
 
 from kernelagent.domain import Cell, Session, SessionStatus
 from kernelagent.errors import Conflict, LimitExceeded
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
+from kernelagent.services.namespaces import KEY as STATE_KEY
+from kernelagent.services.namespaces import NamespaceSnapshots, Restoration
 from kernelagent.services.ports import Database, KernelBackend, RuntimeState, SessionLocks
 from kernelagent.services.recording import Recorder
 from kernelagent.services.replay import CellReport, Replayer, replayable
@@ -40,6 +44,39 @@ def latest_snapshot(cells: list[Cell]) -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Rebuilt:
+    """How a kernel got a record's state: ``restore`` (a namespace snapshot, then the cells it
+    did not cover), ``replay`` (every cell, and ``why`` not by restore) or ``none``."""
+
+    way: str
+    reports: list[CellReport]
+    variables: int
+    why: str
+    seconds: float
+    snapshot_of: int | None = None
+
+    def told(self) -> str:
+        """For the record: which way the state came back, and what it cost."""
+        differ = sum(r.status != "match" for r in self.reports)
+        different = f" ({differ} gave different outputs)" if differ else ""
+        if self.way == "restore":
+            return (
+                f"its state restored from the snapshot after cell {self.snapshot_of} "
+                f"({self.variables} variables; {len(self.reports)} cells re-run{different}) "
+                f"in {self.seconds:.1f} s"
+            )
+        return (
+            f"its state rebuilt by replaying {len(self.reports)} cells{different} in "
+            f"{self.seconds:.1f} s ({self.why})"
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        if self.way == "restore":
+            return {"restored": {"snapshot_of": self.snapshot_of, "rerun": len(self.reports)}}
+        return {"rebuilt": len(self.reports), "why_not_restored": self.why}
+
+
 class KernelSupervisor:
     def __init__(
         self,
@@ -51,9 +88,11 @@ class KernelSupervisor:
         recorder: Recorder,
         replayer: Replayer,
         state: RuntimeState,
+        namespaces: NamespaceSnapshots,
         setup_code: str = "",
     ):
         self.state = state
+        self.namespaces = namespaces
         self.db = db
         self.locks = locks
         self.kernels = kernels
@@ -108,21 +147,54 @@ class KernelSupervisor:
         await self.check_here(session.id)
         return await self.kernels.is_alive(session.kernel_id)
 
-    async def rebuild(
-        self, session: Session, kernel_id: str, cells: list[Cell]
-    ) -> list[CellReport]:
-        """Give ``kernel_id`` (the session's, fresh) the state of the end of ``cells``."""
+    async def rebuild(self, session: Session, kernel_id: str, cells: list[Cell]) -> Rebuilt:
+        """Give ``kernel_id`` (the session's, fresh) the state of the end of ``cells``: the
+        namespace of the last snapshot restored, and only the cells it does not cover run
+        (after the snapshot, or what it could not keep); every cell replayed when there is no
+        usable snapshot."""
+        started = time.perf_counter()
         todo = replayable(cells)
-        reports: list[CellReport] = []
-        if any(c.cell_type == "code" for c in todo):
+        if not any(c.cell_type == "code" for c in todo):
+            await self._restore_files(session, cells)
+            return Rebuilt("none", [], 0, "", 0.0)
+        restoration, why = await self._restore_namespace(session, kernel_id, cells)
+        if restoration is not None:
+            remake = [c for c in todo if c.index in set(restoration.remake)]
+            after = [c for c in todo if c.index in set(restoration.after)]
+            reports = await self.replayer.run(kernel_id, session.id, remake) if remake else []
+            if remake:
+                await self.namespaces.rebind(kernel_id)
+            if after:
+                reports += await self.replayer.run(kernel_id, session.id, after)
+        else:
             await self.files.restore(session, None)  # the files before the first cell
             reports = await self.replayer.run(kernel_id, session.id, todo)
+        await self._restore_files(session, cells)
+        elapsed = time.perf_counter() - started
+        if restoration is None:
+            return Rebuilt("replay", reports, 0, why, elapsed)
+        return Rebuilt("restore", reports, restoration.variables, "", elapsed, restoration.index)
+
+    async def _restore_namespace(
+        self, session: Session, kernel_id: str, cells: list[Cell]
+    ) -> tuple[Restoration | None, str]:
+        """The namespace of the last snapshot, with the files as they were after its cell."""
+        snapshotted = [c for c in cells if isinstance(c.metadata.get(STATE_KEY), dict)]
+        if not snapshotted:
+            return None, "no namespace snapshot was taken"
+        at = snapshotted[-1].index
+        try:
+            await self.files.restore(session, latest_snapshot([c for c in cells if c.index <= at]))
+        except Exception as e:  # noqa: BLE001 - then the files come back the replay's way
+            return None, f"the files of cell {at} could not be restored: {e}"
+        return await self.namespaces.restore(kernel_id, cells)
+
+    async def _restore_files(self, session: Session, cells: list[Cell]) -> None:
         snapshot = latest_snapshot(cells)
         if snapshot is not None:
             await self.files.restore(session, snapshot)
         else:
             await self.files.mirror(session)
-        return reports
 
     async def _take_over(self, session: Session, kernel_id: str) -> bool:
         """The session's kernel, if another server process started it and is gone, but the
@@ -140,21 +212,17 @@ class KernelSupervisor:
         return True
 
     async def _rebuild_gone(self, session: Session, kernel_id: str) -> None:
+        await self.namespaces.settle(session.id)
         cells = await self.db.cells.list(session.id)
-        if not any(c.cell_type == "code" for c in replayable(cells)):
-            return
-        started = time.perf_counter()
-        reports = await self.rebuild(session, kernel_id, cells)
-        differ = sum(r.status != "match" for r in reports)
-        await self.recorder.markdown_held(
-            session.id,
-            "system",
-            f"*The session's kernel was gone; a new one was started and its state rebuilt by "
-            f"replaying {len(reports)} cells in {time.perf_counter() - started:.1f} s"
-            + (f" ({differ} gave different outputs)" if differ else "")
-            + ".*",
-            {"rebuilt": len(reports)},
-        )
+        rebuilt = await self.rebuild(session, kernel_id, cells)
+        await self.tell(session, rebuilt, "The session's kernel was gone; a new one was started")
+
+    async def tell(self, session: Session, rebuilt: Rebuilt, what: str) -> None:
+        """Say in the record (the caller holds the lock) how a kernel got its state."""
+        if rebuilt.way != "none":
+            await self.recorder.markdown_held(
+                session.id, "system", f"*{what} and {rebuilt.told()}.*", rebuilt.metadata()
+            )
 
     async def _prepare(self, kernel_id: str) -> None:
         """Load the kernel-side extension once per kernel process (silently)."""
@@ -190,6 +258,7 @@ class KernelSupervisor:
         runs again) or "idle" (culled: its kernel comes back as soon as anyone uses it)."""
         if session.kernel_id:
             await self.check_here(session.id)
+            await self.namespaces.settle(session.id)  # its state is kept before it goes
             self._prepared.discard(session.kernel_id)
             await self.kernels.shutdown(session.kernel_id, now=True)
         await self.db.sessions.update(session.id, kernel_id=None, status=status)

@@ -24,6 +24,7 @@ from kernelagent.domain import Cell, Session, User, new_id
 from kernelagent.errors import NotFound, Unprocessable
 from kernelagent.events import ReplayCompleted, ReplayProgress, ReplayStarted
 from kernelagent.services.files import FileService
+from kernelagent.services.namespaces import without_state
 from kernelagent.services.notebooks import cells_from_notebook
 from kernelagent.services.ports import Database, EventLog, SessionLocks
 from kernelagent.services.recording import LOCK_WAIT
@@ -105,6 +106,7 @@ class WorldlineService:
 
     async def branch(self, user: User, session_id: str, cell_id: str) -> Session:
         parent = await self.sessions.get(user, session_id)
+        await self.supervisor.namespaces.settle(parent.id)  # its last cell's, too
         cells = await self.db.cells.list(parent.id)
         upto = next((i for i, c in enumerate(cells) if c.id == cell_id), None)
         if upto is None:
@@ -167,7 +169,7 @@ class WorldlineService:
                 status=item["status"] or "ok",
                 started_at=None,
                 duration_ms=None,
-                metadata={**item["metadata"], "imported_id": item["id"]},
+                metadata={**without_state(item["metadata"]), "imported_id": item["id"]},
             )
             for index, item in enumerate(imported, start=first)
         ]
@@ -186,7 +188,8 @@ class WorldlineService:
         lock: a cell sent to it meanwhile runs after, on the rebuilt state."""
         async with self.locks.hold(session.id, timeout=LOCK_WAIT):
             kernel_id = await self.supervisor.ensure(session)
-            await self.supervisor.rebuild(session, kernel_id, cells)
+            rebuilt = await self.supervisor.rebuild(session, kernel_id, cells)
+            await self.supervisor.tell(session, rebuilt, "This session's kernel was started")
 
 
 def _first_line(error: Exception) -> str:

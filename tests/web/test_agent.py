@@ -318,7 +318,9 @@ async def test_the_conversation_continues_from_the_record(request, tmp_path, unu
     roles = [m["role"] for m in messages]
     # the new process had no kernel: its state was rebuilt, and the model is told so
     assert roles == ["system", "user", "assistant", "tool", "assistant", "user", "user"]
-    assert messages[6]["content"].startswith("[note]") and "rebuilt" in messages[6]["content"]
+    assert (
+        messages[6]["content"].startswith("[note]") and "state restored" in messages[6]["content"]
+    )
     assert messages[2]["tool_calls"][0]["function"]["name"] == "run_python"
     assert json.loads(messages[2]["tool_calls"][0]["function"]["arguments"]) == {
         "code": "answer = 6 * 7\nanswer"

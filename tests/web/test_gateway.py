@@ -332,7 +332,7 @@ async def test_deleting_a_kernel_keeps_the_session_and_its_state_comes_back(ka_s
     assert not await ka_server.services.kernels.is_alive(process)  # no kernel left running
     with pytest.raises(WebSocketClosedOrRefused):  # a client cannot attach to a deleted kernel
         await WsClient.connect(ka_server, kernel["id"])
-    # the session's next cell brings its kernel back, its state rebuilt by replay
+    # the session's next cell brings its kernel back, its state restored
     assert (await ka_server.run(kernel["id"], "1 + 1"))["cell"]["outputs"]
     ws = await WsClient.connect(ka_server, kernel["id"])
     try:
@@ -342,7 +342,7 @@ async def test_deleting_a_kernel_keeps_the_session_and_its_state_comes_back(ka_s
     finally:
         ws.close()
     notes = [c.source for c in await ka_server.services.db.cells.list(kernel["id"])]
-    assert any("shut down" in n for n in notes) and any("rebuilt" in n for n in notes)
+    assert any("shut down" in n for n in notes) and any("state restored" in n for n in notes)
 
 
 async def test_each_session_is_a_kernelspec_that_attaches_to_its_kernel(ka_server):

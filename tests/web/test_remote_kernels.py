@@ -174,7 +174,7 @@ async def test_a_kernel_deleted_on_the_gateway_is_rebuilt_on_next_use(ka_server,
     assert cell["outputs"][0]["data"]["text/plain"] == "'kept'"
     assert (await ka_server.services.db.sessions.get(sid)).kernel_id != kernel_id
     notes = [c.source for c in await ka_server.services.db.cells.list(sid) if c.role == "system"]
-    assert any("rebuilt by replaying" in n for n in notes), notes
+    assert any("state restored from the snapshot" in n for n in notes), notes
 
 
 __all__ = [

@@ -76,9 +76,11 @@ async def test_branch_has_the_record_files_and_state_of_its_cell(ka_server):
     assert child["parent_id"] == pid and child["id"] != pid
     cells = await ka_server.services.db.cells.list(cid)
     parent_cells = await ka_server.services.db.cells.list(pid)
-    assert [(c.cell_type, c.source) for c in cells] == [
+    *copied, note = cells
+    assert [(c.cell_type, c.source) for c in copied] == [
         (c.cell_type, c.source) for c in parent_cells[:2]
     ]
+    assert note.role == "system" and "state restored from the snapshot after cell 1" in note.source
     assert value(await ka_server.run(cid, "x")) == "1"
     assert value(await ka_server.run(cid, "print(open('out.txt').read())")) == "a\n"
     files = {f["path"] for f in (await ka_server.json(f"/api/v1/sessions/{cid}/files"))["files"]}
@@ -134,7 +136,7 @@ async def test_a_killed_kernel_comes_back_with_its_state(ka_server):
     assert died["cell"]["metadata"]["kernelagent"]["status"] == "died"
     assert value(await ka_server.run(sid, "state")) == "'HELLO'"
     notes = [c.source for c in await ka_server.services.db.cells.list(sid) if c.role == "system"]
-    assert any("rebuilt by replaying 1 cells" in n for n in notes), notes
+    assert any("restored from the snapshot after cell 1" in n for n in notes), notes
 
 
 async def test_idle_kernels_are_culled_and_come_back(ka_server):

@@ -1,0 +1,225 @@
+"""Snapshots of the user's namespace, taken and brought back inside the kernel.
+
+After each cell that succeeded, the server asks for ``capture``: the variables the cell may
+have changed (new or rebound names, and the names its code mentions, since those may have been
+mutated in place) are serialised with cloudpickle (pickle protocol 5: arrays and DataFrames go
+as their raw buffers), and a variable whose bytes are the same as last time is not sent again.
+What changed travels to the server as binary ``comm_msg`` buffers on iopub, parented to the
+request (as a file read does); the answer is the whole namespace's manifest, each entry naming
+the cell that last set it. ``stage`` and ``restore`` do the reverse in a new kernel.
+
+An object that cannot be serialised (an open file, a socket, a generator) is recorded as such,
+with its cell; so is one skipped for the size or time budget. Nothing here ever runs in the
+server: restoring a snapshot unpickles data the kernel wrote, so it happens only in the
+session's own sandbox.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import importlib
+import json
+import re
+import time
+import types
+from typing import Any
+
+from kernelagent.kernelside.files import Verbatim, _kernel
+
+STATE_COMM = "kernelagent.state"  # the comm id of the messages that carry a snapshot's bytes
+PIECE = 4 * 1024 * 1024  # bytes per comm message
+# IPython's own names: outputs, inputs and history (_, __, _i, _ii3, _7, _oh…)
+INTERNAL = re.compile(r"_(_{0,2}|i{1,3}|\d+|i\d+|dh|oh|ih|sh)")
+BUILTIN_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+_last: dict[str, Any] | None = None  # the last cell that ran, as ``post_run_cell`` saw it
+_known: dict[str, dict[str, Any]] = {}  # name → its entry in the last manifest
+_ids: dict[str, int] = {}  # name → id() of its object when last captured
+_staged: dict[str, bytearray] = {}  # sha256 → bytes received for a restore
+_restored: dict[str, Any] = {}  # name → the object the last restore bound
+
+
+def register(shell: Any) -> None:
+    shell.events.register("post_run_cell", _ran)
+
+
+def unregister(shell: Any) -> None:
+    with contextlib.suppress(ValueError):
+        shell.events.unregister("post_run_cell", _ran)
+
+
+def _ran(result: Any) -> None:
+    """Remember the last cell a user ran (not the silent requests of the server)."""
+    global _last
+    info = result.info
+    if info is None or info.silent:
+        return
+    _last = {"ok": bool(result.success), "code": info.raw_cell or ""}
+
+
+def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
+    """Snapshot what the last cell changed; JSON ``{"manifest": {name: entry}, "bytes": n,
+    "ms": t, "skipped": [...]}`` (or ``null`` when the last cell failed or nothing ran).
+
+    An entry is ``{"sha": …, "size": …}`` (its bytes went to the server if they were new),
+    ``{"module": name}``, ``{"unserialisable": why}`` or ``{"skipped": why}``, each with the
+    ``cell`` that last set it. ``max_bytes``: what this snapshot may add; ``max_seconds``: how
+    long it may take (what is left is skipped, and says so)."""
+    global _last
+    last, _last = _last, None
+    if last is None or not last["ok"]:
+        return Verbatim("null")
+    started = time.perf_counter()
+    namespace = _namespace()
+    for gone in set(_known) - set(namespace):
+        del _known[gone]
+        _ids.pop(gone, None)
+    mentioned = _names_in(last["code"])
+    candidates = sorted(
+        name
+        for name, value in namespace.items()
+        if name not in _known or _ids.get(name) != id(value) or name in mentioned
+    )
+    sent = 0
+    skipped = []
+    for name in candidates:
+        value = namespace[name]
+        previous = _known.get(name, {})
+        if _ids.get(name) == id(value) and ("unserialisable" in previous or "module" in previous):
+            continue  # the same object still: its entry (and the cell that made it) stands
+        entry: dict[str, Any]
+        if time.perf_counter() - started > max_seconds:
+            entry = {"skipped": f"the snapshot took longer than {max_seconds:g} s"}
+        elif isinstance(value, types.ModuleType):
+            entry = {"module": value.__name__}
+        else:
+            try:
+                data = _dumps(value)
+            except Exception as e:  # noqa: BLE001 - anything can fail to pickle, in any way
+                entry = {"unserialisable": f"{type(e).__name__}: {e}"[:300]}
+            else:
+                sha = hashlib.sha256(data).hexdigest()
+                if previous.get("sha") == sha:
+                    _ids[name] = id(value)
+                    continue  # referred to, not changed
+                if sent + len(data) > max_bytes:
+                    entry = {"skipped": f"{len(data):,} bytes would exceed the size budget"}
+                else:
+                    _send(sha, data)
+                    sent += len(data)
+                    entry = {"sha": sha, "size": len(data)}
+        entry["cell"] = cell
+        if "skipped" in entry:
+            skipped.append(name)
+        _known[name] = entry
+        _ids[name] = id(value)
+    answer = {
+        "manifest": _known,
+        "bytes": sent,
+        "ms": round((time.perf_counter() - started) * 1000, 2),
+        "skipped": skipped,
+    }
+    return Verbatim(json.dumps(answer))
+
+
+def stage(sha: str, offset: int) -> int:
+    """Keep the request's buffer as the bytes of ``sha`` from ``offset``; returns how many
+    are staged."""
+    data = _kernel().get_parent("shell").get("buffers") or [b""]
+    staged = _staged.setdefault(sha, bytearray())
+    if offset != len(staged):
+        raise ValueError(f"a piece of {sha} arrived out of order")
+    staged += data[0]
+    return len(staged)
+
+
+def restore(manifest_json: str) -> Verbatim:
+    """Bind the manifest's variables in the user's namespace, from the staged bytes and by
+    import; JSON ``{"restored": [names], "failed": {name: why}}``. What cannot come back here
+    (unserialisable, skipped) is the server's to re-run."""
+    import pickle
+
+    manifest = json.loads(manifest_json)
+    namespace = _kernel().shell.user_ns
+    _restored.clear()
+    restored, failed = [], {}
+    for name, entry in sorted(manifest.items()):
+        try:
+            if "module" in entry:
+                value = importlib.import_module(entry["module"])
+            elif "sha" in entry:
+                data = bytes(_staged.pop(entry["sha"]))
+                if hashlib.sha256(data).hexdigest() != entry["sha"]:
+                    raise ValueError("its bytes did not arrive intact (sha256 differs)")
+                value = pickle.loads(data)
+            else:
+                continue
+        except Exception as e:  # noqa: BLE001 - each variable on its own
+            failed[name] = f"{type(e).__name__}: {e}"[:300]
+            continue
+        namespace[name] = value
+        _known[name] = entry
+        _ids[name] = id(value)
+        _restored[name] = value
+        restored.append(name)
+    _staged.clear()
+    return Verbatim(json.dumps({"restored": restored, "failed": failed}))
+
+
+def rebind() -> int:
+    """Bind again what the last restore bound: cells re-run after it to remake what a
+    snapshot cannot hold (an open file) may also have set older values of kept variables."""
+    namespace = _kernel().shell.user_ns
+    for name, value in _restored.items():
+        namespace[name] = value
+        _ids[name] = id(value)
+    count = len(_restored)
+    _restored.clear()
+    return count
+
+
+def _namespace() -> dict[str, Any]:
+    """The user's variables: not IPython's, not what the namespace started with."""
+    shell = _kernel().shell
+    hidden = shell.user_ns_hidden
+    return {
+        name: value
+        for name, value in shell.user_ns.items()
+        if not INTERNAL.fullmatch(name)
+        and name not in BUILTIN_NAMES
+        and not (name in hidden and hidden[name] is value)
+    }
+
+
+def _names_in(code: str) -> set[str]:
+    """The names a cell's code mentions (after IPython's transformations: magics become
+    calls); all of them if it does not parse."""
+    try:
+        shell = _kernel().shell
+        tree = ast.parse(shell.transform_cell(code))
+    except Exception:  # noqa: BLE001 - unparsable: every name may have changed
+        return set(_namespace())
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+
+
+def _dumps(value: Any) -> bytes:
+    import cloudpickle
+
+    return cloudpickle.dumps(value, protocol=5)
+
+
+def _send(sha: str, data: bytes) -> None:
+    kernel = _kernel()
+    parent = kernel.get_parent("shell")
+    view = memoryview(data)
+    for offset in range(0, max(len(data), 1), PIECE):
+        kernel.session.send(
+            kernel.iopub_socket,
+            "comm_msg",
+            {"comm_id": STATE_COMM, "data": {"sha": sha, "offset": offset}},
+            parent=parent,
+            ident=f"comm-{STATE_COMM}".encode(),
+            buffers=[view[offset : offset + PIECE]],
+        )

@@ -1,0 +1,151 @@
+"""Namespace snapshots: branches and kernels that were gone come back by restore, not by
+re-running every cell; over the real API, with real sandboxed kernels."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import nbformat
+import pytest
+
+from kernelagent.services.files import blob_key
+
+pytestmark = pytest.mark.sandbox
+
+SLOW = 4  # seconds a cell of the record computes: a restore must not repeat it
+
+RECORD = [
+    "import time\nimport numpy as np\nimport pandas as pd",
+    f"time.sleep({SLOW})\ndf = pd.DataFrame({{'a': range(1000), 'b': ['x'] * 1000}})\n"
+    "arr = np.arange(10.0)",
+    "def double(x):\n    return 2 * x\n\n"
+    "class Point:\n    def __init__(self, v):\n        self.v = v\n\n"
+    "def adder(n):\n    def add(x):\n        return x + n\n    return add\n\n"
+    "add5 = adder(5)\np = Point(7)",
+    "from sklearn.linear_model import LinearRegression\n"
+    "model = LinearRegression().fit(arr.reshape(-1, 1), arr * 3 + 1)",
+    "import plotly.graph_objects as go\nfig = go.Figure(go.Scatter(y=[1, 4, 9]))",
+    "log = open('log.txt', 'w')\nseen = [1]",
+    "seen.append(2)",
+]
+
+CHECK = (
+    "(int(df.a.sum()), df.b.iloc[-1], float(arr.sum()), double(4), add5(1), p.v,"
+    " isinstance(p, Point), round(float(model.predict([[2.0]])[0]), 3), list(fig.data[0].y),"
+    " log.closed, seen, np.__name__)"
+)
+EXPECTED = "(499500, 'x', 45.0, 8, 6, 7, True, 7.0, [1, 4, 9], False, [1, 2], 'numpy')"
+
+
+def value(cell_json) -> str:
+    outputs = cell_json["cell"]["outputs"]
+    return "".join(
+        o.get("text", "") if o["output_type"] == "stream" else o["data"]["text/plain"]
+        for o in outputs
+    )
+
+
+async def _record(server) -> tuple[str, list[dict]]:
+    sid = (await server.session())["id"]
+    ran = []
+    for code in RECORD:
+        cell = await server.run(sid, code)
+        assert cell["cell"]["metadata"]["kernelagent"]["status"] == "ok", cell
+        ran.append(cell)
+    return sid, ran
+
+
+async def _notes(server, sid) -> list[str]:
+    return [c.source for c in await server.services.db.cells.list(sid) if c.role == "system"]
+
+
+async def test_a_branch_restores_the_namespace_without_rerunning_slow_cells(ka_server):
+    sid, ran = await _record(ka_server)
+    await ka_server.services.supervisor.namespaces.settle(sid)
+    cells = await ka_server.services.db.cells.list(sid)
+    state = [c.metadata.get("state") for c in cells]
+    assert all(isinstance(s, dict) for s in state), state
+    assert set(state[5]["not_kept"]) == {"log"}  # an open file: made again by its cell
+    assert "pickle" in state[5]["not_kept"]["log"]
+
+    started = time.perf_counter()
+    child = await ka_server.json(
+        f"/api/v1/sessions/{sid}/branch", "POST", {"cell_id": ran[-1]["cell"]["id"]}
+    )
+    took = time.perf_counter() - started
+    assert took < SLOW, f"the branch took {took:.1f} s: cells were re-run"
+    assert value(await ka_server.run(child["id"], CHECK)) == EXPECTED
+    notes = await _notes(ka_server, child["id"])
+    assert any("restored from the snapshot after cell 6" in n for n in notes), notes
+    assert any("; 1 cells re-run" in n for n in notes), notes  # the one that opened the file
+    # the parent's own kernel is untouched
+    assert value(await ka_server.run(sid, "seen")) == "[1, 2]"
+
+
+async def test_a_culled_kernel_wakes_with_its_state_in_a_new_process(ka_server):
+    sid, _ = await _record(ka_server)
+    process = "get_ipython().kernel.session.session"  # a new uuid in each kernel process
+    before = value(await ka_server.run(sid, process))
+    supervisor = ka_server.services.supervisor
+    assert await supervisor.cull_idle(ttl=0) == [sid]
+    started = time.perf_counter()
+    woke = await ka_server.run(sid, CHECK)
+    took = time.perf_counter() - started
+    assert value(woke) == EXPECTED
+    assert took < SLOW, f"waking took {took:.1f} s: cells were re-run"
+    assert value(await ka_server.run(sid, process)) != before
+    notes = await _notes(ka_server, sid)
+    assert any("restored from the snapshot" in n for n in notes), notes
+
+
+async def test_unchanged_variables_are_stored_once(ka_server):
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "big = bytes(range(256)) * 4096")
+    await ka_server.run(sid, "small = 1")
+    await ka_server.run(sid, "len(big)")  # mentions big, does not change it
+    await ka_server.run(sid, "big = big + b'!'")
+    await ka_server.services.supervisor.namespaces.settle(sid)
+    states = [c.metadata["state"] for c in await ka_server.services.db.cells.list(sid)]
+    assert states[0]["bytes"] > 10**6
+    assert states[1]["bytes"] < 1000 and states[2]["bytes"] == 0
+    assert states[3]["bytes"] > 10**6
+    assert [s["variables"] for s in states] == [1, 2, 2, 2]
+    assert states[3]["total"] == sum(s["bytes"] for s in states)
+    storage = ka_server.services.storage
+    manifest = json.loads(await storage.get(blob_key(states[2]["manifest"])))
+    assert set(manifest) == {"big", "small"} and manifest["big"]["cell"] == 0
+
+
+async def test_without_a_usable_snapshot_the_state_comes_back_by_replay(ka_server):
+    sid = (await ka_server.session())["id"]
+    made = await ka_server.run(sid, "x = 40 + 2")
+    await ka_server.services.supervisor.namespaces.settle(sid)
+    cells = await ka_server.services.db.cells.list(sid)
+    await ka_server.services.storage.delete(blob_key(cells[0].metadata["state"]["manifest"]))
+    child = await ka_server.json(
+        f"/api/v1/sessions/{sid}/branch", "POST", {"cell_id": made["cell"]["id"]}
+    )
+    assert value(await ka_server.run(child["id"], "x")) == "42"
+    notes = await _notes(ka_server, child["id"])
+    assert any("rebuilt by replaying 1 cells" in n for n in notes), notes
+
+
+async def test_an_imported_notebook_cannot_name_a_snapshot(ka_server):
+    """A snapshot is the server's record of a session's kernel: a notebook's metadata (any
+    file a user uploads) cannot point a session at one, its own or another's."""
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "secret = 'theirs'")
+    await ka_server.services.supervisor.namespaces.settle(sid)
+    theirs = (await ka_server.services.db.cells.list(sid))[0].metadata["state"]
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("mine = 1")
+    cell.metadata["kernelagent"] = {"role": "web", "status": "ok", "state": theirs}
+    nb.cells = [cell]
+    imported = await ka_server.fetch(
+        "/api/v1/notebooks?replay=true", "POST", raw=nbformat.writes(nb).encode()
+    )
+    assert imported.code == 201, imported.body
+    new = json.loads(imported.body)["id"]
+    assert value(await ka_server.run(new, "'secret' in dir(), mine")) == "(False, 1)"
+    assert "state" not in (await ka_server.services.db.cells.list(new))[0].metadata
