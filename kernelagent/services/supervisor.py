@@ -265,7 +265,8 @@ class KernelSupervisor:
         await self.state.release("kernel", session.id)
         await self.recorder.note(
             session.id,
-            f"{why}; the next cell starts a new one, with its state rebuilt by replay.",
+            f"{why}; the next cell starts a new one, with its state restored from the last "
+            "namespace snapshot (or by replay).",
             held=held,
         )
 

@@ -36,14 +36,14 @@ def describe_cell(
         reason = str(error.get("evalue", "the kernel died"))
         if "out of memory" in reason:
             head = (
-                f"OUT OF MEMORY: {reason}. The next cell gets a new kernel with the earlier "
-                "cells replayed (not this one). Use less memory: fewer columns (usecols), "
-                "chunks, smaller dtypes.\n"
+                f"OUT OF MEMORY: {reason}. The next cell gets a new kernel with the state "
+                "of the earlier cells restored (not this one's). Use less memory: fewer "
+                "columns (usecols), chunks, smaller dtypes.\n"
             )
         else:
             head = (
-                f"KERNEL DIED: {reason}. The next cell gets a new kernel whose state is "
-                "rebuilt by replaying the earlier cells (not this one).\n"
+                f"KERNEL DIED: {reason}. The next cell gets a new kernel with the state "
+                "of the earlier cells restored (not this one's).\n"
             )
     elif cell.status == "interrupted":
         head = "INTERRUPTED by the user.\n"

@@ -183,7 +183,7 @@ async def test_a_replica_killed_mid_turn_and_mid_upload_loses_nothing_completed(
     failed = watch.events[-1]
     assert failed.type == "turn.failed" and "stopped" in failed.data["error"], failed
 
-    # the others serve the session: its state rebuilt by replay, its completed upload there
+    # the others serve the session: its state restored or replayed, its completed upload there
     async with asyncio.timeout(4 * LEASE + 20):
         while True:
             cell = await client.pick().fetch(
