@@ -34,7 +34,8 @@ PIECE = 4 * 1024 * 1024  # bytes per comm message
 INTERNAL = re.compile(r"_(_{0,2}|i{1,3}|\d+|i\d+|dh|oh|ih|sh)")
 BUILTIN_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
-_last: dict[str, Any] | None = None  # the last cell that ran, as ``post_run_cell`` saw it
+_ran_since: list[str] = []  # the code of the cells run since the last capture
+_last_ok = False  # whether the last of them succeeded
 _known: dict[str, dict[str, Any]] = {}  # name → its entry in the last manifest
 _ids: dict[str, int] = {}  # name → id() of its object when last captured
 _staged: dict[str, bytearray] = {}  # sha256 → bytes received for a restore
@@ -51,12 +52,14 @@ def unregister(shell: Any) -> None:
 
 
 def _ran(result: Any) -> None:
-    """Remember the last cell a user ran (not the silent requests of the server)."""
-    global _last
+    """Remember the cells run (not the server's silent requests): a failed one may have
+    changed what it mentions too, and the next capture looks at it."""
+    global _last_ok
     info = result.info
     if info is None or info.silent:
         return
-    _last = {"ok": bool(result.success), "code": info.raw_cell or ""}
+    _ran_since.append(info.raw_cell or "")
+    _last_ok = bool(result.success)
 
 
 def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
@@ -67,16 +70,16 @@ def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
     ``{"module": name}``, ``{"unserialisable": why}`` or ``{"skipped": why}``, each with the
     ``cell`` that last set it. ``max_bytes``: what this snapshot may add; ``max_seconds``: how
     long it may take (what is left is skipped, and says so)."""
-    global _last
-    last, _last = _last, None
-    if last is None or not last["ok"]:
+    if not _ran_since or not _last_ok:
         return Verbatim("null")
+    codes = list(_ran_since)
+    _ran_since.clear()
     started = time.perf_counter()
     namespace = _namespace()
     for gone in set(_known) - set(namespace):
         del _known[gone]
         _ids.pop(gone, None)
-    mentioned = _names_in(last["code"])
+    mentioned = set().union(*(_names_in(code) for code in codes))
     candidates = sorted(
         name
         for name, value in namespace.items()

@@ -149,3 +149,16 @@ async def test_an_imported_notebook_cannot_name_a_snapshot(ka_server):
     new = json.loads(imported.body)["id"]
     assert value(await ka_server.run(new, "'secret' in dir(), mine")) == "(False, 1)"
     assert "state" not in (await ka_server.services.db.cells.list(new))[0].metadata
+
+
+async def test_what_a_failed_cell_changed_is_in_the_next_snapshot(ka_server):
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "x = [1]")
+    await ka_server.run(sid, "x.append(2)\n1 / 0")  # failed, after changing x in place
+    last = await ka_server.run(sid, "y = 3")
+    child = await ka_server.json(
+        f"/api/v1/sessions/{sid}/branch", "POST", {"cell_id": last["cell"]["id"]}
+    )
+    assert value(await ka_server.run(child["id"], "x, y")) == "([1, 2], 3)"
+    notes = await _notes(ka_server, child["id"])
+    assert any("restored from the snapshot after cell 2 (2 variables; 0 cells" in n for n in notes)
