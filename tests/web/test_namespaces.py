@@ -8,6 +8,7 @@ import time
 
 import nbformat
 import pytest
+from conftest import backend_settings, running
 
 from kernelagent.services.files import blob_key
 
@@ -162,3 +163,31 @@ async def test_what_a_failed_cell_changed_is_in_the_next_snapshot(ka_server):
     assert value(await ka_server.run(child["id"], "x, y")) == "([1, 2], 3)"
     notes = await _notes(ka_server, child["id"])
     assert any("restored from the snapshot after cell 2 (2 variables; 0 cells" in n for n in notes)
+
+
+@pytest.fixture(params=["embedded"])
+async def small_budget(request, tmp_path, unused_port):
+    """A server that keeps at most 100 kB of snapshots per session."""
+    settings = backend_settings(request, tmp_path, unused_port, state_limit=100_000)
+    async with running(settings) as server:
+        yield server
+
+
+async def test_budgets_skip_what_is_too_large_and_say_so(small_budget):
+    sid = (await small_budget.session())["id"]
+    await small_budget.run(sid, "small = list(range(100))")
+    big = await small_budget.run(sid, "big = bytes(500_000)\nafter = 1")
+    await small_budget.services.supervisor.namespaces.settle(sid)
+    state = (await small_budget.services.db.cells.list(sid))[-1].metadata["state"]
+    assert set(state["not_kept"]) == {"big"}
+    assert "size budget" in state["not_kept"]["big"]
+    assert state["total"] < 100_000
+    child = await small_budget.json(
+        f"/api/v1/sessions/{sid}/branch", "POST", {"cell_id": big["cell"]["id"]}
+    )
+    assert (
+        value(await small_budget.run(child["id"], "len(big), after, small[-1]"))
+        == "(500000, 1, 99)"
+    )
+    notes = await _notes(small_budget, child["id"])
+    assert any("; 1 cells re-run" in n for n in notes), notes  # the one that made big
