@@ -279,7 +279,8 @@ class KernelSupervisor:
 
     async def cull_idle(self, ttl: float) -> list[str]:
         """Shut down kernels idle for ``ttl`` seconds (never one running a cell: it holds the
-        session's lock); their sessions stay. Returns their ids."""
+        session's lock; never one another server process holds); their sessions stay.
+        Returns their ids."""
         culled = []
         for session_id, used in list(self.last_used.items()):
             if time.monotonic() - used < ttl:
@@ -290,6 +291,9 @@ class KernelSupervisor:
                     self.last_used.pop(session_id, None)
                     if session is None or not session.kernel_id:
                         continue
+                    owner = await self.state.owner("kernel", session_id)
+                    if owner is not None and owner != self.state.process_id:
+                        continue  # another process holds its kernel now: not ours to stop
                     await self.stop(
                         session,
                         f"The kernel was shut down after {ttl / 60:g} minutes idle",

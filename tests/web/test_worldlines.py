@@ -8,6 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from kernelagent.adapters.runtime import make_runtime
 from kernelagent.services.files import blob_key
 from kernelagent.services.replay import comparable
 
@@ -150,6 +151,25 @@ async def test_idle_kernels_are_culled_and_come_back(ka_server):
     # culled, not deleted: Jupyter clients keep its kernel id, and its next use brings it back
     assert after["kernel_id"] == sid and after["status"] == "idle"
     assert value(await ka_server.run(sid, "kept")) == "42"
+
+
+@pytest.mark.parametrize("ka_server", ["networked"], indirect=True)
+async def test_the_culler_leaves_kernels_another_process_holds(ka_server):
+    """With several server processes, each culls only the kernels it holds (a session it
+    used may have moved to another)."""
+    settings = ka_server.app.settings
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "kept = 1")
+    kernel = (await ka_server.services.db.sessions.get(sid)).kernel_id
+    other = make_runtime(settings.redis_url, settings.process_lease)
+    await other.start("http://127.0.0.1:9")
+    try:
+        await other.claim("kernel", sid)
+        assert await ka_server.services.supervisor.cull_idle(ttl=0) == []
+        assert await ka_server.services.kernels.is_alive(kernel)
+    finally:
+        await other.release("kernel", sid)
+        await other.close()
 
 
 async def test_files_are_stored_once_per_content(ka_server):
