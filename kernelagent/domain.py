@@ -196,11 +196,14 @@ class FileStat:
 
 @dataclasses.dataclass(frozen=True)
 class NamespaceCapture:
-    """A namespace snapshot as the kernel answered it: the manifest of every variable (by
-    name: ``sha``/``size``, ``module``, ``unserialisable`` or ``skipped``, and the ``cell``
-    that last set it) and the bytes that were new."""
+    """A namespace snapshot as the kernel answered it: what changed since the capture ``base``
+    (entries by name: ``sha``/``size``, ``module``, ``unserialisable`` or ``skipped``, each with
+    the ``cell`` that set it; and the names removed), and the bytes that were new."""
 
-    manifest: dict[str, dict[str, Any]]
+    id: str
+    base: str | None
+    changes: dict[str, dict[str, Any]]
+    removed: list[str]
     blobs: dict[str, bytes]
     ms: float
     skipped: list[str]

@@ -11,8 +11,8 @@ Example::
     state = KernelState(kernels.execute)
     pending = await state.begin_capture(kernel_id, cell=3, max_bytes=10**9, max_seconds=2)
     ... the cell runs and replies ...
-    capture = await state.finish_capture(pending)   # manifest, and the new variables' bytes
-    report = await state.restore(new_kernel_id, capture.manifest, capture.blobs)
+    capture = await state.finish_capture(pending)   # what changed, and the new bytes
+    report = await state.restore(new_kernel_id, manifest, blobs, capture.id)
 """
 
 from __future__ import annotations
@@ -51,24 +51,33 @@ class KernelState:
         finally:
             run.close()
         return NamespaceCapture(
-            manifest=answer["manifest"],
+            id=str(answer["id"]),
+            base=answer["base"],
+            changes=answer["changes"],
+            removed=list(answer["removed"]),
             blobs={sha: b"".join(parts) for sha, parts in pieces.items()},
             ms=float(answer["ms"]),
             skipped=list(answer["skipped"]),
         )
 
     async def restore(
-        self, kernel_id: str, manifest: dict[str, dict[str, Any]], blobs: dict[str, bytes]
+        self,
+        kernel_id: str,
+        manifest: dict[str, dict[str, Any]],
+        blobs: dict[str, bytes],
+        snapshot_id: str,
     ) -> NamespaceRestored:
         """Bind ``manifest``'s variables in the kernel, their bytes from ``blobs`` (by sha256);
-        the kernel checks each sha256."""
+        the kernel checks each sha256. Its next capture is relative to ``snapshot_id``."""
         calls = [
             ("stage", (sha, at), data[at : at + PIECE])
             for sha, data in blobs.items()
             for at in range(0, max(len(data), 1), PIECE)
         ]
         await self.kernel.calls(kernel_id, calls, self._staged)
-        answer = json.loads(await self.kernel.call(kernel_id, "restore", json.dumps(manifest)))
+        answer = json.loads(
+            await self.kernel.call(kernel_id, "restore", json.dumps(manifest), snapshot_id)
+        )
         return NamespaceRestored(list(answer["restored"]), dict(answer["failed"]))
 
     async def rebind(self, kernel_id: str) -> int:

@@ -5,8 +5,10 @@ have changed (new or rebound names, and the names its code mentions, since those
 mutated in place) are serialised with cloudpickle (pickle protocol 5: arrays and DataFrames go
 as their raw buffers), and a variable whose bytes are the same as last time is not sent again.
 What changed travels to the server as binary ``comm_msg`` buffers on iopub, parented to the
-request (as a file read does); the answer is the whole namespace's manifest, each entry naming
-the cell that last set it. ``stage`` and ``restore`` do the reverse in a new kernel.
+request (as a file read does). The answer is what changed since the last capture, each entry
+naming the cell that set it, with the capture's id and the id of the one before (``base``): the
+server folds these changes in order into the namespace at any cell, and a missing link shows.
+``stage`` and ``restore`` do the reverse in a new kernel.
 
 An object that cannot be serialised (an open file, a socket, a generator) is recorded as such,
 with its cell; so is one skipped for the size or time budget. Nothing here ever runs in the
@@ -24,6 +26,7 @@ import json
 import re
 import time
 import types
+import uuid
 from typing import Any
 
 from kernelagent.kernelside.files import Verbatim, _kernel
@@ -38,6 +41,9 @@ _ran_since: list[str] = []  # the code of the cells run since the last capture
 _last_ok = False  # whether the last of them succeeded
 _known: dict[str, dict[str, Any]] = {}  # name → its entry in the last manifest
 _ids: dict[str, int] = {}  # name → id() of its object when last captured
+_process = uuid.uuid4().hex[:12]  # names this kernel process's captures
+_captures = 0
+_last_id: str | None = None  # the last capture's id: the next one's base
 _staged: dict[str, bytearray] = {}  # sha256 → bytes received for a restore
 _restored: dict[str, Any] = {}  # name → the object the last restore bound
 
@@ -63,22 +69,26 @@ def _ran(result: Any) -> None:
 
 
 def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
-    """Snapshot what the last cell changed; JSON ``{"manifest": {name: entry}, "bytes": n,
-    "ms": t, "skipped": [...]}`` (or ``null`` when the last cell failed or nothing ran).
+    """Snapshot what the cells since the last capture changed; JSON ``{"id", "base",
+    "changes": {name: entry}, "removed": [names], "bytes", "ms", "skipped"}`` (or ``null``
+    when the last cell failed or nothing ran: the next capture takes its changes too).
 
     An entry is ``{"sha": …, "size": …}`` (its bytes went to the server if they were new),
     ``{"module": name}``, ``{"unserialisable": why}`` or ``{"skipped": why}``, each with the
     ``cell`` that last set it. ``max_bytes``: what this snapshot may add; ``max_seconds``: how
     long it may take (what is left is skipped, and says so)."""
+    global _captures, _last_id
     if not _ran_since or not _last_ok:
         return Verbatim("null")
     codes = list(_ran_since)
     _ran_since.clear()
     started = time.perf_counter()
     namespace = _namespace()
-    for gone in set(_known) - set(namespace):
+    removed = sorted(set(_known) - set(namespace))
+    for gone in removed:
         del _known[gone]
         _ids.pop(gone, None)
+    changes: dict[str, dict[str, Any]] = {}
     mentioned = set().union(*(_names_in(code) for code in codes))
     candidates = sorted(
         name
@@ -116,10 +126,15 @@ def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
         entry["cell"] = cell
         if "skipped" in entry:
             skipped.append(name)
-        _known[name] = entry
+        _known[name] = changes[name] = entry
         _ids[name] = id(value)
+    _captures += 1
+    base, _last_id = _last_id, f"{_process}-{_captures}"
     answer = {
-        "manifest": _known,
+        "id": _last_id,
+        "base": base,
+        "changes": changes,
+        "removed": removed,
         "bytes": sent,
         "ms": round((time.perf_counter() - started) * 1000, 2),
         "skipped": skipped,
@@ -138,15 +153,20 @@ def stage(sha: str, offset: int) -> int:
     return len(staged)
 
 
-def restore(manifest_json: str) -> Verbatim:
+def restore(manifest_json: str, snapshot_id: str) -> Verbatim:
     """Bind the manifest's variables in the user's namespace, from the staged bytes and by
     import; JSON ``{"restored": [names], "failed": {name: why}}``. What cannot come back here
-    (unserialisable, skipped) is the server's to re-run."""
+    (unserialisable, skipped) is the server's to re-run. The next capture's changes are
+    relative to ``snapshot_id``, the capture this manifest is the namespace of."""
     import pickle
 
+    global _last_id
+    _last_id = snapshot_id
     manifest = json.loads(manifest_json)
     namespace = _kernel().shell.user_ns
     _restored.clear()
+    _known.clear()
+    _known.update(manifest)  # what is not bound here comes back by its cell, run after
     restored, failed = [], {}
     for name, entry in sorted(manifest.items()):
         try:
@@ -178,6 +198,10 @@ def rebind() -> int:
     for name, value in _restored.items():
         namespace[name] = value
         _ids[name] = id(value)
+    for name in _known.keys() - _restored.keys():  # remade by their cells just now
+        if name in namespace:
+            _ids[name] = id(namespace[name])
+    _ran_since.clear()
     count = len(_restored)
     _restored.clear()
     return count

@@ -1,10 +1,11 @@
 """NamespaceSnapshots: a session's variables kept after each cell, and brought back by restore.
 
 * ``begin()`` queues a capture right behind a cell (the kernel runs it after the cell's reply,
-  before the next cell); ``finish()`` stores what it found, off the cell's path: each
+  before the next cell); ``finish()`` stores what it found, off the cell's path: each changed
   variable's bytes content-addressed beside the workspace's files (a variable that did not
-  change is never stored twice), the namespace's manifest likewise, and the cell's metadata
-  ``state`` names the manifest, what the snapshot cost and what it could not keep.
+  change is never stored twice), and the cell's metadata ``state`` what changed (by name: the
+  bytes' sha256, or why they could not be kept), what it cost, and the capture's place in the
+  chain (``id``, ``base``): the namespace at any cell is the changes folded in order.
 * ``restore()`` gives a fresh kernel the namespace of the last snapshot in a list of cells and
   answers which cells must still run: those after the snapshot, and the ones that made what a
   snapshot cannot hold (an open file, a generator), or what a budget skipped. If anything goes
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import json
 import logging
 from typing import Any
 
@@ -116,28 +115,29 @@ class NamespaceSnapshots:
                 return
             for sha, data in capture.blobs.items():
                 await self._keep(sha, data)
-            manifest = json.dumps(capture.manifest, sort_keys=True).encode()
-            manifest_sha = hashlib.sha256(manifest).hexdigest()
-            await self._keep(manifest_sha, manifest)
             added = sum(len(b) for b in capture.blobs.values())
             total = await self._stored_bytes(cell.session_id) + added
             self._stored[cell.session_id] = total
-            lost = {
-                name: entry.get("unserialisable") or entry.get("skipped")
-                for name, entry in capture.manifest.items()
-                if entry.get("cell") == cell.index
-                and ("sha" not in entry and "module" not in entry)
-            }
             note: dict[str, Any] = {
-                "manifest": manifest_sha,
-                "variables": len(capture.manifest),
+                "id": capture.id,
+                "base": capture.base,
+                "changes": capture.changes,
                 "bytes": added,
                 "total": total,
                 "ms": capture.ms,
             }
+            if capture.removed:
+                note["removed"] = capture.removed
+            lost = {
+                name: entry.get("unserialisable") or entry.get("skipped")
+                for name, entry in capture.changes.items()
+                if "sha" not in entry and "module" not in entry
+            }
             if lost:
                 note["not_kept"] = lost
             await self.db.cells.annotate(cell.id, KEY, note)
+        except KernelAgentError as e:  # the kernel went away meanwhile (shut down, died)
+            log.info("no namespace snapshot after cell %s: %s", cell.id, e)
         except Exception:
             log.exception("the namespace snapshot after cell %s was not stored", cell.id)
 
@@ -146,24 +146,23 @@ class NamespaceSnapshots:
         cells still to run come with it. None (and why) when the caller must replay."""
         if not self.enabled:
             return None, "namespace snapshots are off"
-        code = [c for c in cells if c.cell_type == "code" and c.status not in ("died", "pending")]
-        last = next((c for c in reversed(code) if isinstance(c.metadata.get(KEY), dict)), None)
-        if last is None:
-            return None, "no snapshot was taken"
+        folded = fold(cells)
+        if folded is None:
+            return None, "no namespace snapshot was taken"
+        last, snapshot_id, manifest = folded
         try:
-            manifest = json.loads(await self.storage.get(blob_key(last.metadata[KEY]["manifest"])))
             shas = {e["sha"] for e in manifest.values() if "sha" in e}
             blobs = {sha: await self.storage.get(blob_key(sha)) for sha in shas}
-            restored = await self.kernel_state.restore(kernel_id, manifest, blobs)
+            restored = await self.kernel_state.restore(kernel_id, manifest, blobs, snapshot_id)
         except Exception as e:  # noqa: BLE001 - storage, kernel, data: replay covers them all
             return None, f"{type(e).__name__}: {e}"
-        missing = {
+        remake = {
             int(entry["cell"])
             for name, entry in manifest.items()
             if name not in restored.restored and "cell" in entry
         }
         after = [c.index for c in cells if c.index > last.index]
-        return Restoration(last.index, len(restored.restored), sorted(missing), after), ""
+        return Restoration(last.index, len(restored.restored), sorted(remake), after), ""
 
     async def rebind(self, kernel_id: str) -> None:
         await self.kernel_state.rebind(kernel_id)
@@ -183,6 +182,28 @@ class NamespaceSnapshots:
             ]
             self._stored[session_id] = int(totals[-1]) if totals else 0
         return self._stored[session_id]
+
+
+def fold(cells: list[Cell]) -> tuple[Cell, str, dict[str, dict[str, Any]]] | None:
+    """The namespace as of the last snapshot of ``cells`` that a whole chain of captures
+    leads to: (its cell, its capture id, the manifest). A capture with no base starts over (a
+    new kernel's first); one whose base is not the capture before it (that record is missing)
+    ends the chain there."""
+    manifest: dict[str, dict[str, Any]] = {}
+    found: tuple[Cell, str] | None = None
+    for cell in cells:
+        state = cell.metadata.get(KEY)
+        if cell.cell_type != "code" or not isinstance(state, dict) or "id" not in state:
+            continue
+        if state.get("base") is None:
+            manifest = {}
+        elif found is None or state["base"] != found[1]:
+            break
+        for name in state.get("removed", ()):
+            manifest.pop(name, None)
+        manifest.update(state.get("changes", {}))
+        found = (cell, str(state["id"]))
+    return None if found is None else (*found, manifest)
 
 
 def without_state(metadata: dict[str, Any]) -> dict[str, Any]:

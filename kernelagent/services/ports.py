@@ -269,9 +269,14 @@ class NamespaceState(Protocol):
         ...
 
     async def restore(
-        self, kernel_id: str, manifest: dict[str, dict[str, Any]], blobs: dict[str, bytes]
+        self,
+        kernel_id: str,
+        manifest: dict[str, dict[str, Any]],
+        blobs: dict[str, bytes],
+        snapshot_id: str,
     ) -> NamespaceRestored:
-        """Bind the manifest's variables in a fresh kernel."""
+        """Bind the manifest's variables in a fresh kernel (the namespace of capture
+        ``snapshot_id``: the kernel's next capture is relative to it)."""
         ...
 
     async def rebind(self, kernel_id: str) -> int:

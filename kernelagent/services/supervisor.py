@@ -24,7 +24,6 @@ from kernelagent.domain import Cell, Session, SessionStatus
 from kernelagent.errors import Conflict, LimitExceeded
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
-from kernelagent.services.namespaces import KEY as STATE_KEY
 from kernelagent.services.namespaces import NamespaceSnapshots, Restoration
 from kernelagent.services.ports import Database, KernelBackend, RuntimeState, SessionLocks
 from kernelagent.services.recording import Recorder
@@ -179,15 +178,15 @@ class KernelSupervisor:
         self, session: Session, kernel_id: str, cells: list[Cell]
     ) -> tuple[Restoration | None, str]:
         """The namespace of the last snapshot, with the files as they were after its cell."""
-        snapshotted = [c for c in cells if isinstance(c.metadata.get(STATE_KEY), dict)]
-        if not snapshotted:
-            return None, "no namespace snapshot was taken"
-        at = snapshotted[-1].index
+        restoration, why = await self.namespaces.restore(kernel_id, cells)
+        if restoration is None:
+            return None, why
+        at = restoration.index
         try:
             await self.files.restore(session, latest_snapshot([c for c in cells if c.index <= at]))
         except Exception as e:  # noqa: BLE001 - then the files come back the replay's way
             return None, f"the files of cell {at} could not be restored: {e}"
-        return await self.namespaces.restore(kernel_id, cells)
+        return restoration, ""
 
     async def _restore_files(self, session: Session, cells: list[Cell]) -> None:
         snapshot = latest_snapshot(cells)

@@ -3,6 +3,7 @@ re-running every cell; over the real API, with real sandboxed kernels."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -67,6 +68,7 @@ async def test_a_branch_restores_the_namespace_without_rerunning_slow_cells(ka_s
     cells = await ka_server.services.db.cells.list(sid)
     state = [c.metadata.get("state") for c in cells]
     assert all(isinstance(s, dict) for s in state), state
+    assert set(state[1]["changes"]) == {"df", "arr"}  # not the modules of cell 0 again
     assert set(state[5]["not_kept"]) == {"log"}  # an open file: made again by its cell
     assert "pickle" in state[5]["not_kept"]["log"]
 
@@ -111,11 +113,13 @@ async def test_unchanged_variables_are_stored_once(ka_server):
     assert states[0]["bytes"] > 10**6
     assert states[1]["bytes"] < 1000 and states[2]["bytes"] == 0
     assert states[3]["bytes"] > 10**6
-    assert [s["variables"] for s in states] == [1, 2, 2, 2]
+    assert [set(s["changes"]) for s in states] == [{"big"}, {"small"}, set(), {"big"}]
     assert states[3]["total"] == sum(s["bytes"] for s in states)
-    storage = ka_server.services.storage
-    manifest = json.loads(await storage.get(blob_key(states[2]["manifest"])))
-    assert set(manifest) == {"big", "small"} and manifest["big"]["cell"] == 0
+    assert [s["base"] for s in states] == [None] + [s["id"] for s in states[:-1]]  # a chain
+    first, second = states[0]["changes"]["big"]["sha"], states[3]["changes"]["big"]["sha"]
+    blobs = await ka_server.services.storage.list("blobs/")
+    assert [b for b in blobs if b.endswith(first)] == [blob_key(first)]
+    assert second != first and blob_key(second) in blobs
 
 
 async def test_without_a_usable_snapshot_the_state_comes_back_by_replay(ka_server):
@@ -123,7 +127,8 @@ async def test_without_a_usable_snapshot_the_state_comes_back_by_replay(ka_serve
     made = await ka_server.run(sid, "x = 40 + 2")
     await ka_server.services.supervisor.namespaces.settle(sid)
     cells = await ka_server.services.db.cells.list(sid)
-    await ka_server.services.storage.delete(blob_key(cells[0].metadata["state"]["manifest"]))
+    sha = cells[0].metadata["state"]["changes"]["x"]["sha"]
+    await ka_server.services.storage.delete(blob_key(sha))  # a snapshot that cannot be read
     child = await ka_server.json(
         f"/api/v1/sessions/{sid}/branch", "POST", {"cell_id": made["cell"]["id"]}
     )
@@ -163,6 +168,29 @@ async def test_what_a_failed_cell_changed_is_in_the_next_snapshot(ka_server):
     assert value(await ka_server.run(child["id"], "x, y")) == "([1, 2], 3)"
     notes = await _notes(ka_server, child["id"])
     assert any("restored from the snapshot after cell 2 (2 variables; 0 cells" in n for n in notes)
+
+
+async def test_a_missing_link_in_the_chain_restores_up_to_it(ka_server):
+    """Each snapshot records what changed since the one before; if one of them was never
+    stored (its server died first), the state comes back from the last one before the gap
+    and the cells from there on run again."""
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "a = 1")
+    await ka_server.run(sid, "b = a + 1")
+    last = await ka_server.run(sid, "c = b + 1")
+    await ka_server.services.supervisor.namespaces.settle(sid)
+    cells = await ka_server.services.db.cells.list(sid)
+    await ka_server.services.db.cells.update(
+        dataclasses.replace(
+            cells[1], metadata={k: v for k, v in cells[1].metadata.items() if k != "state"}
+        )
+    )
+    child = await ka_server.json(
+        f"/api/v1/sessions/{sid}/branch", "POST", {"cell_id": last["cell"]["id"]}
+    )
+    assert value(await ka_server.run(child["id"], "a, b, c")) == "(1, 2, 3)"
+    notes = await _notes(ka_server, child["id"])
+    assert any("snapshot after cell 0 (1 variables; 2 cells re-run" in n for n in notes), notes
 
 
 @pytest.fixture(params=["embedded"])
