@@ -375,12 +375,13 @@ async def one_branch(srv: Server, probe: Probe, parent: Parent, at: int) -> dict
     done = time.perf_counter()
     totals, counts = probe.take()
     await srv.delete(child["id"])
-    if counts.get("replayer._one") != at or counts.get("db.cells.append_many") != 1:
-        raise RuntimeError(f"branch at {at} replayed/copied {counts}")
+    if counts.get("db.cells.append_many") != 1:
+        raise RuntimeError(f"branch at {at} copied {counts}")
     return {
         "branch": branched - started,
         "first": done - started,
         "parts": parts_of(branched - started, totals),
+        "replayed": counts.get("replayer._one", 0),  # 0: restored from the namespace snapshot
     }
 
 

@@ -26,7 +26,7 @@ from kernelagent.errors import KernelAgentError, KernelDied
 WINDOW = 4  # requests in flight (through Enterprise Gateway, one at a time moved ~30 MB/s)
 
 Execute = Callable[..., Awaitable[Any]]  # a backend's execute: returns a Run
-Call = tuple[str, tuple[Any, ...], bytes | None]  # function, arguments, buffer to send
+Call = tuple[str, tuple[Any, ...], bytes | list[bytes] | None]  # function, arguments, buffers
 Answer = Callable[[str, Run], Awaitable[Any]]  # a call's answer from its run
 
 
@@ -82,7 +82,11 @@ class KernelCalls:
         return answers
 
     async def send(
-        self, kernel_id: str, function: str, args: tuple[Any, ...], buffer: bytes | None = None
+        self,
+        kernel_id: str,
+        function: str,
+        args: tuple[Any, ...],
+        buffer: bytes | list[bytes] | None = None,
     ) -> Run:
         """The request for ``function(*args)``, in flight; the caller closes its run."""
         expression = f"{self.module}.{function}({', '.join(map(repr, args))})"
@@ -92,7 +96,7 @@ class KernelCalls:
             silent=True,
             store_history=False,
             user_expressions={"v": expression},
-            buffers=None if buffer is None else [buffer],
+            buffers=[buffer] if isinstance(buffer, bytes) else buffer,
         )
 
     async def value(self, run: Run, timeout: float | None = None) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kernelagent.adapters.kernel_calls import Execute, KernelCalls
+from kernelagent.adapters.kernel_calls import Call, Execute, KernelCalls
 from kernelagent.adapters.kernel_runs import Run
 from kernelagent.domain import NamespaceCapture, NamespaceRestored
 from kernelagent.kernelside.state import PIECE, STATE_COMM
@@ -69,12 +69,7 @@ class KernelState:
     ) -> NamespaceRestored:
         """Bind ``manifest``'s variables in the kernel, their bytes from ``blobs`` (by sha256);
         the kernel checks each sha256. Its next capture is relative to ``snapshot_id``."""
-        calls = [
-            ("stage", (sha, at), data[at : at + PIECE])
-            for sha, data in blobs.items()
-            for at in range(0, max(len(data), 1), PIECE)
-        ]
-        await self.kernel.calls(kernel_id, calls, self._staged)
+        await self.kernel.calls(kernel_id, _stage_calls(blobs), self._staged)
         answer = json.loads(
             await self.kernel.call(kernel_id, "restore", json.dumps(manifest), snapshot_id)
         )
@@ -86,3 +81,24 @@ class KernelState:
 
     async def _staged(self, function: str, run: Run) -> int:
         return int(await self.kernel.value(run))
+
+
+def _stage_calls(blobs: dict[str, bytes]) -> list[Call]:
+    """``stage`` requests of up to ``PIECE`` bytes each: small variables share one, a large
+    one takes several."""
+    calls: list[Call] = []
+    pieces: list[tuple[str, int]] = []
+    buffers: list[bytes] = []
+    size = 0
+    for sha, data in blobs.items():
+        for at in range(0, max(len(data), 1), PIECE):
+            piece = data[at : at + PIECE]
+            if buffers and size + len(piece) > PIECE:
+                calls.append(("stage", (pieces,), buffers))
+                pieces, buffers, size = [], [], 0
+            pieces.append((sha, at))
+            buffers.append(piece)
+            size += len(piece)
+    if buffers:
+        calls.append(("stage", (pieces,), buffers))
+    return calls

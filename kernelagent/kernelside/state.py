@@ -142,15 +142,20 @@ def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
     return Verbatim(json.dumps(answer))
 
 
-def stage(sha: str, offset: int) -> int:
-    """Keep the request's buffer as the bytes of ``sha`` from ``offset``; returns how many
-    are staged."""
-    data = _kernel().get_parent("shell").get("buffers") or [b""]
-    staged = _staged.setdefault(sha, bytearray())
-    if offset != len(staged):
-        raise ValueError(f"a piece of {sha} arrived out of order")
-    staged += data[0]
-    return len(staged)
+def stage(pieces: list[tuple[str, int]]) -> int:
+    """Keep the request's buffers as the bytes of ``(sha, offset)`` each (many small
+    variables travel in one request, a large one in several); returns how many bytes came."""
+    buffers = _kernel().get_parent("shell").get("buffers") or []
+    if len(buffers) != len(pieces):
+        raise ValueError(f"{len(pieces)} pieces announced, {len(buffers)} arrived")
+    count = 0
+    for (sha, offset), data in zip(pieces, buffers, strict=True):
+        staged = _staged.setdefault(sha, bytearray())
+        if offset != len(staged):
+            raise ValueError(f"a piece of {sha} arrived out of order")
+        staged += data
+        count += len(data)
+    return count
 
 
 def restore(manifest_json: str, snapshot_id: str) -> Verbatim:

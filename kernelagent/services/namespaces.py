@@ -31,6 +31,7 @@ from kernelagent.services.ports import Database, KernelRun, NamespaceState, Stor
 log = logging.getLogger(__name__)
 
 KEY = "state"  # the cell metadata key, written by this service only
+FETCHES = 16  # blobs fetched from storage at once for a restore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +152,8 @@ class NamespaceSnapshots:
             return None, "no namespace snapshot was taken"
         last, snapshot_id, manifest = folded
         try:
-            shas = {e["sha"] for e in manifest.values() if "sha" in e}
-            blobs = {sha: await self.storage.get(blob_key(sha)) for sha in shas}
+            shas = sorted({e["sha"] for e in manifest.values() if "sha" in e})
+            blobs = dict(zip(shas, await self._get_all(shas), strict=True))
             restored = await self.kernel_state.restore(kernel_id, manifest, blobs, snapshot_id)
         except Exception as e:  # noqa: BLE001 - storage, kernel, data: replay covers them all
             return None, f"{type(e).__name__}: {e}"
@@ -166,6 +167,16 @@ class NamespaceSnapshots:
 
     async def rebind(self, kernel_id: str) -> None:
         await self.kernel_state.rebind(kernel_id)
+
+    async def _get_all(self, shas: list[str]) -> list[bytes]:
+        """The blobs, a few fetched at a time (storage round trips overlap)."""
+        limit = asyncio.Semaphore(FETCHES)
+
+        async def get(sha: str) -> bytes:
+            async with limit:
+                return await self.storage.get(blob_key(sha))
+
+        return list(await asyncio.gather(*(get(sha) for sha in shas)))
 
     async def _keep(self, sha: str, data: bytes) -> None:
         key = blob_key(sha)
