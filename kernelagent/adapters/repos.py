@@ -193,6 +193,8 @@ _UPDATE_CELL = update(_CELLS).where(
     _CELLS.c.id == bindparam("_id"), _CELLS.c.session_id == bindparam("_session_id")
 )
 _TOUCH_SESSION = update(_SESSIONS).where(_SESSIONS.c.id == bindparam("_id"))
+_CELL_METADATA = select(_CELLS.c.metadata).where(_CELLS.c.id == bindparam("_id")).with_for_update()
+_SET_CELL_METADATA = update(_CELLS).where(_CELLS.c.id == bindparam("_id"))
 _INSERT_CELL = insert(_CELLS)
 _LAST_INDEX = select(func.max(_CELLS.c.index)).where(
     _CELLS.c.session_id == bindparam("_session_id")
@@ -278,14 +280,15 @@ class SqlCellRepo(_Repo):
     @writes
     def annotate(self, tx: Transaction, cell_id: str, key: str, value: Any) -> None:
         """Set one key of the cell's metadata, whatever else changes it meanwhile (the row
-        is read and written in one transaction, locked on PostgreSQL); nothing if it is gone."""
-        row = tx.get(CellRow, cell_id, with_for_update=True)
-        if row is None:
+        is read and written in one transaction, locked on PostgreSQL); nothing if it is gone.
+        Core statements: this runs once per cell."""
+        connection = tx.connection()
+        found = connection.execute(_CELL_METADATA, {"_id": cell_id}).first()
+        if found is None:
             return
-        metadata = json.loads(row.meta)
+        metadata = json.loads(found[0])
         metadata[key] = value
-        row.meta = json.dumps(metadata)
-        tx.add(row)
+        connection.execute(_SET_CELL_METADATA, {"_id": cell_id, "metadata": json.dumps(metadata)})
 
     @reads
     def get(self, tx: Transaction, cell_id: str) -> Cell | None:
