@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 GATEWAY_TIMEOUT = 24 * 3600.0  # a person's cell in JupyterLab runs until they interrupt it
 RECONNECT_WINDOW = 300.0  # seconds a disconnected client's messages are kept for it
 RECONNECT_BUFFER = 10_000  # messages kept per disconnected client (the oldest go first)
+SERVER_COMMS = "kernelagent."  # comm ids of what the server moves through iopub (files, snapshots)
 SendToClient = Callable[[str, KernelMessage], Awaitable[None]]
 AGENT_SPEC = "agent-"  # kernelspec name prefix of a session's own kernelspec
 
@@ -341,6 +342,8 @@ class GatewayChannel:
             if self.replayed and msg.msg_id in self.replayed:
                 self.replayed.discard(msg.msg_id)
                 continue
+            if _the_servers_own(msg):
+                continue
             await self._send(msg.channel, msg)
 
     async def _send(self, channel: str, msg: KernelMessage) -> None:
@@ -421,3 +424,11 @@ class GatewayChannel:
         if self.kernel is not None:
             self.kernel.close()
         self.service.closed(self)
+
+
+def _the_servers_own(msg: KernelMessage) -> bool:
+    """The bytes a file transfer or a namespace snapshot carries on iopub: the server's, in
+    comms of its own that no frontend has (and a binary frame some clients cannot read)."""
+    return msg.msg_type == "comm_msg" and str(msg.content.get("comm_id", "")).startswith(
+        SERVER_COMMS
+    )
