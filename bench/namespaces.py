@@ -29,10 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sessions import TOKEN, Client, Server, unused_port  # bench/ is on sys.path as a script
-
-from kernelagent.app import KernelAgentApp
-from kernelagent.config import Settings
+from sessions import Server, server  # bench/ is on sys.path as a script
 
 BUSY = (
     "import time as _time\n_t0 = _time.perf_counter()\n"
@@ -46,27 +43,10 @@ FRAME = (
 
 @contextlib.asynccontextmanager
 async def serving(tmp: Path, name: str, snapshots: bool):
-    port = unused_port()
-    settings = Settings(
-        data_dir=tmp / name,
-        port=port,
-        pool_size=2,
-        pool_preimport="",
-        token=TOKEN,
-        state_snapshots=snapshots,
-        kernel_idle_ttl=0,
-    )
-    app = KernelAgentApp(settings)
-    client = Client(port, TOKEN)
-    try:
-        await asyncio.wait_for(app.start(), 120)
-        await app.owner_token()
-        srv = Server(app, client)
+    """A server with a warm pool of 2, snapshots on or off, no idle culling of its own."""
+    async with server(tmp, name, 2, state_snapshots=snapshots, kernel_idle_ttl=0) as srv:
         await srv.pool_filled()
         yield srv
-    finally:
-        client.close()
-        await asyncio.wait_for(app.stop(), 120)
 
 
 def p(values: list[float], q: float) -> float:

@@ -159,10 +159,15 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def server(tmp: Path, name: str, pool_size: int) -> AsyncIterator[Server]:
+async def server(tmp: Path, name: str, pool_size: int, **overrides: Any) -> AsyncIterator[Server]:
     port = unused_port()
     settings = Settings(
-        data_dir=tmp / name, port=port, pool_size=pool_size, pool_preimport="", token=TOKEN
+        data_dir=tmp / name,
+        port=port,
+        pool_size=pool_size,
+        pool_preimport="",
+        token=TOKEN,
+        **overrides,
     )
     app = KernelAgentApp(settings)
     client = Client(port, TOKEN)

@@ -48,6 +48,13 @@ def blob_key(sha256: str) -> str:
     return f"blobs/{sha256[:2]}/{sha256}"
 
 
+async def keep_blob(storage: Storage, sha256: str, data: bytes) -> None:
+    """Store content under its sha256 once: a version already there is not written again."""
+    key = blob_key(sha256)
+    if not await storage.exists(key):
+        await storage.put(key, data)
+
+
 def notebook_key(session_id: str) -> str:
     return f"sessions/{session_id}/notebook.ipynb"
 
@@ -106,7 +113,7 @@ class FileService:
             await self.workspaces.write_file(session.id, rel, data)
         entry = FileEntry(rel, len(data), hashlib.sha256(data).hexdigest(), now())
         await self.storage.put(file_key(session.id, rel), data)
-        await self._keep_blob(entry.sha256, data)
+        await keep_blob(self.storage, entry.sha256, data)
         await self.db.files.upsert(session.id, entry)
         snapshot = await self.snapshot(session)
         await self.recorder.markdown(
@@ -169,7 +176,7 @@ class FileService:
                 modified = dt.datetime.fromtimestamp(stat.mtime_ns / 1e9, dt.UTC)
                 entry = FileEntry(rel, len(data), sha, modified)
                 await self.storage.put(file_key(session.id, rel), data)
-                await self._keep_blob(sha, data)
+                await keep_blob(self.storage, sha, data)
                 await self.db.files.upsert(session.id, entry)
                 changed = True
             seen[rel] = _Seen(stat.size, stat.mtime_ns, sha)
@@ -215,7 +222,7 @@ class FileService:
         entries = await self.db.files.list(session.id)
         manifest = json.dumps({e.path: e.sha256 for e in entries}, sort_keys=True).encode()
         sha = hashlib.sha256(manifest).hexdigest()
-        await self._keep_blob(sha, manifest)
+        await keep_blob(self.storage, sha, manifest)
         return sha
 
     async def manifest(self, snapshot: str | None) -> dict[str, str]:
@@ -241,11 +248,6 @@ class FileService:
             if rel not in current or have.get(rel) != sha:
                 await self.place(session.id, rel, sha)
         await self.mirror(session)
-
-    async def _keep_blob(self, sha256: str, data: bytes) -> None:
-        key = blob_key(sha256)
-        if not await self.storage.exists(key):
-            await self.storage.put(key, data)
 
     async def forget(self, session_id: str) -> None:
         """Drop a deleted session's workspace and cache (its storage prefix is removed by the

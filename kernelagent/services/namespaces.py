@@ -25,7 +25,7 @@ from typing import Any
 
 from kernelagent.domain import Cell
 from kernelagent.errors import KernelAgentError
-from kernelagent.services.files import blob_key
+from kernelagent.services.files import blob_key, keep_blob
 from kernelagent.services.ports import Database, KernelRun, NamespaceState, Storage
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class NamespaceSnapshots:
             if capture is None:
                 return
             for sha, data in capture.blobs.items():
-                await self._keep(sha, data)
+                await keep_blob(self.storage, sha, data)
             added = sum(len(b) for b in capture.blobs.values())
             total = await self._stored_bytes(cell.session_id) + added
             self._stored[cell.session_id] = total
@@ -177,11 +177,6 @@ class NamespaceSnapshots:
                 return await self.storage.get(blob_key(sha))
 
         return list(await asyncio.gather(*(get(sha) for sha in shas)))
-
-    async def _keep(self, sha: str, data: bytes) -> None:
-        key = blob_key(sha)
-        if not await self.storage.exists(key):
-            await self.storage.put(key, data)
 
     async def _stored_bytes(self, session_id: str) -> int:
         if session_id not in self._stored:
