@@ -133,6 +133,8 @@ async def test_a_killed_kernel_comes_back_with_its_state(ka_server):
     sid = session["id"]
     await ka_server.upload(sid, "in.txt", b"hello")
     await ka_server.run(sid, "state = open('in.txt').read().upper()")
+    # its snapshot is stored (an os._exit at once can cut the kernel's last iopub sends)
+    await ka_server.services.supervisor.namespaces.settle(sid)
     died = await ka_server.run(sid, "import os\nos._exit(1)")
     assert died["cell"]["metadata"]["kernelagent"]["status"] == "died"
     assert value(await ka_server.run(sid, "state")) == "'HELLO'"
