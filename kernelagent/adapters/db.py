@@ -27,6 +27,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
 
 from kernelagent.adapters.repos import (
     SqlArtifactRepo,
@@ -41,6 +42,7 @@ from kernelagent.errors import KernelAgentError
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 WRITE_OPTION = "kernelagent_write"  # execution option: this transaction will write
 WRITE = {WRITE_OPTION: True}
+CLOSE_WAIT = 10.0  # seconds close() waits for transactions in worker threads
 BUSY_TIMEOUT = 30.0  # seconds a SQLite connection waits for another writer
 MIGRATION_LOCK = 0x6B61_6D69  # PostgreSQL advisory lock key held while migrating ("kami")
 SQLITE_PRAGMAS = ("foreign_keys=ON", "synchronous=NORMAL")
@@ -60,6 +62,13 @@ class SqlDatabase:
         self.turns = SqlTurnRepo(reader, writer)
 
     async def close(self) -> None:
+        """Dispose of the pool once the transactions still running in worker threads are
+        done (up to ``CLOSE_WAIT``): a connection handed back after the dispose would go to the
+        discarded pool and be left, open, to the garbage collector."""
+        pool = self.engine.pool
+        deadline = time.monotonic() + CLOSE_WAIT
+        while isinstance(pool, QueuePool) and pool.checkedout() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         await asyncio.to_thread(self.engine.dispose)
 
 

@@ -12,8 +12,11 @@ import dataclasses
 import datetime as dt
 import os
 import secrets
+import sqlite3
 import sys
 import textwrap
+import threading
+import time
 
 import psycopg
 import pytest
@@ -485,6 +488,29 @@ async def test_closed_and_reopened_database_has_everything(url):
         assert await db.files.list(session.id) == [entry]
     finally:
         await db.close()
+
+
+async def test_close_waits_for_a_transaction_in_a_worker_thread_and_closes_its_connection(url):
+    """A connection handed back after the pool was disposed would stay open until collected."""
+    db = await open_database(url)
+    held = threading.Event()
+    raw = []
+
+    def transaction():
+        with db.engine.connect() as connection:
+            raw.append(connection.connection.dbapi_connection)
+            held.set()
+            time.sleep(0.3)
+
+    worker = asyncio.create_task(asyncio.to_thread(transaction))
+    await asyncio.to_thread(held.wait)
+    await db.close()
+    await worker
+    if isinstance(raw[0], sqlite3.Connection):
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            raw[0].execute("SELECT 1")
+    else:
+        assert raw[0].closed
 
 
 async def test_a_crash_right_after_a_write_loses_nothing(url):
