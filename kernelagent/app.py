@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from tornado import httpserver, web
 
@@ -32,6 +33,7 @@ from kernelagent.adapters.remote_kernels import RemoteKernels
 from kernelagent.adapters.runtime import make_runtime
 from kernelagent.adapters.storage import FsspecStorage
 from kernelagent.config import Settings
+from kernelagent.metrics import Metrics
 from kernelagent.services.agent import AgentLimits, AgentService, parse_prices
 from kernelagent.services.auth import AuthService
 from kernelagent.services.bridge import GatewayService
@@ -78,6 +80,7 @@ class Services:
     turns: TurnService
     worldlines: WorldlineService
     readiness: Readiness
+    metrics: Metrics
 
 
 class KernelAgentApp:
@@ -191,7 +194,14 @@ class KernelAgentApp:
             ),
             prices=parse_prices(settings.prices),
         )
-        turns = TurnService(db, sessions, agent, recorder, state)
+        turns = TurnService(db, sessions, agent, recorder, state, supervisor)
+        metrics = Metrics(
+            lambda: {
+                "in_use": max(kernels.running() - pool.ready_count, 0),
+                "pooled": pool.ready_count,
+            }
+        )
+        recorder.observers.append(metrics.observe_event)
         await turns.start_recovery(every=settings.process_lease)
         self.services = Services(
             settings=settings,
@@ -214,6 +224,7 @@ class KernelAgentApp:
             turns=turns,
             worldlines=WorldlineService(db, locks, sessions, supervisor, files, events, replayer),
             readiness=Readiness(db, state, storage),
+            metrics=metrics,
         )
         await pool.start()
         if settings.kernel_idle_ttl > 0:
@@ -221,7 +232,8 @@ class KernelAgentApp:
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else settings.sandbox
         if settings.gateway_url:
             sandbox = f"the gateway's ({settings.gateway_url})"
-        self.web = web.Application(
+        self.web = _Application(
+            metrics,
             routes(self.services, sandbox),
             cookie_secret=secret,
             xsrf_cookies=True,
@@ -301,6 +313,23 @@ class KernelAgentApp:
             await s.locks.close()
             await s.events.close()
             await s.db.close()
+
+
+class _Application(web.Application):
+    """Each request, once logged, is counted in the metrics (by handler class: a bounded set)."""
+
+    def __init__(self, metrics: Metrics, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.metrics = metrics
+
+    def log_request(self, handler: web.RequestHandler) -> None:
+        super().log_request(handler)
+        self.metrics.observe_request(
+            type(handler).__name__,
+            handler.request.method or "",
+            handler.get_status(),
+            handler.request.request_time(),
+        )
 
 
 def _stored_secret(data_dir: Path) -> str:

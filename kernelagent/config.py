@@ -217,6 +217,11 @@ class Settings:
         "KERNELAGENT_DRAIN_TIMEOUT",
         "Seconds a stopping server gives its running turns to finish (new ones are refused)",
     )
+    metrics_token: str = _setting(
+        "",
+        "KERNELAGENT_METRICS_TOKEN",
+        "Token for GET /metrics (Prometheus's scraper); without it, any user's token",
+    )
     advertise_url: str = _setting(
         "",
         "KERNELAGENT_ADVERTISE_URL",

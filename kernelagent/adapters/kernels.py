@@ -181,6 +181,7 @@ class LocalKernels:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.kernel_name = settings.kernelspec
+        self.shared = False  # a kernel is this process's child: reached through it only
         sandboxes = settings.provisioner_config()
         # the kernel-side extension is this package's: a kernel must see it even when the
         # package is not inside the Python environment the sandbox binds (an editable install);
@@ -263,6 +264,12 @@ class LocalKernels:
 
     async def take_over(self, kernel_id: str, workspace: str) -> bool:
         return False  # another process's kernels were its children: gone with it
+
+    async def restarted_elsewhere(self, kernel_id: str) -> None:
+        return None  # no other process restarts this process's kernels
+
+    def running(self) -> int:
+        return len(self.mkm.list_kernel_ids())
 
     async def adopt(self, kernel_id: str, workspace: str) -> None:
         """Rename the kernel's directory to ``workspace``'s (same filesystem), moving files

@@ -12,6 +12,9 @@ WebSocket, as jupyter_server's ``GatewayClient`` speaks them:
   supervisor rebuilds the session's state in a new kernel by replay, as for a local kernel.
 * A gateway client of kernelagent's own Kernel Gateway API gets a WebSocket of its own
   (``_RemoteChannels``).
+* Every server process reaches every kernel (``shared``): a process serving a session whose
+  kernel another started reaches it with ``take_over`` (one REST call; its workspace directory
+  is asked of the kernel on the first file operation, not behind a running cell).
 * Workspaces live in the kernels' filesystems, which the server cannot see: every file operation
   goes through the kernel (``KernelFiles``). A workspace whose kernel is not running is offline
   (``WorkspaceOffline``): its files are what was last mirrored to storage.
@@ -261,6 +264,7 @@ class RemoteKernels:
         self.settings = settings
         self.base = settings.gateway_url.rstrip("/")
         self.kernel_name = settings.gateway_kernel_name
+        self.shared = True
         self.http = AsyncHTTPClient()
         # messages are built here and signed by the gateway, with the kernel's key
         self.session = JupyterSession(key=uuid.uuid4().hex.encode(), username="kernelagent")
@@ -345,7 +349,7 @@ class RemoteKernels:
         env = {"KERNEL_USERNAME": self.settings.gateway_username}
         model = await self._request("POST", "/api/kernels", {"name": self.kernel_name, "env": env})
         kernel_id = str(model["id"])
-        self._workspaces[kernel_id] = workspace
+        self._give(kernel_id, workspace)
         try:
             await self._link(kernel_id)
             await self._enter_workspace(kernel_id)
@@ -377,28 +381,50 @@ class RemoteKernels:
         self._roots[kernel_id] = str(ast.literal_eval(value["data"]["text/plain"]))
 
     async def take_over(self, kernel_id: str, workspace: str) -> bool:
-        """A kernel on the gateway that another server process started: this process's from
-        now on, with its state and its workspace directory, if the gateway still has it."""
+        """A kernel on the gateway that another server process started, reached from this
+        one too, with its state, if the gateway still has it."""
         if kernel_id in self._workspaces:
             return kernel_id not in self._lost
-        if not await self.exists(kernel_id):
-            return False
-        self._workspaces[kernel_id] = workspace
         try:
-            await self._enter_workspace(kernel_id)
-        except KernelDied:
-            self._workspaces.pop(kernel_id, None)
-            self._drop_link(kernel_id, "the kernel could not be taken over", "died")
+            if not await self.exists(kernel_id):
+                return False
+        except GatewayError as e:
+            log.warning("cannot reach kernel %s: %s", kernel_id, e)
             return False
+        self._give(kernel_id, workspace)
+        self._seen_alive[kernel_id] = asyncio.get_running_loop().time()
         return True
+
+    async def restarted_elsewhere(self, kernel_id: str) -> None:
+        if kernel_id not in self._workspaces or kernel_id in self._restarting:
+            return
+        self._drop_link(kernel_id, "the kernel was restarted while this cell ran", "restarted")
+        self._roots.pop(kernel_id, None)  # entered again on the next file operation
+        clients = [c for c in self._channels.get(kernel_id, ()) if not c.closed]
+        for channels in clients:
+            channels.open.clear()
+        await self._reopen(kernel_id, clients)
 
     async def adopt(self, kernel_id: str, workspace: str) -> None:
         """The kernel's workspace takes the session's name (its files stay where they are; a
         session's earlier workspace went with its kernel)."""
+        self._give(kernel_id, workspace)
+
+    def _give(self, kernel_id: str, workspace: str) -> None:
+        """``workspace`` is ``kernel_id``'s alone from now on: a kernel that had it before was
+        replaced (by this process or another, which shut it down) and is forgotten here."""
+        for other, name in list(self._workspaces.items()):
+            if name == workspace and other != kernel_id:
+                self._forget(other, "the session's kernel was replaced while this cell ran")
         self._workspaces[kernel_id] = workspace
 
+    def _forget(self, kernel_id: str, why: str) -> None:
+        self._drop_link(kernel_id, why, "shutdown")
+        for known in (self._workspaces, self._roots, self._lost, self._seen_alive, self._channels):
+            known.pop(kernel_id, None)
+
     async def interrupt(self, kernel_id: str) -> None:
-        if kernel_id in self._workspaces:
+        if kernel_id not in self._lost:  # any kernel on the gateway: another process's too
             with contextlib.suppress(GatewayError):
                 await self._request("POST", f"/api/kernels/{quote(kernel_id)}/interrupt")
 
@@ -434,12 +460,8 @@ class RemoteKernels:
                 channels.open.set()
 
     async def shutdown(self, kernel_id: str, now: bool = False) -> None:
-        self._drop_link(kernel_id, "the kernel was shut down while this cell ran", "shutdown")
-        known = self._workspaces.pop(kernel_id, None) is not None
-        self._roots.pop(kernel_id, None)
-        self._lost.pop(kernel_id, None)
-        self._seen_alive.pop(kernel_id, None)
-        self._channels.pop(kernel_id, None)
+        known = kernel_id in self._workspaces
+        self._forget(kernel_id, "the kernel was shut down while this cell ran")
         if known:
             with contextlib.suppress(GatewayError):
                 await self._request("DELETE", f"/api/kernels/{quote(kernel_id)}")
@@ -473,6 +495,9 @@ class RemoteKernels:
 
     async def exit_reason(self, kernel_id: str) -> str | None:
         return self._lost.get(kernel_id)
+
+    def running(self) -> int:
+        return len(self._workspaces) - len(self._lost)
 
     def lose(self, kernel_id: str, why: str) -> None:
         """The gateway's kernel is no longer the one this session had: its runs end."""
@@ -544,17 +569,6 @@ class RemoteKernels:
 
     # ------------------------------------------------------------------ workspaces
 
-    def _kernel_of(self, workspace: str) -> str:
-        for kernel_id, name in self._workspaces.items():
-            if name == workspace and kernel_id not in self._lost and kernel_id in self._roots:
-                return kernel_id
-        raise WorkspaceOffline(f"the workspace {workspace!r} lives in a kernel that is not running")
-
-    def _files(self, kernel_id: str) -> KernelFiles:
-        return KernelFiles(
-            self.execute, self._roots[kernel_id], timeout=self.settings.gateway_request_timeout
-        )
-
     async def list_files(self, workspace: str) -> dict[str, FileStat]:
         async with self._workspace(workspace) as (files, kernel_id):
             return await files.list_files(kernel_id)
@@ -580,13 +594,15 @@ class RemoteKernels:
     async def _workspace(self, workspace: str) -> AsyncIterator[tuple[KernelFiles, str]]:
         """The files of ``workspace``'s running kernel; WorkspaceOffline when none runs, or
         when it goes away during the operation."""
-        for kernel_id, name in self._workspaces.items():
-            if name == workspace and kernel_id not in self._lost and kernel_id in self._roots:
+        for kernel_id, name in list(self._workspaces.items()):
+            if name == workspace and kernel_id not in self._lost:
                 break
         else:
             raise WorkspaceOffline(f"the workspace {workspace!r} has no running kernel")
         timeout = self.settings.gateway_request_timeout
         try:
+            if kernel_id not in self._roots:  # a kernel reached with take_over
+                await self._enter_workspace(kernel_id)
             yield KernelFiles(self.execute, self._roots[kernel_id], timeout=timeout), kernel_id
         except KernelDied as e:
             message = f"the workspace {workspace!r} went away with its kernel: {e}"

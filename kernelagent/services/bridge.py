@@ -191,13 +191,18 @@ class GatewayService:
         return session, await self.execution.live_kernel(session.id)
 
     async def interrupt(self, user: User, kernel_id: str) -> None:
-        """Interrupt the kernel, in whichever server process holds it."""
+        """Interrupt the kernel, from whichever server process reaches it; a shared kernel's
+        running cell is marked interrupted by the process running it."""
         session = await self._session(user, kernel_id)
-        owner = await self.state.owner("kernel", session.id)
-        if owner is not None and owner != self.state.process_id:
+        owner = await self.supervisor.elsewhere(session.id)
+        if owner is not None:
             await self.state.signal(Signal("interrupt", session.id, to=owner))
-        elif session.kernel_id:
+            return
+        if session.kernel_id:
             await self.kernels.interrupt(session.kernel_id)
+        if self.kernels.shared:
+            sender = self.state.process_id
+            await self.state.signal(Signal("interrupt", session.id, sender=sender))
 
     async def restart(self, user: User, kernel_id: str) -> KernelModel:
         """Restart the session's kernel in place; open channels keep working across it."""

@@ -312,6 +312,9 @@ class KernelBackend(Workspaces, Protocol):
     machine). Kernel ids are the backend's; an unknown id is a dead kernel, never a KeyError."""
 
     kernel_name: str
+    # True: every server process reaches every kernel directly (kernels on a gateway), so any
+    # process serves any session; False: only the process that started a kernel reaches it
+    shared: bool
 
     def kernelspec(self) -> tuple[dict[str, Any], dict[str, bytes]]:
         """The kernelspec session kernels are started from (``kernel.json``'s content), and
@@ -324,10 +327,16 @@ class KernelBackend(Workspaces, Protocol):
         ...
 
     async def take_over(self, kernel_id: str, workspace: str) -> bool:
-        """Make a kernel that another server process started, and holds no more, this one's
-        (as ``workspace``'s): True when it still runs and this process reaches it (a kernel on
-        a gateway outlives the process that started it); False when it cannot (a local kernel
-        lives and dies with its process)."""
+        """Reach a kernel that another server process started (as ``workspace``'s): True when
+        it still runs and this process reaches it (a kernel on a gateway outlives the process
+        that started it, and serves every process); False when it cannot (a local kernel lives
+        and dies with its process)."""
+        ...
+
+    async def restarted_elsewhere(self, kernel_id: str) -> None:
+        """Another server process restarted this (shared) kernel: this process's channels to
+        its old process are dropped (runs in flight end with KernelDied, cause "restarted")
+        and its gateway clients' sockets are opened again."""
         ...
 
     async def adopt(self, kernel_id: str, workspace: str) -> None:
@@ -365,6 +374,10 @@ class KernelBackend(Workspaces, Protocol):
         ...
 
     async def is_alive(self, kernel_id: str) -> bool: ...
+
+    def running(self) -> int:
+        """How many kernels this process runs or reaches now (pooled ones too)."""
+        ...
 
     async def exit_reason(self, kernel_id: str) -> str | None:
         """Why a dead kernel died ("out of memory (limit 1 GiB)"), when the sandbox can tell."""

@@ -9,6 +9,7 @@ cell (the record is the truth, events are how watchers hear of it).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kernelagent.domain import Cell, CellStatus, CellType, Role, new_id, now
@@ -50,6 +51,8 @@ class Recorder:
         self.db = db
         self.locks = locks
         self.events = events
+        # told of every event this process publishes (metrics); each must be quick and not fail
+        self.observers: list[Callable[[SessionEvent], None]] = []
 
     async def markdown(
         self, session_id: str, role: Role, text: str, metadata: dict[str, Any] | None = None
@@ -84,6 +87,8 @@ class Recorder:
         return await self.markdown(session_id, "system", f"*{text}*")
 
     async def publish(self, session_id: str, event: SessionEvent) -> None:
+        for observe in self.observers:
+            observe(event)
         if self.events is None:
             return
         try:

@@ -10,6 +10,10 @@
   loaded silently (``kernel_setup_code``), leaving no name in the user's namespace.
 * ``restart()``, ``stop()``, ``replace()`` and ``cull_idle()`` end a kernel on purpose; the session
   stays, and its next cell brings a kernel back.
+* With several server processes, a kernel every process reaches (on a gateway: ``shared``) is
+  served by whichever process a request reaches; the process that started it (or took it over
+  when that one died) owns it: only the owner culls it, after the session was idle everywhere.
+  A local kernel is served by its own process only (``elsewhere``: requests go there).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import time
 from typing import Any
 
-from kernelagent.domain import Cell, Session, SessionStatus
+from kernelagent.domain import Cell, Session, SessionStatus, Signal
 from kernelagent.errors import Conflict, LimitExceeded
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
@@ -102,6 +106,7 @@ class KernelSupervisor:
         self.setup_code = setup_code
         self.last_used: dict[str, float] = {}  # session id → monotonic time of its last cell
         self._prepared: set[str] = set()
+        state.on_signal(self._on_signal)
 
     async def ensure(self, session: Session) -> str:
         """The session's live kernel; a new one with the state rebuilt if it was gone. The
@@ -111,6 +116,8 @@ class KernelSupervisor:
         live = bool(kernel_id) and await self.kernels.is_alive(kernel_id)
         if kernel_id and not live:
             live = await self._take_over(session, kernel_id)
+        elif live and self.kernels.shared:
+            await self._own_orphan(session)
         if not live:
             if kernel_id:
                 await self.kernels.shutdown(kernel_id, now=True)
@@ -122,11 +129,18 @@ class KernelSupervisor:
         await self._prepare(kernel_id)
         return kernel_id
 
-    async def check_here(self, session_id: str) -> None:
-        """Conflict when another live server process holds the session's kernel: only that
-        process can run its cells (a kernel whose process is gone is rebuilt here)."""
+    async def elsewhere(self, session_id: str) -> str | None:
+        """The other live server process that alone reaches the session's (local) kernel;
+        None when this process may serve it (its own, a shared one, or nobody's)."""
+        if self.kernels.shared:
+            return None
         owner = await self.state.owner("kernel", session_id)
-        if owner is not None and owner != self.state.process_id:
+        return None if owner is None or owner == self.state.process_id else owner
+
+    async def check_here(self, session_id: str) -> None:
+        """Conflict when only another live server process reaches the session's kernel: that
+        process must run its cells (a kernel whose process is gone is rebuilt here)."""
+        if await self.elsewhere(session_id) is not None:
             raise Conflict(
                 "this session's kernel runs in another server process; send cells and kernel "
                 "requests for it there (interrupts, answers and approvals work from any)"
@@ -135,10 +149,8 @@ class KernelSupervisor:
     async def holder(self, session_id: str) -> str | None:
         """The URL of the other live process that holds the session's kernel, where requests
         that need the kernel go; None when this process may serve them."""
-        owner = await self.state.owner("kernel", session_id)
-        if owner is None or owner == self.state.process_id:
-            return None
-        return await self.state.address(owner) or None
+        owner = await self.elsewhere(session_id)
+        return None if owner is None else await self.state.address(owner) or None
 
     async def is_live(self, session: Session) -> bool:
         if not session.kernel_id:
@@ -200,6 +212,8 @@ class KernelSupervisor:
         kernel lives on (on a gateway): this process's now, with its state. False if not."""
         if not await self.kernels.take_over(kernel_id, session.id):
             return False
+        if await self.state.owner("kernel", session.id) is not None:
+            return True  # its process lives on: both reach it, that one owns it
         await self.state.claim("kernel", session.id)
         await self.recorder.markdown_held(
             session.id,
@@ -209,6 +223,19 @@ class KernelSupervisor:
             {"taken_over": kernel_id},
         )
         return True
+
+    async def _own_orphan(self, session: Session) -> None:
+        """A shared kernel whose owner is gone is this process's to cull from now on."""
+        if await self.state.owner("kernel", session.id) is None:
+            await self.state.claim("kernel", session.id)
+
+    async def _on_signal(self, signal: Signal) -> None:
+        if signal.kind != "restarted" or signal.sender == self.state.process_id:
+            return
+        session = await self.db.sessions.get(signal.session_id)
+        if session is not None and session.kernel_id:
+            self._prepared.discard(session.kernel_id)
+            await self.kernels.restarted_elsewhere(session.kernel_id)
 
     async def _rebuild_gone(self, session: Session, kernel_id: str) -> None:
         await self.namespaces.settle(session.id)
@@ -243,6 +270,9 @@ class KernelSupervisor:
         await self.check_here(session.id)
         self._prepared.discard(kernel_id)
         await self.kernels.restart(kernel_id)
+        if self.kernels.shared:
+            sender = self.state.process_id
+            await self.state.signal(Signal("restarted", session.id, sender=sender))
         await self.recorder.note(session.id, "The kernel was restarted; its variables are gone.")
 
     async def stop(
@@ -278,11 +308,14 @@ class KernelSupervisor:
 
     async def cull_idle(self, ttl: float) -> list[str]:
         """Shut down kernels idle for ``ttl`` seconds (never one running a cell: it holds the
-        session's lock; never one another server process holds); their sessions stay.
-        Returns their ids."""
+        session's lock; never one another server process owns; never one another process
+        used within ``ttl``); their sessions stay. Returns their ids."""
         culled = []
         for session_id, used in list(self.last_used.items()):
             if time.monotonic() - used < ttl:
+                continue
+            elsewhere = await self.state.last_activity(session_id)
+            if elsewhere is not None and time.time() - elsewhere < ttl:
                 continue
             with contextlib.suppress(LimitExceeded):  # busy right now: not idle
                 async with self.locks.hold(session_id, timeout=0):

@@ -25,6 +25,7 @@ from kernelagent.services.agent import AgentService
 from kernelagent.services.ports import Database, RuntimeState
 from kernelagent.services.recording import Recorder
 from kernelagent.services.sessions import SessionService
+from kernelagent.services.supervisor import KernelSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class TurnService:
         agent: AgentService,
         recorder: Recorder,
         state: RuntimeState,
+        supervisor: KernelSupervisor,
     ):
+        self.supervisor = supervisor
         self.db = db
         self.sessions = sessions
         self.agent = agent
@@ -175,9 +178,9 @@ class TurnService:
         return False
 
     async def _dispatch(self, session: Session, turn: Turn) -> None:
-        """Run the turn where the session's kernel lives: here, or in the process owning it."""
-        owner = await self.state.owner("kernel", session.id)
-        if owner is None or owner == self.state.process_id:
+        """Run the turn here, or in the process that alone reaches the session's kernel."""
+        owner = await self.supervisor.elsewhere(session.id)
+        if owner is None:
             self.agent.launch(session, turn)
             return
         await self.state.claim("turn", turn.id, owner)

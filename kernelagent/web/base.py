@@ -103,7 +103,7 @@ class ApiHandler(web.RequestHandler):
         if self.auth_required:
             self.current_user = await self._authenticate()
             if self.current_user is None:
-                raise _Unauthorized()
+                raise Unauthorized()
         if self.request.method in self.held and self.holder and not forwarded(self.request):
             base = await self.holder(self.path_args[0])
             if base:
@@ -160,7 +160,7 @@ class ApiHandler(web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        if isinstance(exc, _Unauthorized):
+        if isinstance(exc, Unauthorized):
             self.set_status(401)
             code, message = "unauthorized", "a valid token is required (Authorization: token …)"
         elif isinstance(exc, KernelAgentError) and exc.status < 500:
@@ -176,7 +176,7 @@ class ApiHandler(web.RequestHandler):
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, _Unauthorized):
+        if isinstance(value, Unauthorized):
             return
         if isinstance(value, KernelAgentError) and value.status < 500:
             return
@@ -192,7 +192,7 @@ class NotFoundHandler(ApiHandler):
         raise web.HTTPError(404, "no such endpoint")
 
 
-class _Unauthorized(Exception):
+class Unauthorized(Exception):
     pass
 
 

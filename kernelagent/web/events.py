@@ -10,6 +10,7 @@ from __future__ import annotations
 from tornado.iostream import StreamClosedError
 
 from kernelagent.events import SessionEvent
+from kernelagent.metrics import Metrics
 from kernelagent.services.ports import EventLog
 from kernelagent.services.sessions import SessionService
 from kernelagent.web.base import ApiHandler, Param, operation
@@ -20,6 +21,7 @@ KEEPALIVE = 15.0
 class EventsHandler(ApiHandler):
     sessions: SessionService
     events: EventLog
+    metrics: Metrics | None = None
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -27,8 +29,16 @@ class EventsHandler(ApiHandler):
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
 
+    counted = False  # among the metrics' SSE clients
+
     def on_connection_close(self) -> None:
         self.gone = True
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self.counted and self.metrics is not None:
+            self.metrics.sse_clients.dec()
+        self.counted = False
 
     @operation(
         "events",
@@ -56,6 +66,9 @@ class EventsHandler(ApiHandler):
         await self.events.read(session.id, after)  # a malformed id fails here, with a 400
         self.gone = False
         self.write("retry: 2000\n\n")
+        if self.metrics is not None:
+            self.metrics.sse_clients.inc()
+            self.counted = True
         try:
             await self.flush()
             while not self.gone:
@@ -69,4 +82,6 @@ class EventsHandler(ApiHandler):
                 await self.flush()
         except StreamClosedError:
             return
+        finally:
+            self._uncount()
         self.finish()

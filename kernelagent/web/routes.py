@@ -18,6 +18,7 @@ from kernelagent.web.gateway.handlers import (
     KernelSpecsHandler,
 )
 from kernelagent.web.health import HealthHandler, ReadyHandler
+from kernelagent.web.metrics import MetricsHandler
 from kernelagent.web.notebooks import NotebookHandler
 from kernelagent.web.openapi import OpenApiHandler
 from kernelagent.web.pages import page_routes
@@ -73,7 +74,7 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
         (
             SESSION + r"/events",
             EventsHandler,
-            {**common, "sessions": s.sessions, "events": s.events},
+            {**common, "sessions": s.sessions, "events": s.events, "metrics": s.metrics},
         ),
         (
             SESSION + r"/files",
@@ -104,6 +105,11 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
         (r"/api/kernelspecs", KernelSpecsHandler, gateway),
         (r"/api/kernelspecs/([^/]+)", KernelSpecHandler, gateway),
         (r"/kernelspecs/([^/]+)/([^/]+)", KernelSpecResourceHandler, gateway),
+        (
+            r"/metrics",
+            MetricsHandler,
+            {"auth": s.auth, "metrics": s.metrics, "metrics_token": s.settings.metrics_token},
+        ),
         (r"/api/.*", NotFoundHandler, {}),
     ]
     api += [(pattern, handler) for pattern, handler, _ in table]  # what the document describes

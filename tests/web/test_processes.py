@@ -30,6 +30,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.testing import bind_unused_port
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from kernelagent.adapters.runtime import RedisRuntime
+
 pytestmark = [pytest.mark.sandbox, pytest.mark.postgres, pytest.mark.redis, pytest.mark.s3]
 
 TOKEN = "two-processes-owner-token"
@@ -273,19 +275,7 @@ async def test_what_needs_a_kernel_held_elsewhere_is_passed_on_to_its_holder(pro
     # the Kernel Gateway API's WebSocket, opened on B, talks to A's kernel
     ws = await b.channels(sid)
     try:
-        msg_id = uuid.uuid4().hex
-        header = {"msg_id": msg_id, "msg_type": "execute_request", "session": "t",
-                  "username": "t", "version": "5.3", "date": ""}  # fmt: skip
-        content = {"code": "x * 2", "silent": False}
-        frame = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
-        await ws.write_message(json.dumps({**frame, "channel": "shell"}))
-        async with asyncio.timeout(30):
-            while True:
-                msg = json.loads(await ws.read_message())
-                if msg["msg_type"] == "execute_result":
-                    assert msg["parent_header"]["msg_id"] == msg_id
-                    assert msg["content"]["data"]["text/plain"] == "82"
-                    break
+        assert await _execute_over(ws, "x * 2") == "82"
     finally:
         ws.close()
     cells = await b.json(f"/api/v1/sessions/{sid}/notebook")
@@ -359,8 +349,8 @@ def kernel_gateway(tmp_path_factory):
         yield running
 
 
-async def test_a_remote_kernel_outlives_its_process_and_is_taken_over(
-    processes, kernel_gateway, tmp_path
+async def test_a_remote_kernel_outlives_its_process_and_the_others_serve_it_at_once(
+    processes, kernel_gateway, redis_url, tmp_path
 ):
     url, token = kernel_gateway
     remote = {
@@ -377,17 +367,113 @@ async def test_a_remote_kernel_outlives_its_process_and_is_taken_over(
     assert (await a.upload(sid, "data.txt", b"in the kernel's workspace")).code == 201
     a.popen.kill()  # SIGKILL: A says no goodbye; the kernel lives on at the gateway
     a.popen.wait()
-    path = f"/api/v1/sessions/{sid}/cells"
-    async with asyncio.timeout(4 * LEASE + 10):  # B passes requests on to A until its lease ends
-        while (cell := await b.fetch(path, "POST", {"code": "x"})).code != 200:
-            assert cell.code == 503, (cell.code, cell.body, b.tail())
-            await asyncio.sleep(0.2)
-    assert json.loads(cell.body)["cell"]["outputs"][0]["data"]["text/plain"] == kept
+    killed = time.monotonic()
+    cell = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x"})
+    assert time.monotonic() - killed < LEASE  # served before A's lease ends: not passed on
+    assert cell["cell"]["outputs"][0]["data"]["text/plain"] == kept
     download = await b.fetch(f"/api/v1/sessions/{sid}/files/data.txt")
     assert download.body == b"in the kernel's workspace"
     notebook = json.dumps(await b.json(f"/api/v1/sessions/{sid}/notebook"))
-    assert "took the kernel over" in notebook
     assert "rebuilt" not in notebook and "restored" not in notebook
+
+    runtime = RedisRuntime(redis_url)  # whose the kernel is (to cull it when idle)
+    try:
+        await asyncio.sleep(LEASE + 0.5)  # A's lease is over: nobody owns the kernel
+        assert await runtime.owner("kernel", sid) is None
+        await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x"})
+        owner = await runtime.owner("kernel", sid)
+        assert owner is not None and f":{b.port}" in (await runtime.address(owner) or "")
+    finally:
+        await runtime.redis.aclose()
+
+
+async def test_every_process_reaches_a_remote_kernel_while_its_starter_is_frozen(
+    processes, kernel_gateway, tmp_path
+):
+    """A process frozen (SIGSTOP) would hold every request passed on to it: none is."""
+    url, token = kernel_gateway
+    remote = {
+        "KERNELAGENT_GATEWAY_URL": url,
+        "KERNELAGENT_GATEWAY_TOKEN": token,
+        "KERNELAGENT_GATEWAY_WORKSPACE": str(tmp_path / "remote" / "{kernel_id}"),
+        "KERNELAGENT_PROCESS_LEASE": "60",  # A stays the owner while frozen
+    }
+    a = await processes("a", **remote)
+    b = await processes("b", **remote)
+    sid = (await a.json("/api/v1/sessions", "POST", {"title": "shared"}))["id"]
+    await a.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x = 20"})
+    assert (await a.upload(sid, "a.txt", b"from A")).code == 201
+    a.popen.send_signal(signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(60):
+            cell = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x + 1"})
+            assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "21"
+            assert (await b.fetch(f"/api/v1/sessions/{sid}/files/a.txt")).body == b"from A"
+            assert (await b.upload(sid, "b.txt", b"from B")).code == 201
+            ws = await b.channels(sid)
+            try:
+                assert await _execute_over(ws, "x * 2") == "40"
+            finally:
+                ws.close()
+            restarted = await b.fetch(f"/api/kernels/{sid}/restart", "POST")
+            assert restarted.code == 200, restarted.body
+            cell = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "'x' in dir()"})
+            assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "False"
+    finally:
+        a.popen.send_signal(signal.SIGCONT)
+    # A learns of the restart: its next cells run in the new kernel process, files included
+    cell = await a.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "y = 3; y"})
+    assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "3"
+    files = await a.json(f"/api/v1/sessions/{sid}/files")
+    assert {"a.txt", "b.txt"} <= {f["path"] for f in files["files"]}
+    notebook = await a.json(f"/api/v1/sessions/{sid}/notebook")
+    sources = ["".join(c["source"]) for c in notebook["cells"]]
+    assert "x + 1" in sources and "x * 2" in sources and "y = 3; y" in sources
+
+
+async def _execute_over(ws: WebSocketClientConnection, code: str) -> str:
+    """Run ``code`` through a Kernel Gateway channels socket; its ``text/plain`` result."""
+    msg_id = uuid.uuid4().hex
+    header = {"msg_id": msg_id, "msg_type": "execute_request", "username": "t", "session": "s",
+              "version": "5.3", "date": ""}  # fmt: skip
+    content = {"code": code, "silent": False}
+    await ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {},
+                                       "content": content, "channel": "shell"}))  # fmt: skip
+    async with asyncio.timeout(30):
+        while True:
+            raw = await ws.read_message()
+            assert raw is not None, "the socket closed"
+            message = json.loads(raw)
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if message["msg_type"] == "execute_result":
+                return message["content"]["data"]["text/plain"]
+            if message["msg_type"] == "error":
+                raise AssertionError(message["content"])
+
+
+async def test_a_shared_kernel_is_culled_by_its_owner_only_once_idle_everywhere(
+    processes, kernel_gateway, tmp_path
+):
+    url, token = kernel_gateway
+    remote = {"KERNELAGENT_GATEWAY_URL": url, "KERNELAGENT_GATEWAY_TOKEN": token}
+    a = await processes("a", **remote, KERNELAGENT_KERNEL_IDLE_TTL="3")
+    b = await processes("b", **remote, KERNELAGENT_KERNEL_IDLE_TTL="1")
+    sid = (await a.json("/api/v1/sessions", "POST", {"title": "culled"}))["id"]
+    await a.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x = 5"})
+    path = f"/api/v1/sessions/{sid}/notebook"
+    # used through B for longer than A's TTL, with pauses longer than B's: not idle for A,
+    # not B's to cull
+    busy_until = time.monotonic() + 5
+    while time.monotonic() < busy_until:
+        await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x"})
+        await asyncio.sleep(1.3)
+    assert "minutes idle" not in json.dumps(await b.json(path))
+    async with asyncio.timeout(20):  # idle everywhere now: its owner, A, shuts it down
+        while "minutes idle" not in json.dumps(await b.json(path)):
+            await asyncio.sleep(0.3)
+    cell = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x"})
+    assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "5"  # and it comes back
 
 
 async def test_a_stopping_process_leaves_its_remote_kernels_to_the_others(
@@ -404,6 +490,8 @@ async def test_a_stopping_process_leaves_its_remote_kernels_to_the_others(
     assert await asyncio.to_thread(a.popen.wait, 30) == 0
     cell = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "x"})
     assert cell["cell"]["outputs"][0]["data"] == made["cell"]["outputs"][0]["data"]
+    notebook = json.dumps(await b.json(f"/api/v1/sessions/{sid}/notebook"))
+    assert "took the kernel over" in notebook
 
 
 def _running(pid: int) -> bool:

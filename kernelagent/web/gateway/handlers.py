@@ -20,7 +20,7 @@ from kernelagent import __version__
 from kernelagent.domain import User
 from kernelagent.errors import KernelAgentError, NotFound
 from kernelagent.services.bridge import GatewayService
-from kernelagent.web.base import ApiHandler, Request
+from kernelagent.web.base import ApiHandler, Request, Unauthorized
 
 
 class GatewayHandler(ApiHandler):
@@ -42,7 +42,7 @@ class GatewayHandler(ApiHandler):
             message = str(exc)
         elif isinstance(exc, web.HTTPError):
             message = exc.log_message or self._reason
-        elif status_code == 401 or type(exc).__name__ == "_Unauthorized":
+        elif status_code == 401 or isinstance(exc, Unauthorized):
             self.set_status(401)
             message = "a valid token is required"
         else:
