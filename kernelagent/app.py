@@ -51,6 +51,8 @@ from kernelagent.services.sessions import SessionService
 from kernelagent.services.supervisor import KernelSupervisor
 from kernelagent.services.turns import TurnService
 from kernelagent.services.worldlines import WorldlineService
+from kernelagent.web.mcp import KernelagentMcp, build_mcp
+from kernelagent.web.mcp import serve as serve_mcp
 from kernelagent.web.routes import routes
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class Services:
     worldlines: WorldlineService
     readiness: Readiness
     metrics: Metrics
+    mcp: Any = None  # the MCP server's ASGI callable (``web/mcp.py``), set once built
 
 
 class KernelAgentApp:
@@ -92,6 +95,8 @@ class KernelAgentApp:
         self.web: web.Application | None = None
         self.http: httpserver.HTTPServer | None = None
         self._culler: asyncio.Task[None] | None = None
+        self._mcp: KernelagentMcp | None = None
+        self._mcp_task: asyncio.Task[None] | None = None
 
     async def start(self, listen: bool = True) -> Services:
         settings = self.settings
@@ -227,6 +232,11 @@ class KernelAgentApp:
             metrics=metrics,
         )
         await pool.start()
+        self._mcp = build_mcp(self.services)
+        self.services.mcp = serve_mcp(self._mcp)
+        running = asyncio.get_running_loop().create_future()
+        self._mcp_task = asyncio.create_task(self._run_mcp(self._mcp, running), name="mcp")
+        await running
         if settings.kernel_idle_ttl > 0:
             self._culler = asyncio.create_task(self._cull(supervisor, settings.kernel_idle_ttl))
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else settings.sandbox
@@ -274,6 +284,13 @@ class KernelAgentApp:
         return token
 
     @staticmethod
+    async def _run_mcp(server: KernelagentMcp, running: asyncio.Future[None]) -> None:
+        """The MCP SDK's session manager, entered and left in this one task (anyio's rule)."""
+        async with server.session_manager.run():
+            running.set_result(None)
+            await asyncio.Event().wait()  # until cancelled by stop()
+
+    @staticmethod
     async def _cull(supervisor: KernelSupervisor, ttl: float) -> None:
         """Shut down idle kernels (their sessions stay) every so often."""
         while True:
@@ -299,6 +316,14 @@ class KernelAgentApp:
         if self.http:
             self.http.stop()
             await self.http.close_all_connections()
+        if self._mcp is not None:
+            for task in list(self._mcp.running):  # cells MCP callers stopped waiting for
+                task.cancel()
+            await asyncio.gather(*self._mcp.running, return_exceptions=True)
+        if self._mcp_task is not None:
+            self._mcp_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._mcp_task
         if self.services:
             s = self.services
             await s.turns.stop()

@@ -6,6 +6,7 @@ kernelagent ask "question" [--file F]... [-o F.ipynb] [--model M]
 kernelagent replay F.ipynb [--files DIR]
 kernelagent doctor
 kernelagent kernelspec install [--user | --prefix P]
+kernelagent mcp [--url URL] [--token T]
 """
 
 from __future__ import annotations
@@ -63,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     install.add_argument("--user", action="store_true")
     install.add_argument("--prefix")
 
+    mcp = commands.add_parser("mcp", help="bridge an MCP client's stdio to a running server")
+    mcp.add_argument(
+        "--url",
+        default=os.environ.get("KERNELAGENT_URL", "http://127.0.0.1:8888"),
+        help="the server (KERNELAGENT_URL; /mcp is added)",
+    )
+    mcp.add_argument(
+        "--token",
+        default=os.environ.get("KERNELAGENT_TOKEN", ""),
+        help="your token (KERNELAGENT_TOKEN)",
+    )
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
     try:
@@ -91,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         return replay_main(settings, args.notebook, args.files)
     if args.command == "user":
         return asyncio.run(_add_user(settings, args.name))
+    if args.command == "mcp":
+        from kernelagent.mcp_bridge import bridge
+
+        url = args.url.rstrip("/")
+        return asyncio.run(bridge(url if url.endswith("/mcp") else f"{url}/mcp", args.token))
     if args.command == "kernelspec":
         from kernelagent.adapters.kernelspecs import install as install_specs
 

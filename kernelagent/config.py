@@ -217,6 +217,12 @@ class Settings:
         "KERNELAGENT_DRAIN_TIMEOUT",
         "Seconds a stopping server gives its running turns to finish (new ones are refused)",
     )
+    mcp_url_uploads: bool = _setting(
+        False,
+        "KERNELAGENT_MCP_URL_UPLOADS",
+        "Whether MCP clients may have the server fetch a URL into a workspace (the server's "
+        "network, not the sandbox's)",
+    )
     metrics_token: str = _setting(
         "",
         "KERNELAGENT_METRICS_TOKEN",

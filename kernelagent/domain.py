@@ -11,7 +11,7 @@ import datetime as dt
 import uuid
 from typing import Any, Literal
 
-Role = Literal["user", "assistant", "agent", "web", "gateway", "system"]
+Role = Literal["user", "assistant", "agent", "web", "gateway", "mcp", "system"]
 CellType = Literal["code", "markdown"]
 CellStatus = Literal["ok", "error", "timeout", "interrupted", "died", "pending"]
 SessionStatus = Literal["starting", "idle", "busy", "dead", "stopped"]

@@ -12,7 +12,7 @@
   const cellsEl = $("cells");
   const liveEl = $("live");
   const input = $("input");
-  const WHO = { agent: "agent", web: "you", user: "you", gateway: "gateway (JupyterLab)" };
+  const WHO = { agent: "agent", web: "you", user: "you", gateway: "gateway (JupyterLab)", mcp: "MCP client" };
 
   let turn = page.turn; // {id, waiting, text, usage} while the agent works
   const running = new Set(page.running); // code cells started and not completed

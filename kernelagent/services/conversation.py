@@ -196,6 +196,8 @@ def _context(cell: Cell, budget: int) -> str:
     """A cell the model did not run, told as context."""
     if cell.cell_type == "markdown":
         return NOTE + cell.source.strip("*")
-    who = {"gateway": "from JupyterLab", "web": "in the notebook"}.get(cell.role, "")
+    who = {"gateway": "from JupyterLab", "web": "in the notebook", "mcp": "through MCP"}.get(
+        cell.role, ""
+    )
     outputs = view_outputs(cell.outputs, budget=budget)
     return f"{PERSON_RAN} {who} themselves]\n```python\n{cell.source}\n```\nOutput:\n{outputs}"

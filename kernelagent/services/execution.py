@@ -112,11 +112,14 @@ class ExecutionService:
         on_output: OutputHook | None = None,
         request: ClientRequest | None = None,
         owner: User | None = None,
+        on_started: Callable[[Cell], None] | None = None,
     ) -> Execution:
         """Run ``code`` as the next cell of the session; returns the recorded cell.
 
         ``owner``: the session must be theirs (NotFound otherwise) — checked on the row read
         under the lock, which also catches a session deleted while the cell queued.
+        ``on_started``: told the cell once it is in the record and running (a caller that
+        stops waiting can name it).
         """
         await self.supervisor.check_here(session_id)  # at once, not after queueing
         async with self.locks.hold(session_id, timeout=LOCK_WAIT):
@@ -139,6 +142,8 @@ class ExecutionService:
             )
             running = self._running[session.id] = _Running(cell.id, kernel_id)
             await self.state.set_running(session.id, cell.id)
+            if on_started is not None:
+                on_started(cell)
             started = time.perf_counter()
             result = CellResult([], "error", None, None)
             try:

@@ -82,15 +82,19 @@ def pictures(cell: Cell) -> list[dict[str, Any]]:
 
 
 def _downscaled(b64: str, mime: str, size: int = 512) -> str:
-    from PIL import Image  # matplotlib's dependency; only needed for vision models
+    raw, mime = downscale(base64.b64decode(b64), mime, size)
+    return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
 
-    raw = base64.b64decode(b64)
+
+def downscale(raw: bytes, mime: str, size: int) -> tuple[bytes, str]:
+    """The image within ``size`` × ``size`` pixels, as PNG; as it is if it cannot be read."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(raw)) as image:
             image.thumbnail((size, size))
             out = io.BytesIO()
             image.save(out, format="PNG")
-            raw, mime = out.getvalue(), "image/png"
+            return out.getvalue(), "image/png"
     except Exception:  # noqa: BLE001 - send it as it is
-        pass
-    return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
+        return raw, mime

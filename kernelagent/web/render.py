@@ -82,6 +82,7 @@ WHO = {
     "web": "you",
     "user": "you",
     "gateway": "gateway (JupyterLab)",
+    "mcp": "MCP client",
     "assistant": "assistant",
     "system": "system",
 }

@@ -18,6 +18,7 @@ from kernelagent.web.gateway.handlers import (
     KernelSpecsHandler,
 )
 from kernelagent.web.health import HealthHandler, ReadyHandler
+from kernelagent.web.mcp import McpHandler
 from kernelagent.web.metrics import MetricsHandler
 from kernelagent.web.notebooks import NotebookHandler
 from kernelagent.web.openapi import OpenApiHandler
@@ -110,6 +111,7 @@ def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]
             MetricsHandler,
             {"auth": s.auth, "metrics": s.metrics, "metrics_token": s.settings.metrics_token},
         ),
+        (r"/mcp/?", McpHandler, {"app": s.mcp, "auth": s.auth}),
         (r"/api/.*", NotFoundHandler, {}),
     ]
     api += [(pattern, handler) for pattern, handler, _ in table]  # what the document describes
