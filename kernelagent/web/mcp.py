@@ -30,14 +30,14 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from kernelagent import __version__
 from kernelagent.domain import Artifact, Cell, Session, User
 from kernelagent.errors import KernelAgentError, NotFound
-from kernelagent.services.output_views import view_artifact
+from kernelagent.services.output_views import trim, view_artifact
 from kernelagent.services.tool_results import downscale
 from kernelagent.web.asgi import AsgiHandler
 
 WAIT = 20.0  # seconds a tool waits for a cell by default before answering with its id
 MAX_WAIT = 120.0
-TEXT_BUDGET = 20_000  # characters of a file or notebook in one answer
 IMAGE_SIZE = 1024  # pixels: an image's longer side, as sent to a model
+IMAGE_BYTES = 512 * 1024  # an image's PNG, as sent to a model
 POLL = 0.2
 
 INSTRUCTIONS = """\
@@ -51,15 +51,17 @@ no network: put data in the workspace with write_file (or upload_from_url when a
 _user: contextvars.ContextVar[User] = contextvars.ContextVar("kernelagent_mcp_user")
 
 
-def _errors(tool: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """The service's errors as tool errors whose text a model can act on."""
+def _answering(tool: Callable[..., Awaitable[Any]], budget: int) -> Callable[..., Awaitable[Any]]:
+    """The tool with its text trimmed to ``budget`` characters, and the services' errors as
+    tool errors whose text a model can act on."""
 
     @functools.wraps(tool)
     async def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return await tool(*args, **kwargs)
+            answer = await tool(*args, **kwargs)
         except KernelAgentError as e:
             raise ToolError(str(e)) from e
+        return trim(answer, budget) if isinstance(answer, str) else answer
 
     return run
 
@@ -103,9 +105,12 @@ def build_mcp(services: Any) -> KernelagentMcp:
         where = f"cell {cell.index} (id {cell.id}), {cell.status}"
         return f"[{where}]\n{s.agent.describe_cell(cell, artifacts)}"
 
+    budget = s.settings.tool_result_chars  # what any tool answers, in characters
+
     def tool(description: str, **kwargs: Any) -> Callable[[Any], Any]:
         def register(fn: Callable[..., Awaitable[Any]]) -> Any:
-            server.add_tool(_errors(fn), description=description, structured_output=False, **kwargs)
+            answering = _answering(fn, budget)
+            server.add_tool(answering, description=description, structured_output=False, **kwargs)
             return fn
 
         return register
@@ -226,10 +231,10 @@ def build_mcp(services: Any) -> KernelagentMcp:
         if artifact.mime_type in ("image/png", "image/jpeg", "image/gif", "image/webp") and (
             view in ("", "image")
         ):
-            raw, mime = await asyncio.to_thread(downscale, data, artifact.mime_type, IMAGE_SIZE)
+            raw, mime = await asyncio.to_thread(_within, data, artifact.mime_type)
             return Image(data=raw, format=mime.removeprefix("image/"))
         try:
-            return view_artifact(artifact.mime_type, data, view or None, budget=TEXT_BUDGET)
+            return view_artifact(artifact.mime_type, data, view or None, budget=budget)
         except ValueError as e:
             raise ToolError(str(e)) from e
 
@@ -238,16 +243,13 @@ def build_mcp(services: Any) -> KernelagentMcp:
         files = await s.files.list(await session_of(session_id))
         return "\n".join(f"{f.path}  {f.size} B" for f in files) or "The workspace is empty."
 
-    @tool("A workspace file's text (trimmed to max_chars); binary files are described.")
-    async def read_file(session_id: str, path: str, max_chars: int = TEXT_BUDGET) -> str:
+    @tool("A workspace file's text (long ones trimmed); binary files are described.")
+    async def read_file(session_id: str, path: str) -> str:
         data, rel = await s.files.read(await session_of(session_id), path)
         try:
-            text = data.decode()
+            return data.decode()
         except UnicodeDecodeError:
             return f"{rel} is binary ({len(data)} bytes): read it with run_python."
-        limit = max(min(max_chars, TEXT_BUDGET * 5), 0)
-        cut = f"\n[… {len(text) - limit} more characters]" if len(text) > limit else ""
-        return text[:limit] + cut
 
     @tool(
         "Write a text file into the session's workspace (recorded in the notebook, as an "
@@ -298,13 +300,11 @@ def build_mcp(services: Any) -> KernelagentMcp:
         "kernelagent://sessions/{session_id}/notebook."
     )
     async def export_notebook(session_id: str) -> str:
-        data = await s.notebooks.export(await session_of(session_id))
-        text = data.decode() if isinstance(data, bytes) else str(data)
-        if len(text) <= TEXT_BUDGET:
-            return text
-        return (
-            text[:TEXT_BUDGET] + f"\n[… trimmed: read kernelagent://sessions/{session_id}/notebook]"
-        )
+        data = (await s.notebooks.export(await session_of(session_id))).decode()
+        if len(data) <= budget:
+            return data
+        whole = f"\n[trimmed: the whole notebook is kernelagent://sessions/{session_id}/notebook]"
+        return trim(data, budget - len(whole)) + whole
 
     @tool(
         "Replay the session: re-run every cell in a fresh kernel and report which outputs "
@@ -358,6 +358,16 @@ def build_mcp(services: Any) -> KernelagentMcp:
 
     server.running = running  # type: ignore[attr-defined]
     return server
+
+
+def _within(data: bytes, mime: str) -> tuple[bytes, str]:
+    """The image downscaled until it fits ``IMAGE_BYTES`` (from ``IMAGE_SIZE`` pixels)."""
+    size = IMAGE_SIZE
+    raw, kind = downscale(data, mime, size)
+    while len(raw) > IMAGE_BYTES and size > 128:
+        size //= 2
+        raw, kind = downscale(data, mime, size)
+    return raw, kind
 
 
 def serve(server: KernelagentMcp) -> Any:

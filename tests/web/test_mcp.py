@@ -162,3 +162,49 @@ async def test_kernelagent_mcp_bridges_a_stdio_client_to_the_server(ka_server):
         assert missing.is_error and "no such session" in text_of(missing)
     record = await ka_server.services.db.cells.list(sid)
     assert [c.source for c in record] == ["2 * 3"]
+
+
+async def test_charts_tables_files_interrupt_branch_and_export_within_their_budgets(ka_server):
+    budget = ka_server.services.settings.tool_result_chars
+    async with mcp_client(ka_server, ka_server.token) as client:
+
+        async def use(tool: str, **arguments) -> str:
+            result = await client.call_tool(tool, arguments)
+            assert not result.is_error, text_of(result)
+            for block in result.content:
+                if block.type == "text":
+                    assert len(block.text) <= budget, (tool, len(block.text))
+                else:
+                    assert len(base64.b64decode(block.data)) <= 512 * 1024
+            return text_of(result)
+
+        sid = (await use("create_session", title="charts")).split()[2]
+        code = (
+            "import pandas as pd, plotly.express as px, matplotlib.pyplot as plt\n"
+            "df = pd.DataFrame({'x': range(2000), 'y': [i * i for i in range(2000)]})\n"
+            "plt.plot(df.x, df.y); plt.show()\n"
+            "px.line(df, x='x', y='y', title='squares').show()\n"
+            "df"
+        )
+        answer = await use("run_python", session_id=sid, code=code)
+        first = re.search(r"\(id ([0-9a-f-]{36})\)", answer)[1]
+        chart = next(line for line in answer.splitlines() if "plotly" in line.lower())
+        chart_id = re.search(r"artifact ([0-9a-f-]{36})", chart)[1]
+        assert "squares" in await use("read_artifact", artifact_id=chart_id)
+        assert "2000" in answer  # the DataFrame's shape, in the summary
+
+        await use("write_file", session_id=sid, path="notes.txt", content="n" * (budget * 3))
+        assert len(await use("read_file", session_id=sid, path="notes.txt")) <= budget
+
+        long = "import time\nfor i in range(600):\n    time.sleep(0.1)"
+        running = await use("run_python", session_id=sid, code=long, wait_seconds=0.5)
+        cell_id = re.search(r"\(id ([0-9a-f-]{36})\)", running)[1]
+        await use("interrupt", session_id=sid)
+        stopped = await use("get_cell", session_id=sid, cell_id=cell_id, wait_seconds=30)
+        assert "interrupted" in stopped.lower()
+
+        branched = await use("branch", session_id=sid, cell_id=first)
+        child = re.search(r"session ([0-9a-f-]{36})", branched)[1]
+        assert "2000" in await use("run_python", session_id=child, code="len(df)")
+        exported = await use("export_notebook", session_id=sid)
+        assert '"nbformat"' in exported and f"kernelagent://sessions/{sid}/notebook" in exported
