@@ -69,12 +69,16 @@ async def test_a_client_runs_python_in_a_session_the_web_sees_live(ka_server):
             code="import pandas as pd\nlen(open('data.csv').read()), x",
         )  # fmt: skip
         assert "(8, 41)" in answer
+        web = f"/api/v1/sessions/{sid}/cells"  # and the other way round: the web's cell
+        await ka_server.json(web, "POST", {"code": "y = 'typed in the web page'"})
+        assert "typed in the web page" in await call(client, "open_session", session_id=sid)
+        assert "typed in the web page" in await call(client, "run_python", session_id=sid, code="y")
 
     cells = await ka_server.json(f"/api/v1/sessions/{sid}/notebook")
     code = [c for c in cells["cells"] if c["cell_type"] == "code"]
     assert "x = 41\nx + 1" in ["".join(c["source"]) for c in code]
     record = await ka_server.services.db.cells.list(sid)
-    assert {c.role for c in record if c.cell_type == "code"} == {"mcp"}
+    assert [c.role for c in record if c.cell_type == "code"] == ["mcp", "mcp", "web", "mcp"]
 
 
 async def test_an_image_comes_back_as_image_content_within_its_size(ka_server):
