@@ -317,6 +317,8 @@ async def main() -> int:
             "KERNELAGENT_TOKEN": TOKEN,
             "KERNELAGENT_PORT": str(port),
             "KERNELAGENT_POOL_SIZE": str(n),
+            "KERNELAGENT_MAX_KERNELS_PER_USER": "0",  # as Kernel Gateway: no limit
+            "KERNELAGENT_MAX_KERNELS": "0",
         }
         kernelagent = [str(Path(sys.executable).parent / "kernelagent"), "serve"]
         servers = {

@@ -200,6 +200,7 @@ async def main() -> int:
                 "KERNELAGENT_S3_ENDPOINT_URL": endpoint,
                 "KERNELAGENT_TOKEN": TOKEN,
                 "KERNELAGENT_POOL_SIZE": "0",
+                "KERNELAGENT_MAX_KERNELS_PER_USER": "0",  # measured, not limited
             }
             replicas = [Replica(f"{n}-{i}", env, Path(tmp)) for i in range(n)]
             try:

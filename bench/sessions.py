@@ -167,6 +167,8 @@ async def server(tmp: Path, name: str, pool_size: int, **overrides: Any) -> Asyn
         pool_size=pool_size,
         pool_preimport="",
         token=TOKEN,
+        max_kernels_per_user=0,  # bursts of sessions are measured, not limited
+        max_kernels=0,
         **overrides,
     )
     app = KernelAgentApp(settings)

@@ -44,6 +44,7 @@ from kernelagent.services.namespaces import NamespaceSnapshots
 from kernelagent.services.notebook_store import NotebookStore
 from kernelagent.services.output_views import KERNEL_SETUP_CODE
 from kernelagent.services.ports import Database, EventLog, RuntimeState, SessionLocks, Storage
+from kernelagent.services.rates import RequestRate
 from kernelagent.services.readiness import Readiness
 from kernelagent.services.recording import Recorder
 from kernelagent.services.replay import Replayer
@@ -83,6 +84,7 @@ class Services:
     worldlines: WorldlineService
     readiness: Readiness
     metrics: Metrics
+    rate: RequestRate
     mcp: Any = None  # the MCP server's ASGI callable (``web/mcp.py``), set once built
 
 
@@ -136,7 +138,6 @@ class KernelAgentApp:
             upload_limit=settings.upload_limit,
             signed_url_ttl=settings.signed_url_ttl,
         )
-        sessions = SessionService(db, pool, kernels, files, storage, state, events)
         replayer = Replayer(kernels, files, settings.cell_timeout, settings.stream_limit)
         namespaces = NamespaceSnapshots(
             db,
@@ -157,6 +158,11 @@ class KernelAgentApp:
             state,
             namespaces,
             KERNEL_SETUP_CODE,
+            max_kernels_per_user=settings.max_kernels_per_user,
+            max_kernels=settings.max_kernels,
+        )
+        sessions = SessionService(
+            db, pool, kernels, files, storage, state, events, supervisor.make_room
         )
         execution = ExecutionService(
             db,
@@ -230,6 +236,7 @@ class KernelAgentApp:
             worldlines=WorldlineService(db, locks, sessions, supervisor, files, events, replayer),
             readiness=Readiness(db, state, storage),
             metrics=metrics,
+            rate=RequestRate(state, settings.rate_limit),
         )
         await pool.start()
         self._mcp = build_mcp(self.services)

@@ -217,6 +217,23 @@ class Settings:
         "KERNELAGENT_DRAIN_TIMEOUT",
         "Seconds a stopping server gives its running turns to finish (new ones are refused)",
     )
+    max_kernels_per_user: int = _setting(
+        8,
+        "KERNELAGENT_MAX_KERNELS_PER_USER",
+        "Live session kernels one user may have; at the limit their least recently used idle "
+        "one is hibernated to make room (429 when none is idle); 0 no limit",
+    )
+    max_kernels: int = _setting(
+        64,
+        "KERNELAGENT_MAX_KERNELS",
+        "Live session kernels in all; at the limit the least recently used idle one is "
+        "hibernated to make room (429 when none is idle); 0 no limit",
+    )
+    rate_limit: int = _setting(
+        0,
+        "KERNELAGENT_RATE_LIMIT",
+        "API requests one user may make per minute (429 with Retry-After beyond); 0 no limit",
+    )
     mcp_url_uploads: bool = _setting(
         False,
         "KERNELAGENT_MCP_URL_UPLOADS",

@@ -55,6 +55,15 @@ class LimitExceeded(KernelAgentError):
     status, code = 429, "limit_exceeded"
 
 
+class LimitReached(LimitExceeded):
+    """A configured limit refuses this; the answer names the setting and its value (and when
+    to try again, for a rate)."""
+
+    def __init__(self, message: str, setting: str, value: float, retry_after: float | None = None):
+        super().__init__(message)
+        self.setting, self.value, self.retry_after = setting, value, retry_after
+
+
 class SandboxError(KernelAgentError):
     status, code = 503, "sandbox_unavailable"
 

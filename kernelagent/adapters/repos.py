@@ -164,6 +164,16 @@ class SqlSessionRepo(_Repo):
         )
         return [row.to_domain() for row in rows]
 
+    @reads
+    def holding_kernels(self, tx: Transaction, user_id: str | None = None) -> list[Session]:
+        """Sessions with a live kernel (of ``user_id``, or everyone's), least recently used
+        first."""
+        query = select(SessionRow).where(col(SessionRow.kernel_id).is_not(None))
+        if user_id is not None:
+            query = query.where(SessionRow.user_id == user_id)
+        rows = tx.exec(query.order_by(col(SessionRow.updated_at), col(SessionRow.id)))
+        return [row.to_domain() for row in rows]
+
     @writes
     def update(self, tx: Transaction, session_id: str, **changes: Any) -> Session:
         """Change ``title``, ``status``, ``kernel_id`` or ``updated_at``; NotFound if missing."""

@@ -82,6 +82,7 @@ class LocalRuntime:
         self._running: dict[str, str] = {}
         self._active: dict[str, float] = {}
         self._connections: dict[str, int] = {}
+        self._hits: dict[str, tuple[int, int]] = {}  # key → (its window, hits in it)
         self._handlers = _Handlers()
         self._address = ""
 
@@ -122,6 +123,13 @@ class LocalRuntime:
 
     async def last_activity(self, session_id: str) -> float | None:
         return self._active.get(session_id)
+
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        bucket, left = _window(window)
+        seen, count = self._hits.get(key, (bucket, 0))
+        count = count + 1 if seen == bucket else 1
+        self._hits[key] = (bucket, count)
+        return count, left
 
     async def connections(self, session_id: str, change: int = 0) -> int:
         count = self._connections.get(session_id, 0) + change
@@ -307,6 +315,15 @@ class RedisRuntime:
         value = await self._call(self.redis.get(self._key("active", session_id)))
         return None if value is None else float(value)  # type: ignore[arg-type]
 
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        bucket, left = _window(window)
+        counter = self._key("hits", key, str(bucket))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(counter)
+            pipe.expire(counter, max(1, round(window)) + 1)
+            results = await self._call(pipe.execute())
+        return int(results[0]), left  # type: ignore[index]
+
     async def connections(self, session_id: str, change: int = 0) -> int:
         key = self._key("conns", session_id)
         if change:
@@ -328,6 +345,13 @@ class RedisRuntime:
 
     def on_signal(self, handler: Handler) -> None:
         self._handlers.add(handler)
+
+
+def _window(seconds: float) -> tuple[int, float]:
+    """The current fixed window of ``seconds`` (the same in every process, by the clock) and
+    the seconds left in it."""
+    now = time.time()
+    return int(now // seconds), seconds - now % seconds
 
 
 def make_runtime(redis_url: str | None, lease: float = 15.0) -> LocalRuntime | RedisRuntime:

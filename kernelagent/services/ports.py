@@ -51,6 +51,11 @@ class SessionRepo(Protocol):
         """Newest first (``updated_at`` descending)."""
         ...
 
+    async def holding_kernels(self, user_id: str | None = None) -> list[Session]:
+        """Sessions with a live kernel (of ``user_id``, or everyone's), least recently used
+        first."""
+        ...
+
     async def update(self, session_id: str, **changes: Any) -> Session:
         """Change ``title``, ``status``, ``kernel_id`` or ``updated_at``; NotFound if missing."""
         ...
@@ -447,6 +452,11 @@ class RuntimeState(Protocol):
 
     async def last_activity(self, session_id: str) -> float | None:
         """When (Unix time) the session last did something, if known."""
+        ...
+
+    async def hit(self, key: str, window: float) -> tuple[int, float]:
+        """Count a hit on ``key`` in the current window of ``window`` seconds (the same for
+        every process): the hits in it so far, this one included, and the seconds left."""
         ...
 
     async def connections(self, session_id: str, change: int = 0) -> int:

@@ -6,6 +6,8 @@ whose kernel died (or was never started) gets a new one on its next execution (t
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from kernelagent.domain import Session, User, new_id, now
 from kernelagent.errors import Unprocessable
 from kernelagent.services.auth import AuthService
@@ -35,7 +37,9 @@ class SessionService:
         storage: Storage,
         state: RuntimeState,
         events: EventLog | None = None,
+        make_room: Callable[[str], Awaitable[None]] | None = None,
     ):
+        self.make_room = make_room  # below the limits on live kernels (the supervisor's)
         self.state = state
         self.events = events
         self.db = db
@@ -47,6 +51,8 @@ class SessionService:
     async def create(self, user: User, title: str = "", parent_id: str | None = None) -> Session:
         title = clean_title(title) or "Untitled"  # before a kernel is taken: a bad title leaks none
         session_id = new_id()
+        if self.make_room is not None:
+            await self.make_room(user.id)
         kernel = await self.pool.acquire(session_id)
         created = now()
         session = Session(

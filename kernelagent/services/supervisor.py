@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from kernelagent.domain import Cell, Session, SessionStatus, Signal
-from kernelagent.errors import Conflict, LimitExceeded
+from kernelagent.errors import Conflict, LimitExceeded, LimitReached
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
 from kernelagent.services.namespaces import NamespaceSnapshots, Restoration
@@ -93,7 +93,11 @@ class KernelSupervisor:
         state: RuntimeState,
         namespaces: NamespaceSnapshots,
         setup_code: str = "",
+        max_kernels_per_user: int = 0,
+        max_kernels: int = 0,
     ):
+        self.max_kernels_per_user = max_kernels_per_user
+        self.max_kernels = max_kernels
         self.state = state
         self.namespaces = namespaces
         self.db = db
@@ -121,6 +125,7 @@ class KernelSupervisor:
         if not live:
             if kernel_id:
                 await self.kernels.shutdown(kernel_id, now=True)
+            await self.make_room(session.user_id, session.id)
             kernel = await self.pool.acquire(session.id)
             kernel_id = kernel.id
             await self.state.claim("kernel", session.id)
@@ -223,6 +228,57 @@ class KernelSupervisor:
             {"taken_over": kernel_id},
         )
         return True
+
+    async def make_room(self, user_id: str, session_id: str | None = None) -> None:
+        """Below the limits on live kernels (the user's, everyone's) before a session (of
+        ``user_id``; ``session_id`` if it exists) gets one: the least recently used idle kernel
+        over a limit is hibernated (its state comes back when it is used); LimitReached when
+        every one is busy."""
+        limits = (
+            (self.max_kernels_per_user, "KERNELAGENT_MAX_KERNELS_PER_USER", user_id),
+            (self.max_kernels, "KERNELAGENT_MAX_KERNELS", None),
+        )
+        for limit, setting, user_id in limits:
+            if limit <= 0:
+                continue
+            holding = [
+                s for s in await self.db.sessions.holding_kernels(user_id) if s.id != session_id
+            ]
+            excess = len(holding) + 1 - limit
+            for victim in holding:  # least recently used first
+                if excess > 0 and await self._hibernate(victim, setting, limit):
+                    excess -= 1
+            if excess > 0:
+                whose = "you have" if user_id is not None else "the server has"
+                raise LimitReached(
+                    f"{whose} {len(holding)} live kernels, the limit ({setting}={limit}), and "
+                    "none is idle: wait for a cell to finish, or stop a session's kernel",
+                    setting,
+                    limit,
+                )
+
+    async def _hibernate(self, session: Session, setting: str, limit: int) -> bool:
+        """Stop an idle kernel (its snapshots kept) to make room; False if it is busy (a cell,
+        a running turn) or another server process alone reaches it."""
+        if await self.elsewhere(session.id) is not None:
+            return False
+        if any(t.status == "running" for t in await self.db.turns.unfinished(session.id)):
+            return False
+        try:
+            async with self.locks.hold(session.id, timeout=0):
+                current = await self.db.sessions.get(session.id)
+                if current is None or not current.kernel_id:
+                    return True
+                await self.stop(
+                    current,
+                    f"The kernel was hibernated to make room for another ({setting}={limit})",
+                    held=True,
+                    status="idle",
+                )
+                self.last_used.pop(session.id, None)
+                return True
+        except LimitExceeded:  # its lock is taken: a cell runs
+            return False
 
     async def _own_orphan(self, session: Session) -> None:
         """A shared kernel whose owner is gone is this process's to cull from now on."""

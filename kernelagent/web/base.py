@@ -21,8 +21,15 @@ import pydantic
 from tornado import web
 
 from kernelagent.domain import User
-from kernelagent.errors import InvalidInput, KernelAgentError, TooLarge, Unprocessable
+from kernelagent.errors import (
+    InvalidInput,
+    KernelAgentError,
+    LimitReached,
+    TooLarge,
+    Unprocessable,
+)
 from kernelagent.services.auth import AuthService
+from kernelagent.services.rates import RequestRate
 from kernelagent.web.forward import forward, forwarded
 
 Body = TypeVar("Body", bound=pydantic.BaseModel)
@@ -90,6 +97,7 @@ class ApiHandler(web.RequestHandler):
     # that holds it, when another does (``web/forward.py``)
     held: frozenset[str] = frozenset()
     holder: Callable[[str], Awaitable[str | None]] | None = None
+    rate: RequestRate | None = None  # requests per user per minute
 
     def initialize(self, **deps: Any) -> None:
         for name, value in deps.items():
@@ -104,6 +112,8 @@ class ApiHandler(web.RequestHandler):
             self.current_user = await self._authenticate()
             if self.current_user is None:
                 raise Unauthorized()
+            if self.rate is not None:
+                await self.rate.check(self.current_user.id)
         if self.request.method in self.held and self.holder and not forwarded(self.request):
             base = await self.holder(self.path_args[0])
             if base:
@@ -173,7 +183,12 @@ class ApiHandler(web.RequestHandler):
             code, message = _code_for(status_code), exc.log_message or self._reason
         else:
             code, message = "internal_error", self._reason
-        self.finish(json.dumps({"error": {"code": code, "message": message}}))
+        error: dict[str, Any] = {"code": code, "message": message}
+        if isinstance(exc, LimitReached):
+            error["limit"] = {"setting": exc.setting, "value": exc.value}
+            if exc.retry_after is not None:
+                self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
+        self.finish(json.dumps({"error": error}))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, Unauthorized):

@@ -39,7 +39,12 @@ KERNEL = r"/api/kernels/([^/]+)"
 def routes(services: Any, sandbox: str) -> list[tuple[str, type, dict[str, Any]]]:
     """``services``: the app's ``Services`` (see ``app.py``); each handler takes what it uses."""
     s = services
-    common = {"auth": s.auth, "body_limit": s.settings.body_limit, "holder": s.supervisor.holder}
+    common = {
+        "auth": s.auth,
+        "body_limit": s.settings.body_limit,
+        "holder": s.supervisor.holder,
+        "rate": s.rate,
+    }
     with_sessions = {**common, "sessions": s.sessions, "execution": s.execution, "turns": s.turns}
     turns = {**common, "turns": s.turns}
     gateway = {**common, "gateway": s.gateway}
