@@ -97,9 +97,16 @@ ERROR_CODES = tuple(
 class ErrorBody(Body):
     """An error"""
 
+    class Limit(Body):
+        setting: str = pydantic.Field(description="The setting that refused it")
+        value: float = pydantic.Field(description="Its value")
+
     class Detail(Body):
         code: Literal[ERROR_CODES]  # type: ignore[valid-type]
         message: str
+        limit: ErrorBody.Limit | None = pydantic.Field(
+            None, description="For a configured limit (429): which, and its value"
+        )
 
     error: Detail
 
