@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 
-from kernelagent import __version__
+from kernelagent import __version__, logs
 from kernelagent.config import Settings
 
 
@@ -77,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
     try:
         overrides = {
             k: getattr(args, k, None)
@@ -86,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env(os.environ, **overrides)
     except ValueError as e:
         parser.error(str(e))
+    logs.configure(settings.log_format)
     if args.command == "serve":
         return asyncio.run(_serve(settings))
     if args.command == "doctor":
@@ -152,6 +152,6 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopped.set)
     await stopped.wait()
-    print("shutting down", file=sys.stderr, flush=True)
+    logging.getLogger("kernelagent").info("shutting down")
     await app.stop()
     return 0

@@ -240,6 +240,11 @@ class Settings:
         "Whether MCP clients may have the server fetch a URL into a workspace (the server's "
         "network, not the sandbox's)",
     )
+    log_format: str = _setting(
+        "text",
+        "KERNELAGENT_LOG_FORMAT",
+        "text, or json: one JSON object per line with request, user, session and turn ids",
+    )
     metrics_token: str = _setting(
         "",
         "KERNELAGENT_METRICS_TOKEN",
@@ -254,6 +259,8 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"KERNELAGENT_LOG_FORMAT={self.log_format!r} is not one of text|json")
         if self.sandbox not in SANDBOXES:
             choices = "|".join(SANDBOXES)
             raise ValueError(f"KERNELAGENT_SANDBOX={self.sandbox!r} is not one of {choices}")

@@ -25,6 +25,7 @@ import json
 import logging
 from typing import Any, Literal
 
+from kernelagent import logs
 from kernelagent.domain import (
     Artifact,
     Cell,
@@ -193,6 +194,8 @@ class AgentService:
 
     async def _run(self, session: Session, active: _Active) -> None:
         turn = active.turn
+        logs.session_id.set(session.id)  # this task's log lines say which turn they are about
+        logs.turn_id.set(turn.id)
         error: str | None = None
         status: Literal["completed", "failed", "interrupted", "waiting"] = "completed"
         pause: AwaitingUser | None = None

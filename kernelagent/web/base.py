@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pydantic
 from tornado import web
 
+from kernelagent import logs
 from kernelagent.domain import User
 from kernelagent.errors import (
     InvalidInput,
@@ -108,10 +110,17 @@ class ApiHandler(web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
 
     async def prepare(self) -> None:
+        given = self.request.headers.get("X-Request-ID", "")
+        request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        logs.request_id.set(request_id)
+        self.set_header("X-Request-ID", request_id)
+        if self.path_args and self.request.path.startswith(("/api/v1/sessions/", "/api/kernels/")):
+            logs.session_id.set(self.path_args[0])
         if self.auth_required:
             self.current_user = await self._authenticate()
             if self.current_user is None:
                 raise Unauthorized()
+            logs.user_id.set(self.current_user.id)
             if self.rate is not None:
                 await self.rate.check(self.current_user.id)
         if self.request.method in self.held and self.holder and not forwarded(self.request):
