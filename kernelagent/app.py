@@ -137,6 +137,7 @@ class KernelAgentApp:
             secret=secret,
             upload_limit=settings.upload_limit,
             signed_url_ttl=settings.signed_url_ttl,
+            workspace_limit=settings.workspace_limit,
         )
         replayer = Replayer(kernels, files, settings.cell_timeout, settings.stream_limit)
         namespaces = NamespaceSnapshots(

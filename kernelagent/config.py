@@ -217,6 +217,12 @@ class Settings:
         "KERNELAGENT_DRAIN_TIMEOUT",
         "Seconds a stopping server gives its running turns to finish (new ones are refused)",
     )
+    workspace_limit: int = _setting(
+        1 * GiB,
+        "KERNELAGENT_WORKSPACE_LIMIT",
+        "Bytes a session's workspace may hold: uploads past it are refused (413), and a cell "
+        "that leaves it fuller says so in an error output; 0 no limit",
+    )
     max_kernels_per_user: int = _setting(
         8,
         "KERNELAGENT_MAX_KERNELS_PER_USER",

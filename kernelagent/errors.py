@@ -55,13 +55,21 @@ class LimitExceeded(KernelAgentError):
     status, code = 429, "limit_exceeded"
 
 
-class LimitReached(LimitExceeded):
+class Limited(KernelAgentError):
     """A configured limit refuses this; the answer names the setting and its value (and when
     to try again, for a rate)."""
 
     def __init__(self, message: str, setting: str, value: float, retry_after: float | None = None):
         super().__init__(message)
         self.setting, self.value, self.retry_after = setting, value, retry_after
+
+
+class LimitReached(Limited, LimitExceeded):
+    """Too many at once (kernels) or too often (requests): 429."""
+
+
+class WorkspaceFull(Limited, TooLarge):
+    """The session's workspace would hold more than its limit: 413."""
 
 
 class SandboxError(KernelAgentError):

@@ -183,6 +183,11 @@ class ExecutionService:
                         cell, metadata={**cell.metadata, "snapshot": snapshot}
                     )
                     await self.db.cells.update(cell)
+                if full := self.files.over_limit(session.id):  # said in the cell, to all
+                    error = {"output_type": "error", "ename": "WorkspaceFull", "evalue": full,
+                             "traceback": [f"WorkspaceFull: {full}"]}  # fmt: skip
+                    cell = dataclasses.replace(cell, outputs=[*cell.outputs, error])
+                    await self.db.cells.update(cell)
             except Exception:
                 log.exception("storing the outputs or files of cell %s failed", cell.id)
             await self.supervisor.touch(session.id)

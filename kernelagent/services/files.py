@@ -28,7 +28,14 @@ from pathlib import PurePosixPath
 from itsdangerous import BadSignature, Signer
 
 from kernelagent.domain import Artifact, FileEntry, Session, new_id, now
-from kernelagent.errors import Forbidden, InvalidInput, NotFound, TooLarge, WorkspaceOffline
+from kernelagent.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    WorkspaceFull,
+    WorkspaceOffline,
+)
 from kernelagent.services.outputs import ArtifactBlob
 from kernelagent.services.ports import Database, Storage, Workspaces
 from kernelagent.services.recording import Recorder
@@ -78,7 +85,9 @@ class FileService:
         secret: str,
         upload_limit: int,
         signed_url_ttl: int,
+        workspace_limit: int = 0,
     ):
+        self.workspace_limit = workspace_limit  # bytes a workspace may hold (0: no limit)
         self.db = db
         self.storage = storage
         self.workspaces = workspaces
@@ -88,6 +97,7 @@ class FileService:
         self.signed_url_ttl = signed_url_ttl
         self.signer = Signer(secret, salt="kernelagent.artifact")
         self._seen: dict[str, dict[str, _Seen]] = {}
+        self._used: dict[str, int] = {}  # session id → bytes in its workspace, as last listed
 
     @staticmethod
     def confine(path: str) -> str:
@@ -109,6 +119,17 @@ class FileService:
         if len(data) > self.upload_limit:
             raise TooLarge(f"upload of {len(data)} bytes exceeds the limit of {self.upload_limit}")
         rel = self.confine(path)
+        if self.workspace_limit:
+            entries = await self.db.files.list(session.id)
+            used = sum(e.size for e in entries if e.path != rel)
+            if used + len(data) > self.workspace_limit:
+                raise WorkspaceFull(
+                    f"the workspace holds {used:,} bytes; with {len(data):,} more it would pass "
+                    f"its limit (KERNELAGENT_WORKSPACE_LIMIT={self.workspace_limit:,}): delete "
+                    "files first",
+                    "KERNELAGENT_WORKSPACE_LIMIT",
+                    self.workspace_limit,
+                )
         with contextlib.suppress(WorkspaceOffline):  # its kernel gets it when it comes back
             await self.workspaces.write_file(session.id, rel, data)
         entry = FileEntry(rel, len(data), hashlib.sha256(data).hexdigest(), now())
@@ -154,6 +175,7 @@ class FileService:
             current = await self.workspaces.list_files(session.id)
         except WorkspaceOffline:
             return False  # its files stay as last mirrored
+        self._used[session.id] = sum(stat.size for stat in current.values())
         changed = False
         for rel in set(seen) - set(current):
             changed = True
@@ -181,6 +203,18 @@ class FileService:
                 changed = True
             seen[rel] = _Seen(stat.size, stat.mtime_ns, sha)
         return changed
+
+    def over_limit(self, session_id: str) -> str | None:
+        """What to tell the session's user and model when its workspace, as last mirrored,
+        holds more than its limit; None when it does not."""
+        used = self._used.get(session_id, 0)
+        if not self.workspace_limit or used <= self.workspace_limit:
+            return None
+        return (
+            f"The workspace holds {used:,} bytes, more than its limit "
+            f"(KERNELAGENT_WORKSPACE_LIMIT={self.workspace_limit:,}): delete or shrink files. "
+            "Uploads are refused until it is under the limit again."
+        )
 
     async def store_artifacts(
         self, session: Session, cell_id: str, blobs: list[ArtifactBlob]
@@ -253,5 +287,6 @@ class FileService:
         """Drop a deleted session's workspace and cache (its storage prefix is removed by the
         caller)."""
         self._seen.pop(session_id, None)
+        self._used.pop(session_id, None)
         with contextlib.suppress(WorkspaceOffline):
             await self.workspaces.remove_workspace(session_id)

@@ -26,7 +26,7 @@ from kernelagent.domain import User
 from kernelagent.errors import (
     InvalidInput,
     KernelAgentError,
-    LimitReached,
+    Limited,
     TooLarge,
     Unprocessable,
 )
@@ -193,7 +193,7 @@ class ApiHandler(web.RequestHandler):
         else:
             code, message = "internal_error", self._reason
         error: dict[str, Any] = {"code": code, "message": message}
-        if isinstance(exc, LimitReached):
+        if isinstance(exc, Limited):
             error["limit"] = {"setting": exc.setting, "value": exc.value}
             if exc.retry_after is not None:
                 self.set_header("Retry-After", str(max(1, round(exc.retry_after))))

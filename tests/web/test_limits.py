@@ -82,3 +82,23 @@ async def test_the_server_wide_kernel_limit_takes_the_least_recently_used_of_any
         assert not await live(server, mine) and await live(server, theirs)
         notebook = json.dumps(await server.json(f"/api/v1/sessions/{mine}/notebook"))
         assert "KERNELAGENT_MAX_KERNELS=2" in notebook
+
+
+async def test_a_full_workspace_refuses_uploads_and_says_so_in_the_cell(backend):
+    async with running(backend(workspace_limit=1_000_000)) as server:
+        sid = (await server.session("full"))["id"]
+        assert (await server.upload(sid, "a.bin", b"a" * 600_000)).code == 201
+        refused = await server.upload(sid, "b.bin", b"b" * 600_000)
+        assert refused.code == 413, refused.body
+        error = json.loads(refused.body)["error"]
+        assert error["limit"] == {"setting": "KERNELAGENT_WORKSPACE_LIMIT", "value": 1_000_000}
+        files = await server.json(f"/api/v1/sessions/{sid}/files")
+        assert [f["path"] for f in files["files"]] == ["a.bin"]  # nothing half-written
+
+        cell = await server.run(sid, "open('c.bin', 'wb').write(b'c' * 700_000)")
+        full = [o for o in cell["cell"]["outputs"] if o["output_type"] == "error"]
+        assert full and full[0]["ename"] == "WorkspaceFull"
+        assert "KERNELAGENT_WORKSPACE_LIMIT=1,000,000" in full[0]["evalue"]
+        cell = await server.run(sid, "import os; os.remove('c.bin')")
+        assert not [o for o in cell["cell"]["outputs"] if o["output_type"] == "error"]
+        assert (await server.upload(sid, "d.bin", b"d" * 100_000)).code == 201
