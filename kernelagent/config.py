@@ -223,6 +223,16 @@ class Settings:
         "Bytes a session's workspace may hold: uploads past it are refused (413), and a cell "
         "that leaves it fuller says so in an error output; 0 no limit",
     )
+    import_limit: int = _setting(
+        50 * MiB,
+        "KERNELAGENT_IMPORT_LIMIT",
+        "Bytes of a notebook to import (413 past it, before it is parsed); 0 no limit",
+    )
+    import_cells: int = _setting(
+        10_000,
+        "KERNELAGENT_IMPORT_CELLS",
+        "Cells of a notebook to import (413 past it); 0 no limit",
+    )
     max_kernels_per_user: int = _setting(
         8,
         "KERNELAGENT_MAX_KERNELS_PER_USER",

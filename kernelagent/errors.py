@@ -72,6 +72,10 @@ class WorkspaceFull(Limited, TooLarge):
     """The session's workspace would hold more than its limit: 413."""
 
 
+class TooBig(Limited, TooLarge):
+    """An input past a configured size or count (an imported notebook): 413."""
+
+
 class SandboxError(KernelAgentError):
     status, code = 503, "sandbox_unavailable"
 

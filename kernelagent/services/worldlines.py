@@ -21,7 +21,7 @@ from typing import Any
 import nbformat
 
 from kernelagent.domain import Cell, Session, User, new_id
-from kernelagent.errors import NotFound, Unprocessable
+from kernelagent.errors import NotFound, TooBig, Unprocessable
 from kernelagent.events import ReplayCompleted, ReplayProgress, ReplayStarted
 from kernelagent.services.files import FileService
 from kernelagent.services.namespaces import without_state
@@ -59,7 +59,11 @@ class WorldlineService:
         files: FileService,
         events: EventLog,
         replayer: Replayer,
+        import_limit: int = 0,
+        import_cells: int = 0,
     ):
+        self.import_limit = import_limit  # bytes of an imported notebook (0: no limit)
+        self.import_cells = import_cells  # its cells
         self.db = db
         self.locks = locks
         self.sessions = sessions
@@ -143,12 +147,26 @@ class WorldlineService:
     ) -> Session:
         """``files``: placed in the workspace first (recorded as uploads before the cells), as
         the files that lay beside the notebook."""
+        if self.import_limit and len(raw) > self.import_limit:
+            raise TooBig(
+                f"the notebook has {len(raw):,} bytes, more than the limit "
+                f"(KERNELAGENT_IMPORT_LIMIT={self.import_limit:,})",
+                "KERNELAGENT_IMPORT_LIMIT",
+                self.import_limit,
+            )
         try:
             nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
             nbformat.validate(nb)
             imported = cells_from_notebook(nb)
         except Exception as e:  # noqa: BLE001 - nbformat raises many kinds for malformed input
             raise Unprocessable(f"not a valid .ipynb notebook: {_first_line(e)}") from None
+        if self.import_cells and len(imported) > self.import_cells:
+            raise TooBig(
+                f"the notebook has {len(imported):,} cells, more than the limit "
+                f"(KERNELAGENT_IMPORT_CELLS={self.import_cells:,})",
+                "KERNELAGENT_IMPORT_CELLS",
+                self.import_cells,
+            )
         meta = nb.metadata.get("kernelagent", {})
         title = title or str(meta.get("title") or "") or "Imported notebook"
         session = await self.sessions.create(user, title)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 
+import nbformat
 import pytest
 from conftest import backend_settings, running
 
@@ -102,3 +103,23 @@ async def test_a_full_workspace_refuses_uploads_and_says_so_in_the_cell(backend)
         cell = await server.run(sid, "import os; os.remove('c.bin')")
         assert not [o for o in cell["cell"]["outputs"] if o["output_type"] == "error"]
         assert (await server.upload(sid, "d.bin", b"d" * 100_000)).code == 201
+
+
+async def test_notebooks_past_the_import_limits_are_refused_naming_them(backend):
+    async with running(backend(import_limit=200_000, import_cells=50)) as server:
+        many = nbformat.v4.new_notebook()
+        many.cells = [nbformat.v4.new_code_cell(f"x = {i}") for i in range(51)]
+        refused = await server.fetch(
+            "/api/v1/notebooks", "POST", raw=nbformat.writes(many).encode()
+        )
+        assert refused.code == 413, refused.body
+        error = json.loads(refused.body)["error"]
+        assert error["limit"] == {"setting": "KERNELAGENT_IMPORT_CELLS", "value": 50}
+        big = nbformat.v4.new_notebook()
+        big.cells = [nbformat.v4.new_markdown_cell("x" * 250_000)]
+        refused = await server.fetch("/api/v1/notebooks", "POST", raw=nbformat.writes(big).encode())
+        assert json.loads(refused.body)["error"]["limit"]["setting"] == "KERNELAGENT_IMPORT_LIMIT"
+        assert not (await server.json("/api/v1/sessions"))["sessions"]  # nothing was made
+        many.cells = many.cells[:50]
+        made = await server.fetch("/api/v1/notebooks", "POST", raw=nbformat.writes(many).encode())
+        assert made.code == 201
