@@ -209,11 +209,13 @@ class KernelAgentApp:
         turns = TurnService(db, sessions, agent, recorder, state, supervisor)
         metrics = Metrics(
             lambda: {
-                "in_use": max(kernels.running() - pool.ready_count, 0),
+                "in_use": max(kernels.running() - pool.ready_count - pool.starting, 0),
                 "pooled": pool.ready_count,
+                "starting": pool.starting,
             }
         )
         recorder.observers.append(metrics.observe_event)
+        execution.observe_lock_wait = metrics.lock_wait.observe
         await turns.start_recovery(every=settings.process_lease)
         self.services = Services(
             settings=settings,

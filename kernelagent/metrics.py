@@ -30,7 +30,8 @@ STEPS = (1, 2, 3, 5, 8, 13, 21, 34)
 
 
 class _Kernels(Collector):
-    """Kernels by state, counted when scraped: ``in_use`` (a session's), ``pooled``."""
+    """Kernels by state, counted when scraped: ``in_use`` (a session's), ``pooled``,
+    ``starting``."""
 
     def __init__(self, counts: Callable[[], dict[str, int]]):
         self.counts = counts
@@ -74,6 +75,10 @@ class Metrics:
         self.cost = Counter(
             "kernelagent_llm_cost_dollars", "LLM cost by model (KERNELAGENT_PRICES)", ["model"],
             registry=r,
+        )  # fmt: skip
+        self.lock_wait = Histogram(
+            "kernelagent_lock_wait_seconds", "Time a cell waited for its session's lock",
+            buckets=SECONDS, registry=r,
         )  # fmt: skip
         self.sse_clients = Gauge(
             "kernelagent_sse_clients", "Clients streaming session events", registry=r

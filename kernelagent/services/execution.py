@@ -86,6 +86,7 @@ class ExecutionService:
         default_timeout: float,
         stream_limit: int,
     ):
+        self.observe_lock_wait: Callable[[float], None] | None = None  # seconds queued (metrics)
         self.state = state
         self.namespaces = namespaces
         self.db = db
@@ -122,7 +123,10 @@ class ExecutionService:
         stops waiting can name it).
         """
         await self.supervisor.check_here(session_id)  # at once, not after queueing
+        queued = time.perf_counter()
         async with self.locks.hold(session_id, timeout=LOCK_WAIT):
+            if self.observe_lock_wait is not None:
+                self.observe_lock_wait(time.perf_counter() - queued)
             session = await self.db.sessions.get(session_id)
             if session is None or (owner is not None and session.user_id != owner.id):
                 raise NotFound("no such session")

@@ -60,6 +60,7 @@ class KernelPool:
         self._wanted = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
         self.last_error: str | None = None
+        self.starting = 0  # kernels being started now (for the pool or on demand)
 
     @property
     def ready_count(self) -> int:
@@ -112,7 +113,14 @@ class KernelPool:
             return Kernel(pooled.id, workspace)
         if refill:
             self._wanted.set()
-        return Kernel(await self.backend.start(workspace), workspace)
+        return Kernel(await self._start(workspace), workspace)
+
+    async def _start(self, workspace: str) -> str:
+        self.starting += 1
+        try:
+            return await self.backend.start(workspace)
+        finally:
+            self.starting -= 1
 
     def refill(self) -> None:
         """Start replacing the kernels handed out (see ``acquire``)."""
@@ -140,7 +148,7 @@ class KernelPool:
 
     async def _start_one(self) -> Kernel:
         workspace = f".pool-{new_id()}"
-        kernel = Kernel(await self.backend.start(workspace), workspace)
+        kernel = Kernel(await self._start(workspace), workspace)
         try:
             if self.warmup_code:
                 await run_silently(self.backend, kernel.id, self.warmup_code, self.warmup_timeout)

@@ -68,6 +68,8 @@ async def test_cells_turns_tokens_requests_and_kernels_are_counted(server, llm):
         while samples((await server.fetch("/metrics")).body)[("kernelagent_sse_clients", ())]:
             await asyncio.sleep(0.05)
     assert after[("kernelagent_kernels", (("state", "in_use"),))] == 1
+    assert after[("kernelagent_kernels", (("state", "starting"),))] == 0
+    assert after[("kernelagent_lock_wait_seconds_count", ())] == 3
 
 
 async def test_metrics_need_a_token(server):
