@@ -178,6 +178,8 @@ class ApiHandler(web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         self.clear_header("Content-Disposition")
+        if status_code == 405:  # which methods the route has (RFC 9110)
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if isinstance(exc, Unauthorized):
             self.set_status(401)
@@ -198,6 +200,13 @@ class ApiHandler(web.RequestHandler):
             if exc.retry_after is not None:
                 self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
         self.finish(json.dumps({"error": error}))
+
+    def allowed_methods(self) -> list[str]:
+        base = web.RequestHandler
+        return [
+            m for m in self.SUPPORTED_METHODS
+            if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)
+        ]  # fmt: skip
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, Unauthorized):

@@ -159,7 +159,16 @@ def _answer(op: Operation, models: dict[str, Any]) -> dict[str, Any]:
         return {"description": "The bytes", "content": {op.answer_type: {"schema": {}}}}
     if op.answer_type == "text/event-stream":
         events = {m.model_fields["type"].default: _event_data(m, models) for m in EVENT_MODELS}
-        stream = {"schema": {"type": "string"}, "x-events": events}
+        one = {  # each event of the stream (x-events: the data of each type)
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "event": {"type": "string", "enum": sorted(events)},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+                "retry": {"type": "integer"},
+            },
+        }
+        stream = {"schema": one, "x-events": events}
         return {"description": op.description, "content": {op.answer_type: stream}}
     description = (op.answer.__doc__ or op.summary).strip().splitlines()[0]
     return {
