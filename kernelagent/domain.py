@@ -135,12 +135,10 @@ class Usage:
 @dataclasses.dataclass(frozen=True)
 class Signal:
     """A request from one server process to the others (or to one, ``to``): "interrupt" a
-    session's running cell and turn, "run_turn" (start or resume a turn where its kernel is),
-    or "restarted" (a kernel every process reaches was restarted: drop what was set up in its
-    old process).
+    session's running cell and turn, or "run_turn" (start or resume a turn where its kernel is).
     """
 
-    kind: Literal["interrupt", "run_turn", "restarted"]
+    kind: Literal["interrupt", "run_turn"]
     session_id: str
     turn_id: str | None = None
     to: str | None = None  # a process id; None: every process

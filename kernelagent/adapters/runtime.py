@@ -83,6 +83,7 @@ class LocalRuntime:
         self._active: dict[str, float] = {}
         self._connections: dict[str, int] = {}
         self._hits: dict[str, tuple[int, int]] = {}  # key → (its window, hits in it)
+        self._generations: dict[str, int] = {}
         self._handlers = _Handlers()
         self._address = ""
 
@@ -123,6 +124,11 @@ class LocalRuntime:
 
     async def last_activity(self, session_id: str) -> float | None:
         return self._active.get(session_id)
+
+    async def generation(self, key: str, bump: bool = False) -> int:
+        if bump:
+            self._generations[key] = self._generations.get(key, 0) + 1
+        return self._generations.get(key, 0)
 
     async def hit(self, key: str, window: float) -> tuple[int, float]:
         bucket, left = _window(window)
@@ -314,6 +320,15 @@ class RedisRuntime:
     async def last_activity(self, session_id: str) -> float | None:
         value = await self._call(self.redis.get(self._key("active", session_id)))
         return None if value is None else float(value)  # type: ignore[arg-type]
+
+    async def generation(self, key: str, bump: bool = False) -> int:
+        counter = self._key("gen", key)
+        if bump:
+            value = await self._call(self.redis.incr(counter))
+            await self._call(self.redis.expire(counter, KEEP))
+            return int(value)  # type: ignore[call-overload]
+        value = await self._call(self.redis.get(counter))
+        return 0 if value is None else int(value)  # type: ignore[call-overload]
 
     async def hit(self, key: str, window: float) -> tuple[int, float]:
         bucket, left = _window(window)

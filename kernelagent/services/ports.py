@@ -454,6 +454,11 @@ class RuntimeState(Protocol):
         """When (Unix time) the session last did something, if known."""
         ...
 
+    async def generation(self, key: str, bump: bool = False) -> int:
+        """A counter every process sees: bumped (``bump``) by the process that changes what
+        ``key`` names (a kernel it restarted), read by the others before they use it."""
+        ...
+
     async def hit(self, key: str, window: float) -> tuple[int, float]:
         """Count a hit on ``key`` in the current window of ``window`` seconds (the same for
         every process): the hits in it so far, this one included, and the seconds left."""

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any
 
-from kernelagent.domain import Cell, Session, SessionStatus, Signal
+from kernelagent.domain import Cell, Session, SessionStatus
 from kernelagent.errors import Conflict, LimitExceeded, LimitReached
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
@@ -110,7 +110,7 @@ class KernelSupervisor:
         self.setup_code = setup_code
         self.last_used: dict[str, float] = {}  # session id → monotonic time of its last cell
         self._prepared: set[str] = set()
-        state.on_signal(self._on_signal)
+        self._generations: dict[str, int] = {}  # shared kernel id → its restarts, as seen
 
     async def ensure(self, session: Session) -> str:
         """The session's live kernel; a new one with the state rebuilt if it was gone. The
@@ -285,14 +285,6 @@ class KernelSupervisor:
         if await self.state.owner("kernel", session.id) is None:
             await self.state.claim("kernel", session.id)
 
-    async def _on_signal(self, signal: Signal) -> None:
-        if signal.kind != "restarted" or signal.sender == self.state.process_id:
-            return
-        session = await self.db.sessions.get(signal.session_id)
-        if session is not None and session.kernel_id:
-            self._prepared.discard(session.kernel_id)
-            await self.kernels.restarted_elsewhere(session.kernel_id)
-
     async def _rebuild_gone(self, session: Session, kernel_id: str) -> None:
         await self.namespaces.settle(session.id)
         cells = await self.db.cells.list(session.id)
@@ -307,7 +299,16 @@ class KernelSupervisor:
             )
 
     async def _prepare(self, kernel_id: str) -> None:
-        """Load the kernel-side extension once per kernel process (silently)."""
+        """Load the kernel-side extension once per kernel process (silently). A shared kernel
+        another server process restarted since this one last used it is reached afresh."""
+        if self.kernels.shared:
+            seen = self._generations.get(kernel_id)
+            now = self._generations[kernel_id] = await self.state.generation(
+                f"restarts:{kernel_id}"
+            )
+            if seen is not None and seen != now:
+                self._prepared.discard(kernel_id)
+                await self.kernels.restarted_elsewhere(kernel_id)
         if not self.setup_code or kernel_id in self._prepared:
             return
         if not await run_silently(self.kernels, kernel_id, self.setup_code, SETUP_TIMEOUT):
@@ -326,9 +327,9 @@ class KernelSupervisor:
         await self.check_here(session.id)
         self._prepared.discard(kernel_id)
         await self.kernels.restart(kernel_id)
-        if self.kernels.shared:
-            sender = self.state.process_id
-            await self.state.signal(Signal("restarted", session.id, sender=sender))
+        if self.kernels.shared:  # the other processes see it before their next use of it
+            key = f"restarts:{kernel_id}"
+            self._generations[kernel_id] = await self.state.generation(key, bump=True)
         await self.recorder.note(session.id, "The kernel was restarted; its variables are gone.")
 
     async def stop(
