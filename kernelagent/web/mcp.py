@@ -100,6 +100,14 @@ def build_mcp(services: Any) -> KernelagentMcp:
     async def session_of(session_id: str) -> Session:
         return await s.sessions.get(user(), session_id)
 
+    async def owned_artifact(artifact_id: str) -> Artifact:
+        """The artifact, if a session of the user's made it; NotFound otherwise."""
+        artifact = await s.db.artifacts.get(artifact_id)
+        session = artifact and await s.db.sessions.get(artifact.session_id)
+        if artifact is None or session is None or session.user_id != user().id:
+            raise NotFound(f"no artifact {artifact_id!r}")
+        return artifact
+
     async def describe(cell: Cell) -> str:
         artifacts: list[Artifact] = await s.db.artifacts.list_for_cell(cell.id)
         where = f"cell {cell.index} (id {cell.id}), {cell.status}"
@@ -223,10 +231,7 @@ def build_mcp(services: Any) -> KernelagentMcp:
         "arrays, 'html' for markup, 'svg' for an SVG's source."
     )
     async def read_artifact(artifact_id: str, view: str = "") -> Any:
-        artifact = await s.db.artifacts.get(artifact_id)
-        session = artifact and await s.db.sessions.get(artifact.session_id)
-        if artifact is None or session is None or session.user_id != user().id:
-            raise NotFound(f"no artifact {artifact_id!r}")
+        artifact = await owned_artifact(artifact_id)
         data = await s.files.artifact_bytes(artifact)
         if artifact.mime_type in ("image/png", "image/jpeg", "image/gif", "image/webp") and (
             view in ("", "image")
@@ -321,8 +326,7 @@ def build_mcp(services: Any) -> KernelagentMcp:
         mime_type="application/x-ipynb+json",
     )
     async def notebook(session_id: str) -> str:
-        data = await s.notebooks.export(await _resource_session(session_id))
-        return data.decode() if isinstance(data, bytes) else str(data)
+        return (await s.notebooks.export(await _resource_session(session_id))).decode()
 
     @server.resource(
         "kernelagent://sessions/{session_id}/files/{path}",
@@ -341,20 +345,17 @@ def build_mcp(services: Any) -> KernelagentMcp:
         mime_type="application/octet-stream",
     )
     async def artifact(artifact_id: str) -> bytes:
-        found = await s.db.artifacts.get(artifact_id)
-        session = found and await s.db.sessions.get(found.session_id)
-        if found is None or session is None or session.user_id != _resource_user().id:
-            raise ValueError(f"no artifact {artifact_id!r}")
+        try:
+            found = await owned_artifact(artifact_id)
+        except KernelAgentError as e:
+            raise ValueError(str(e)) from e
         return bytes(await s.files.artifact_bytes(found))
 
     async def _resource_session(session_id: str) -> Session:
         try:
-            return await s.sessions.get(_resource_user(), session_id)
+            return await session_of(session_id)
         except KernelAgentError as e:
             raise ValueError(str(e)) from e
-
-    def _resource_user() -> User:
-        return _user.get()
 
     server.running = running  # type: ignore[attr-defined]
     return server
