@@ -238,18 +238,18 @@ class KernelSupervisor:
             (self.max_kernels_per_user, "KERNELAGENT_MAX_KERNELS_PER_USER", user_id),
             (self.max_kernels, "KERNELAGENT_MAX_KERNELS", None),
         )
-        for limit, setting, user_id in limits:
+        for limit, setting, whose_id in limits:
             if limit <= 0:
                 continue
             holding = [
-                s for s in await self.db.sessions.holding_kernels(user_id) if s.id != session_id
+                s for s in await self.db.sessions.holding_kernels(whose_id) if s.id != session_id
             ]
             excess = len(holding) + 1 - limit
             for victim in holding:  # least recently used first
                 if excess > 0 and await self._hibernate(victim, setting, limit):
                     excess -= 1
             if excess > 0:
-                whose = "you have" if user_id is not None else "the server has"
+                whose = "you have" if whose_id is not None else "the server has"
                 raise LimitReached(
                     f"{whose} {len(holding)} live kernels, the limit ({setting}={limit}), and "
                     "none is idle: wait for a cell to finish, or stop a session's kernel",
