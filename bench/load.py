@@ -146,10 +146,14 @@ def sampled(process: psutil.Process) -> dict[str, int]:
         c for c in process.children(recursive=True)
         if "ipykernel" in " ".join(_cmd(c)) and not _cmd(c)[0].endswith("bwrap")
     ]  # fmt: skip
+    peers = collections.Counter(
+        f"{c.raddr.port}" if c.raddr else "listening" for c in process.net_connections()
+    )
     return {
         "rss_mb": process.memory_info().rss // 2**20,
         "fds": process.num_fds(),
-        "sockets": len(process.net_connections()),
+        "sockets": sum(peers.values()),
+        "sockets_by_peer_port": dict(peers),
         "kernels": len(kernels),
     }
 
@@ -224,8 +228,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         load.latency.clear()
         load.statuses.clear()
         tokens = [TOKEN]
-        for i in range(1, USERS):
-            tokens.append(await _add_user(env, f"load-{i}"))
+        for _ in range(1, USERS):
+            tokens.append(await _add_user(env, f"load-{uuid.uuid4().hex[:8]}"))
         sessions: dict[str, str] = {}
         for i in range(args.sessions):
             token = tokens[i % USERS]
