@@ -147,26 +147,14 @@ class WorldlineService:
     ) -> Session:
         """``files``: placed in the workspace first (recorded as uploads before the cells), as
         the files that lay beside the notebook."""
-        if self.import_limit and len(raw) > self.import_limit:
-            raise TooBig(
-                f"the notebook has {len(raw):,} bytes, more than the limit "
-                f"(KERNELAGENT_IMPORT_LIMIT={self.import_limit:,})",
-                "KERNELAGENT_IMPORT_LIMIT",
-                self.import_limit,
-            )
+        _within(len(raw), "bytes", self.import_limit, "KERNELAGENT_IMPORT_LIMIT")
         try:
             nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
             nbformat.validate(nb)
             imported = cells_from_notebook(nb)
         except Exception as e:  # noqa: BLE001 - nbformat raises many kinds for malformed input
             raise Unprocessable(f"not a valid .ipynb notebook: {_first_line(e)}") from None
-        if self.import_cells and len(imported) > self.import_cells:
-            raise TooBig(
-                f"the notebook has {len(imported):,} cells, more than the limit "
-                f"(KERNELAGENT_IMPORT_CELLS={self.import_cells:,})",
-                "KERNELAGENT_IMPORT_CELLS",
-                self.import_cells,
-            )
+        _within(len(imported), "cells", self.import_cells, "KERNELAGENT_IMPORT_CELLS")
         meta = nb.metadata.get("kernelagent", {})
         title = title or str(meta.get("title") or "") or "Imported notebook"
         session = await self.sessions.create(user, title)
@@ -208,6 +196,17 @@ class WorldlineService:
             kernel_id = await self.supervisor.ensure(session)
             rebuilt = await self.supervisor.rebuild(session, kernel_id, cells)
             await self.supervisor.tell(session, rebuilt, "This session's kernel was started")
+
+
+def _within(count: int, unit: str, limit: int, setting: str) -> None:
+    """TooBig naming ``setting`` when an imported notebook has more ``unit`` than ``limit``
+    (0: no limit)."""
+    if limit and count > limit:
+        raise TooBig(
+            f"the notebook has {count:,} {unit}, more than the limit ({setting}={limit:,})",
+            setting,
+            limit,
+        )
 
 
 def _first_line(error: Exception) -> str:
