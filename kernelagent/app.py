@@ -29,6 +29,7 @@ from kernelagent.adapters.kernel_state import KernelState
 from kernelagent.adapters.kernels import LocalKernels
 from kernelagent.adapters.llm import OpenAIChat
 from kernelagent.adapters.locks import make_locks
+from kernelagent.adapters.package_cache import PackageCache
 from kernelagent.adapters.remote_kernels import RemoteKernels
 from kernelagent.adapters.runtime import make_runtime
 from kernelagent.adapters.storage import FsspecStorage
@@ -43,6 +44,7 @@ from kernelagent.services.kernels import KernelPool
 from kernelagent.services.namespaces import NamespaceSnapshots
 from kernelagent.services.notebook_store import NotebookStore
 from kernelagent.services.output_views import KERNEL_SETUP_CODE
+from kernelagent.services.packages import PackagePolicy, PackageService
 from kernelagent.services.ports import Database, EventLog, RuntimeState, SessionLocks, Storage
 from kernelagent.services.rates import RequestRate
 from kernelagent.services.readiness import Readiness
@@ -148,6 +150,21 @@ class KernelAgentApp:
             cell_seconds=settings.state_cell_seconds,
             limit=settings.state_limit,
         )
+        packages = PackageService(
+            kernels,
+            PackageCache(
+                settings.data_dir / "packages",
+                index_url=settings.package_index_url,
+                builds=settings.package_builds,
+            ),
+            PackagePolicy.of(
+                settings.packages,
+                settings.package_allowlist,
+                settings.package_denylist,
+                settings.package_size_limit,
+                settings.package_timeout,
+            ),
+        )
         supervisor = KernelSupervisor(
             db,
             locks,
@@ -161,6 +178,7 @@ class KernelAgentApp:
             KERNEL_SETUP_CODE,
             max_kernels_per_user=settings.max_kernels_per_user,
             max_kernels=settings.max_kernels,
+            packages=packages,
         )
         sessions = SessionService(
             db, pool, kernels, files, storage, state, events, supervisor.make_room
@@ -176,6 +194,7 @@ class KernelAgentApp:
             namespaces,
             default_timeout=settings.cell_timeout,
             stream_limit=settings.stream_limit,
+            packages=packages,
         )
         llm = None
         if settings.llm_configured:

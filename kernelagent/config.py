@@ -256,6 +256,34 @@ class Settings:
         "Whether MCP clients may have the server fetch a URL into a workspace (the server's "
         "network, not the sandbox's)",
     )
+    packages: str = _setting(
+        "any",
+        "KERNELAGENT_PACKAGES",
+        "any, allowlist or off: which packages `%pip install` in a session's kernel may install "
+        "(the server downloads them; the kernel keeps no network)",
+    )
+    package_allowlist: str = _setting(
+        "", "KERNELAGENT_PACKAGE_ALLOWLIST", "Names (comma or space separated) that may be "
+        "installed when KERNELAGENT_PACKAGES=allowlist"
+    )  # fmt: skip
+    package_denylist: str = _setting(
+        "", "KERNELAGENT_PACKAGE_DENYLIST", "Names never installed, dependencies included"
+    )
+    package_index_url: str = _setting(
+        "", "KERNELAGENT_PACKAGE_INDEX_URL", "Index to install from; default pip's own "
+        "configuration (the public index unless pip.conf or PIP_INDEX_URL says otherwise)"
+    )  # fmt: skip
+    package_size_limit: int = _setting(
+        2 * GiB, "KERNELAGENT_PACKAGE_SIZE_LIMIT", "Bytes of packages one session may install; "
+        "0 no limit"
+    )  # fmt: skip
+    package_timeout: float = _setting(
+        300.0, "KERNELAGENT_PACKAGE_TIMEOUT", "Seconds one `%pip install` may take"
+    )
+    package_builds: bool = _setting(
+        False, "KERNELAGENT_PACKAGE_BUILDS", "Whether packages with no wheel may be built from "
+        "source (on the server, with its compilers); default wheels only"
+    )  # fmt: skip
     log_format: str = _setting(
         "text",
         "KERNELAGENT_LOG_FORMAT",
@@ -277,6 +305,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):
             raise ValueError(f"KERNELAGENT_LOG_FORMAT={self.log_format!r} is not one of text|json")
+        if self.packages not in ("any", "allowlist", "off"):
+            raise ValueError(
+                f"KERNELAGENT_PACKAGES={self.packages!r} is not one of any|allowlist|off"
+            )
         if self.sandbox not in SANDBOXES:
             choices = "|".join(SANDBOXES)
             raise ValueError(f"KERNELAGENT_SANDBOX={self.sandbox!r} is not one of {choices}")

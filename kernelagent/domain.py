@@ -223,3 +223,20 @@ class Reply:
     tool_calls: list[ToolCall]
     usage: Usage
     finish_reason: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Package:
+    """A distribution at one version (``name`` canonical, as ``packaging`` makes it)."""
+
+    name: str
+    version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PythonTarget:
+    """The interpreter a kernel's packages are for, as the kernel reported it."""
+
+    python: str  # "3.11"
+    machine: str  # "x86_64"
+    installed: dict[str, str]  # what its environment has: canonical name → version

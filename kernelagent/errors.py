@@ -14,7 +14,8 @@
     ├── NotConfigured     503  a feature needs a setting (message: which one)
     ├── LLMError          502  the LLM endpoint gave no usable reply (message: why, what to set)
     ├── KernelDied        503  a kernel died (message: why, e.g. "out of memory (limit 1 GiB)")
-    └── WorkspaceOffline  409  the workspace lives in a remote kernel that is not running
+    ├── WorkspaceOffline  409  the workspace lives in a remote kernel that is not running
+    └── PackageFetchFailed 502 pip could not resolve or fetch a package for a kernel
 
 ``web/base.py`` maps each to ``{"error": {"code", "message"}}`` with the status above.
 """
@@ -118,3 +119,9 @@ class Draining(KernelAgentError):
     the client's, reaches another)."""
 
     status, code = 503, "draining"
+
+
+class PackageFetchFailed(KernelAgentError):
+    """pip could not resolve or fetch a package; the message is pip's own last words."""
+
+    status, code = 502, "package_fetch_failed"

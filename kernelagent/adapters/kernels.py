@@ -404,6 +404,14 @@ class LocalKernels:
     async def remove_workspace(self, workspace: str) -> None:
         await asyncio.to_thread(shutil.rmtree, self.workspace_path(workspace), True)
 
+    def package_dir(self, kernel_id: str) -> Path | None:
+        try:
+            provisioner = self.manager(kernel_id).provisioner
+        except KeyError:
+            return None
+        path = getattr(provisioner, "packages_dir", None)  # the sandboxes have one
+        return Path(path) if path else None
+
     # ------------------------------------------------------------------ this adapter only
 
     def manager(self, kernel_id: str) -> AsyncKernelManager:

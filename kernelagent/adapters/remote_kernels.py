@@ -32,6 +32,7 @@ import struct
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -498,6 +499,9 @@ class RemoteKernels:
 
     def running(self) -> int:
         return len(self._workspaces) - len(self._lost)
+
+    def package_dir(self, kernel_id: str) -> Path | None:
+        return None  # the gateway's kernels: their %pip says they cannot install
 
     def lose(self, kernel_id: str, why: str) -> None:
         """The gateway's kernel is no longer the one this session had: its runs end."""

@@ -2,7 +2,8 @@
 
 ``%load_ext kernelagent.kernelside`` (the server loads it silently before a kernel's first cell,
 with ``LOAD_CODE``) makes every pandas DataFrame display also carry a summary for the agent's view
-of outputs (``dataframes``) and follows which cells ran, for the namespace snapshots (``state``);
+of outputs (``dataframes``), follows which cells ran, for the namespace snapshots (``state``),
+and hands ``%pip install`` to the server (``packages``);
 ``probe.workspace()`` tells the agent what the workspace holds and which libraries the kernel
 has. This package imports nothing else of kernelagent: the kernel
 may run from another environment (a kernel image) than the server.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernelagent.kernelside import dataframes, state
+from kernelagent.kernelside import dataframes, packages, state
 
 #: Run silently in a new kernel: loads this extension, binding no name in the user's namespace.
 LOAD_CODE = f'__import__("IPython").get_ipython().extension_manager.load_extension({__name__!r})'
@@ -21,8 +22,10 @@ LOAD_CODE = f'__import__("IPython").get_ipython().extension_manager.load_extensi
 def load_ipython_extension(ipython: Any) -> None:
     dataframes.register(ipython)
     state.register(ipython)
+    packages.register(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     dataframes.unregister(ipython)
     state.unregister(ipython)
+    packages.unregister(ipython)

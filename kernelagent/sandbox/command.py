@@ -19,7 +19,8 @@ sources as the dropped uid, so a source under a directory that uid cannot enter 
 kernel's runtime dir inside the private mount namespace ("staging").
 
 Inside: only ``lo`` (own network namespace; ZMQ uses ipc sockets in ``/run/kernel``), its own PID
-namespace, uid 1000, read-only ``/usr`` and Python environment, writable ``/workspace`` and sized
+namespace, uid 1000, read-only ``/usr``, Python environment and ``/opt/packages`` (what the server
+installed for the session), writable ``/workspace`` and sized
 tmpfs ``/tmp``, ``/dev/shm`` and ``$HOME``, read-only ``/dev`` and root, no new privileges, no
 nested user namespaces, and an environment built from scratch.
 """
@@ -39,6 +40,7 @@ INNER_HOME = "/home/sandbox"
 INNER_IPC_DIR = "/run/kernel"
 INNER_CONNECTION_FILE = "/run/kernel.json"
 INNER_WORKSPACE = "/workspace"
+INNER_PACKAGES = "/opt/packages"  # what the server installed for the session, read-only
 SUN_PATH_MAX = 107  # bytes of an AF_UNIX path, including the "-N" port suffix zmq appends
 
 STAGE_SCRIPT = r"""set -e
@@ -102,6 +104,11 @@ class Layout:
     @property
     def stage_dir(self) -> Path:
         return self.kernel_dir / "mnt"
+
+    @property
+    def packages_dir(self) -> Path:
+        """Bound read-only at ``/opt/packages``; the server installs the session's packages."""
+        return self.kernel_dir / "packages"
 
 
 def sandbox_uid(kernel_id: str, base: int, span: int) -> int:
@@ -187,6 +194,7 @@ def bwrap_args(
         args += ["--ro-bind", src(path), str(path)]
     args += [
         "--bind", src(layout.workspace), INNER_WORKSPACE,
+        "--ro-bind", str(layout.packages_dir), INNER_PACKAGES,
         "--bind", str(layout.ipc_dir), INNER_IPC_DIR,
         "--perms", "0400", "--ro-bind-data", str(connection_fd), INNER_CONNECTION_FILE,
         "--remount-ro", "/",
@@ -215,6 +223,7 @@ def inner_env(python_bin: Path, extra: dict[str, str]) -> dict[str, str]:
         "OPENBLAS_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        "KERNELAGENT_PACKAGES": INNER_PACKAGES,
     }
     env.update(extra)
     return env

@@ -13,7 +13,8 @@ it). Each kernel is one container of the kernel image (``kernel_images/python``)
 * a read-only root, ``--cap-drop ALL``, ``no-new-privileges``, a non-root uid (a per-kernel uid
   from ``uid_base`` when the server runs as root, else the server's own), ``--pids-limit``,
   ``--memory`` with no swap, ``--cpus``, rlimits, sized tmpfs for ``/tmp``, ``/dev/shm`` and
-  ``$HOME``, and the session's workspace bind-mounted read-write at ``/workspace``;
+  ``$HOME``, the session's workspace bind-mounted read-write at ``/workspace`` and what the
+  server installed for it read-only at ``/opt/packages``;
 * an environment built from scratch (nothing of the server's crosses);
 * tini as pid 1 (``--init``), which reaps the kernel's orphans and forwards an interrupt to the
   kernel's whole process group.
@@ -134,6 +135,7 @@ class DockerProvisioner(SandboxOptions, LocalProvisioner):  # type: ignore[misc]
         tmp = f"size={limits.tmp_size}"
         mounts = [
             Mount(command.INNER_WORKSPACE, str(layout.workspace), type="bind"),
+            Mount(command.INNER_PACKAGES, str(layout.packages_dir), type="bind", read_only=True),
             Mount(command.INNER_IPC_DIR, str(layout.ipc_dir), type="bind"),
             Mount(command.INNER_CONNECTION_FILE, inner_file, type="bind", read_only=True),
         ]

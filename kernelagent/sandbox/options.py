@@ -69,6 +69,11 @@ class SandboxOptions(LoggingConfigurable):
         return self._layout.workspace if self._layout else None
 
     @property
+    def packages_dir(self) -> Path | None:
+        """The host directory bound read-only at ``/opt/packages``, which the server fills."""
+        return self._layout.packages_dir if self._layout else None
+
+    @property
     def host_uid(self) -> int:
         """The host uid the kernel's processes run as."""
         assert self._layout
@@ -127,6 +132,7 @@ class SandboxOptions(LoggingConfigurable):
         for sock in layout.ipc_dir.glob("k-*"):
             sock.unlink()
         layout.workspace.mkdir(parents=True, exist_ok=True)
+        layout.packages_dir.mkdir(mode=0o755, exist_ok=True)  # the server's; the kernel reads
         if layout.host_uid is not None:
             os.chown(layout.ipc_dir, layout.host_uid, layout.host_uid)
             chown_tree(layout.workspace, layout.host_uid)

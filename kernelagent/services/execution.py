@@ -27,6 +27,8 @@ from kernelagent.events import CellCompleted, CellOutput, CellStarted
 from kernelagent.services.files import FileService
 from kernelagent.services.namespaces import NamespaceSnapshots, without_state
 from kernelagent.services.outputs import OutputCollector, extract_artifacts
+from kernelagent.services.packages import KEY as PACKAGES
+from kernelagent.services.packages import Installs, PackageService
 from kernelagent.services.ports import (
     Database,
     KernelBackend,
@@ -85,7 +87,9 @@ class ExecutionService:
         namespaces: NamespaceSnapshots,
         default_timeout: float,
         stream_limit: int,
+        packages: PackageService | None = None,
     ):
+        self.packages = packages
         self.observe_lock_wait: Callable[[float], None] | None = None  # seconds queued (metrics)
         self.state = state
         self.namespaces = namespaces
@@ -150,6 +154,7 @@ class ExecutionService:
                 on_started(cell)
             started = time.perf_counter()
             result = CellResult([], "error", None, None)
+            installs = await self._installs(kernel_id, cell, code)
             try:
                 result = await self._run(
                     kernel_id, cell, code, timeout or self.default_timeout, on_output, request
@@ -170,6 +175,10 @@ class ExecutionService:
                     execution_count=result.execution_count,
                     duration_ms=round((time.perf_counter() - started) * 1000),
                 )
+                if installs is not None and (installed := await installs.finish()):
+                    cell = dataclasses.replace(
+                        cell, metadata={**cell.metadata, PACKAGES: installed}
+                    )
                 # the record holds whatever happened (and the session's last activity)
                 await self.db.cells.update(cell, touch_session=True)
                 if result.kernel_lost:
@@ -204,6 +213,13 @@ class ExecutionService:
         if request and result.reply:  # after the record: a client that saw the reply finds it
             await request.deliver("shell", result.reply)
         return Execution(session, cell, artifacts)
+
+    async def _installs(self, kernel_id: str, cell: Cell, code: str) -> Installs | None:
+        """The ``%pip install`` lines of the cell, started before the kernel runs it."""
+        if self.packages is None or "pip" not in code:
+            return None
+        earlier = [c for c in await self.db.cells.list(cell.session_id) if c.index < cell.index]
+        return await self.packages.begin(kernel_id, code, earlier)
 
     async def _run(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from kernelagent.domain import (
@@ -28,6 +29,8 @@ from kernelagent.domain import (
     KernelMessage,
     NamespaceCapture,
     NamespaceRestored,
+    Package,
+    PythonTarget,
     Reply,
     Session,
     Signal,
@@ -392,10 +395,48 @@ class KernelBackend(Workspaces, Protocol):
         """A client connection of its own to the kernel's channels."""
         ...
 
+    def package_dir(self, kernel_id: str) -> Path | None:
+        """The host directory the kernel sees read-only as its packages (``$KERNELAGENT_
+        PACKAGES``), which the server fills; None when it has none (a kernel elsewhere)."""
+        ...
+
     async def close(self, keep: bool = False) -> None:
         """Stop every kernel this backend started (``keep``: leave those that outlive this
         process running, for another process to take over)."""
         ...
+
+
+class PackageStore(Protocol):
+    """Packages for kernels, fetched with the server's network and kept for every session
+    (``adapters.package_cache.PackageCache``)."""
+
+    index_url: str
+
+    async def resolve(
+        self,
+        specs: list[str],
+        held: dict[str, str],
+        target: PythonTarget,
+        no_deps: bool,
+        say: Callable[[str], None],
+    ) -> list[Package]:
+        """What installing ``specs`` adds to ``target`` with the versions in ``held`` kept;
+        progress told to ``say``. PackageFetchFailed when pip cannot."""
+        ...
+
+    async def fetch(
+        self, dists: list[Package], target: PythonTarget, say: Callable[[str], None]
+    ) -> None:
+        """Each of ``dists`` ready to link (downloaded and unpacked once per machine)."""
+        ...
+
+    def size(self, dist: Package, target: PythonTarget) -> int: ...
+
+    def link(self, dist: Package, site: Path, target: PythonTarget) -> None:
+        """Make a fetched ``dist`` importable from ``site``."""
+        ...
+
+    def unlink(self, dist: Package, site: Path, target: PythonTarget) -> None: ...
 
 
 OwnerKind = Literal["kernel", "turn"]

@@ -6,6 +6,7 @@
 * ``rebuild()`` is the one routine that gives a kernel the state of a point of a record: the
   workspace is emptied, the cells are replayed (uploads re-applied where they arrived), and the
   files are put back as they were after the last of them. Branches and imports use it too.
+* A rebuilt kernel first gets the packages its record's cells installed, at their versions.
 * A kernel is prepared once per process before its first cell: the kernel-side extension is
   loaded silently (``kernel_setup_code``), leaving no name in the user's namespace.
 * ``restart()``, ``stop()``, ``replace()`` and ``cull_idle()`` end a kernel on purpose; the session
@@ -29,6 +30,7 @@ from kernelagent.errors import Conflict, LimitExceeded, LimitReached
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
 from kernelagent.services.namespaces import NamespaceSnapshots, Restoration
+from kernelagent.services.packages import PackageService
 from kernelagent.services.ports import Database, KernelBackend, RuntimeState, SessionLocks
 from kernelagent.services.recording import Recorder
 from kernelagent.services.replay import CellReport, Replayer, replayable
@@ -95,7 +97,9 @@ class KernelSupervisor:
         setup_code: str = "",
         max_kernels_per_user: int = 0,
         max_kernels: int = 0,
+        packages: PackageService | None = None,
     ):
+        self.packages = packages
         self.max_kernels_per_user = max_kernels_per_user
         self.max_kernels = max_kernels
         self.state = state
@@ -170,6 +174,8 @@ class KernelSupervisor:
         usable snapshot."""
         started = time.perf_counter()
         todo = replayable(cells)
+        if self.packages is not None:  # before any cell or object that imports them
+            await self.packages.materialise(kernel_id, cells)
         if not any(c.cell_type == "code" for c in todo):
             await self._restore_files(session, cells)
             return Rebuilt("none", [], 0, "", 0.0)
