@@ -150,6 +150,13 @@ class KernelAgentApp:
             cell_seconds=settings.state_cell_seconds,
             limit=settings.state_limit,
         )
+        package_policy = PackagePolicy.of(
+            settings.packages,
+            settings.package_allowlist,
+            settings.package_denylist,
+            settings.package_size_limit,
+            settings.package_timeout,
+        )
         packages = PackageService(
             kernels,
             PackageCache(
@@ -157,13 +164,7 @@ class KernelAgentApp:
                 index_url=settings.package_index_url,
                 builds=settings.package_builds,
             ),
-            PackagePolicy.of(
-                settings.packages,
-                settings.package_allowlist,
-                settings.package_denylist,
-                settings.package_size_limit,
-                settings.package_timeout,
-            ),
+            package_policy,
         )
         supervisor = KernelSupervisor(
             db,
@@ -222,6 +223,7 @@ class KernelAgentApp:
                 cell_timeout=settings.cell_timeout,
                 memory_limit=settings.memory_limit,
                 vision=settings.vision,
+                packages=package_policy.says(),
             ),
             prices=parse_prices(settings.prices),
         )

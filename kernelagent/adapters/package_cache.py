@@ -112,7 +112,7 @@ class PackageCache:
             return
         with tempfile.TemporaryDirectory(prefix="download-", dir=self.root) as tmp:
             specs = [f"{d.name}=={d.version}" for d in missing]
-            await self._pip(["download", "--no-deps", "-d", tmp, *specs], target, say)
+            await self._pip(["download", "-q", "--no-deps", "-d", tmp, *specs], target, say)
             wheels = {_wheel_id(p.name): p for p in Path(tmp).glob("*.whl")}
             for dist in missing:
                 wheel = wheels.get((dist.name, dist.version))
@@ -134,7 +134,10 @@ class PackageCache:
                 "data": str(tmp / "data"),
             }
             destination = SchemeDictionaryDestination(
-                scheme, interpreter="/usr/bin/env python3", script_kind="posix", bytecode_optimization_levels=()
+                scheme,
+                interpreter="/usr/bin/env python3",
+                script_kind="posix",
+                bytecode_optimization_levels=(),
             )
             with WheelFile.open(wheel) as source:
                 install(source, destination, {"INSTALLER": b"kernelagent\n"})

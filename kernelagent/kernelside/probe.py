@@ -14,6 +14,8 @@ import os
 import stat
 from typing import Any
 
+from kernelagent.kernelside import packages
+
 MAX_FILES, MAX_COLUMNS = 200, 50
 LIBRARIES = (
     "numpy",
@@ -88,4 +90,11 @@ def libraries() -> list[str]:
 
 
 def workspace() -> str:
-    return json.dumps({"files": files(), "libraries": libraries()})
+    return json.dumps(
+        {
+            "files": files(),
+            "libraries": libraries(),
+            "packages": packages.installed(),  # what the session installed with %pip
+            "can_install": packages.root() is not None,
+        }
+    )

@@ -88,6 +88,7 @@ class AgentLimits:
     cell_timeout: float = 30.0
     memory_limit: int = 1024**3
     vision: bool = False
+    packages: str = "off"  # what %pip install may install: any, "only a, b", or off
 
 
 @dataclasses.dataclass
@@ -479,7 +480,9 @@ class AgentService:
         except Exception as e:  # noqa: BLE001 - the prompt is still useful without it
             log.warning("could not list the workspace of session %s: %s", session.id, e)
             workspace = {}
-        return system_prompt(workspace, self.limits.cell_timeout, self.limits.memory_limit)
+        return system_prompt(
+            workspace, self.limits.cell_timeout, self.limits.memory_limit, self.limits.packages
+        )
 
     async def _history(self, session: Session) -> list[dict[str, Any]]:
         cells = await self.db.cells.list(session.id)

@@ -33,13 +33,19 @@ def parse_probe(text_plain: str) -> dict[str, Any]:
     return json.loads(value)  # type: ignore[no-any-return]
 
 
-def system_prompt(workspace: dict[str, Any], cell_timeout: float, memory_limit: int) -> str:
+def system_prompt(
+    workspace: dict[str, Any], cell_timeout: float, memory_limit: int, packages: str = "off"
+) -> str:
+    """``packages``: what ``%pip install`` may install (any, "only a, b", off); a kernel that
+    has no package directory (``can_install`` false in the probe) can install nothing."""
     files = [
         {**f, "size_text": human_size(int(f.get("size", 0)))} for f in workspace.get("files", [])
     ]
     return _environment.get_template("system.md.j2").render(
         files=files,
         libraries=workspace.get("libraries", []),
+        installed=workspace.get("packages", {}),
+        packages=packages if workspace.get("can_install") else "off",
         cell_timeout=cell_timeout,
         memory=human_size(memory_limit),
     )

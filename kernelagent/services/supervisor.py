@@ -174,6 +174,7 @@ class KernelSupervisor:
         usable snapshot."""
         started = time.perf_counter()
         todo = replayable(cells)
+        await self._prepare(kernel_id)  # cells replay as they ran: with the extension
         if self.packages is not None:  # before any cell or object that imports them
             await self.packages.materialise(kernel_id, cells)
         if not any(c.cell_type == "code" for c in todo):

@@ -217,12 +217,20 @@ def test_workspace_is_the_json_of_files_and_libraries(tmp_path, monkeypatch):
     text = probe.workspace()
     assert isinstance(text, str)
     value = json.loads(text)
-    assert set(value) == {"files", "libraries"}
+    assert set(value) == {"files", "libraries", "packages", "can_install"}
     assert value["files"] == [
         {"path": "data.csv", "size": 8, "columns": ["a", "b"]},
         {"path": os.path.join("sub", "readme.md"), "size": 5, "columns": []},
     ]
     assert value["libraries"] == probe.libraries()
+    assert value["packages"] == {} and value["can_install"] is False  # no package directory
+
+
+def test_workspace_names_what_the_session_installed(tmp_path, monkeypatch):
+    (tmp_path / "installed.json").write_text('{"inflection": "0.5.1"}')
+    monkeypatch.setenv("KERNELAGENT_PACKAGES", str(tmp_path))
+    value = json.loads(probe.workspace())
+    assert value["packages"] == {"inflection": "0.5.1"} and value["can_install"] is True
 
 
 # -- EXPRESSION, as the server evaluates it ---------------------------------------------------

@@ -3,7 +3,8 @@
 Each name below is a test of another module, collected again here, where ``settings``,
 ``ka_server`` and ``server`` make a server whose kernels are Docker containers
 (``KERNELAGENT_SANDBOX=docker``): the warm pool, cells and artifacts, interrupt and timeouts,
-dead and culled kernels rebuilt by replay, branch, import, the Kernel Gateway API and the agent.
+dead and culled kernels rebuilt by replay, branch, import, the Kernel Gateway API, the agent,
+and ``%pip install`` into the read-only package directory.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from test_gateway import (
     test_each_session_is_a_kernelspec_that_attaches_to_its_kernel,
     test_execute_over_the_websocket_is_recorded,
     test_restart_keeps_the_socket_and_is_recorded,
+)
+from test_packages import (
+    test_a_kernel_restored_from_its_snapshot_has_its_packages_first,
+    test_pip_install_in_a_cell_installs_for_the_session_only,
 )
 from test_worldlines import (
     test_a_killed_kernel_comes_back_with_its_state,
@@ -110,6 +115,7 @@ async def test_out_of_memory_is_reported_as_such(tmp_path, unused_port, docker_e
 
 
 __all__ = [
+    "test_a_kernel_restored_from_its_snapshot_has_its_packages_first",
     "test_a_killed_kernel_comes_back_with_its_state",
     "test_agent_interrupt",
     "test_agent_turn",
@@ -124,6 +130,7 @@ __all__ = [
     "test_idle_kernels_are_culled_and_come_back",
     "test_import_any_notebook_and_rebuild_its_state",
     "test_interrupt_endpoint_stops_the_running_cell",
+    "test_pip_install_in_a_cell_installs_for_the_session_only",
     "test_replay_reports_each_cell",
     "test_restart_keeps_the_socket_and_is_recorded",
     "test_rich_outputs_become_artifacts_with_signed_urls",

@@ -12,6 +12,7 @@ import pytest
 from conftest import backend_settings, running
 
 from kernelagent.services.packages import pip_lines
+from kernelagent.services.prompt import WORKSPACE_PROBE, parse_probe, system_prompt
 
 pytestmark = pytest.mark.sandbox
 
@@ -71,44 +72,58 @@ def test_pip_lines_are_read_as_ipython_reads_the_cell():
     assert pip_lines("x = 1") == [] and pip_lines("%%bash\npip install x\n") == []
 
 
-async def test_pip_install_in_a_cell_installs_for_the_session_only(backend, tmp_path):
+async def test_pip_install_in_a_cell_installs_for_the_session_only(ka_server):
     assert not shared_environment_has(NAME)
-    async with running(backend()) as server:
-        sid = (await server.session("pkgs"))["id"]
-        first = (await server.run(sid, f"%pip install {NAME}"))["cell"]
-        assert meta(first)["status"] == "ok", text(first)
-        shown = text(first)
-        assert "Resolving inflection" in shown and "Collecting inflection" in shown
-        assert f"Successfully installed {NAME}-{VERSION} (for this session)" in shown
-        assert meta(first)["packages"] == {NAME: VERSION}
+    server = ka_server
+    sid = (await server.session("pkgs"))["id"]
+    first = (await server.run(sid, f"%pip install {NAME}"))["cell"]
+    assert meta(first)["status"] == "ok", text(first)
+    shown = text(first)
+    assert "Resolving inflection" in shown and "Collecting inflection" in shown
+    assert f"Successfully installed {NAME}-{VERSION} (for this session)" in shown
+    assert meta(first)["packages"] == {NAME: VERSION}
 
-        used = await server.run(sid, f"import {NAME}\n{NAME}.camelize('big_data')")
-        assert text(used["cell"]) == "'BigData'"
-        where = await server.run(sid, f"{NAME}.__file__")
-        assert text(where["cell"]).startswith("'/opt/packages/site/")
+    used = await server.run(sid, f"import {NAME}\n{NAME}.camelize('big_data')")
+    assert text(used["cell"]) == "'BigData'"
+    where = await server.run(sid, f"{NAME}.__file__")
+    assert text(where["cell"]).startswith("'/opt/packages/site/")
 
-        # the kernel still has no network, and cannot write where the packages are
-        offline = (await server.run(sid, NETWORK_PROBE))["cell"]
-        assert "network: closed" in text(offline), text(offline)
-        readonly = await server.run(sid, "open('/opt/packages/site/x.py', 'w')")
-        assert "Read-only file system" in text(readonly["cell"])
+    # the kernel still has no network, and cannot write where the packages are
+    offline = (await server.run(sid, NETWORK_PROBE))["cell"]
+    assert "network: closed" in text(offline), text(offline)
+    readonly = await server.run(sid, "open('/opt/packages/site/x.py', 'w')")
+    assert "Read-only file system" in text(readonly["cell"])
 
-        # `!pip` works too, dependencies come along, and what the kernel has is not fetched
-        bang = (await server.run(sid, "!pip install python-slugify"))["cell"]
-        assert meta(bang)["status"] == "ok", text(bang)
-        assert set(meta(bang)["packages"]) == {"python-slugify", "text-unidecode"}
-        slug = await server.run(sid, "import slugify\nslugify.slugify('Grüße aus Köln')")
-        assert text(slug["cell"]) == "'grusse-aus-koln'"
-        again = (await server.run(sid, f"%pip install {NAME} pandas"))["cell"]
-        assert "Requirement already satisfied: inflection (0.5.1)" in text(again)
-        assert "Requirement already satisfied: pandas" in text(again)
-        assert meta(again).get("packages", {}) == {NAME: VERSION}
+    # `!pip` works too, dependencies come along, and what the kernel has is not fetched
+    bang = (await server.run(sid, "!pip install python-slugify"))["cell"]
+    assert meta(bang)["status"] == "ok", text(bang)
+    assert set(meta(bang)["packages"]) == {"python-slugify", "text-unidecode"}
+    slug = await server.run(sid, "import slugify\nslugify.slugify('Grüße aus Köln')")
+    assert text(slug["cell"]) == "'grusse-aus-koln'"
+    again = (await server.run(sid, f"%pip install {NAME} pandas"))["cell"]
+    assert "Requirement already satisfied: inflection (0.5.1)" in text(again)
+    assert "Requirement already satisfied: pandas" in text(again)
+    assert meta(again).get("packages", {}) == {NAME: VERSION}
 
-        # the shared environment and the other sessions are unchanged
-        other = (await server.session("other"))["id"]
-        missing = await server.run(other, f"import {NAME}")
-        assert "ModuleNotFoundError" in text(missing["cell"])
+    # the shared environment and the other sessions are unchanged
+    other = (await server.session("other"))["id"]
+    missing = await server.run(other, f"import {NAME}")
+    assert "ModuleNotFoundError" in text(missing["cell"])
     assert not shared_environment_has(NAME)
+
+
+async def test_a_kernel_restored_from_its_snapshot_has_its_packages_first(ka_server):
+    """A culled kernel's namespace holds an object of an installed package's class: the
+    package is back before the namespace is restored (no cell re-run)."""
+    sid = (await ka_server.session("restore"))["id"]
+    await ka_server.run(sid, "%pip install python-slugify==8.0.4")
+    made = await ka_server.run(sid, "import slugify\nslug = slugify.slugify('A B')")
+    assert meta(made["cell"])["status"] == "ok", text(made["cell"])
+    assert await ka_server.services.supervisor.cull_idle(ttl=0) == [sid]
+    back = (await ka_server.run(sid, "slug, slugify.__name__"))["cell"]
+    assert text(back) == "('a-b', 'slugify')", text(back)
+    notes = [c.source for c in await ka_server.services.db.cells.list(sid) if c.role == "system"]
+    assert any("restored from the snapshot" in n and "0 cells re-run" in n for n in notes), notes
 
 
 async def test_a_second_session_gets_the_package_from_the_cache_without_pip(backend):
@@ -185,3 +200,18 @@ async def test_installed_packages_come_back_when_the_kernel_is_rebuilt_by_replay
         )
         there = (await server.run(branch["id"], f"{NAME}.titleize('data notebooks')"))["cell"]
         assert text(there) == "'Data Notebooks'", text(there)
+
+
+async def test_the_agent_is_told_it_can_install_and_what_the_session_has(ka_server):
+    sid = (await ka_server.session("told"))["id"]
+    await ka_server.run(sid, f"%pip install {NAME}")
+    probe = parse_probe(await ka_server.services.execution.evaluate(sid, WORKSPACE_PROBE))
+    assert probe["packages"] == {NAME: VERSION} and probe["can_install"] is True
+    told = system_prompt(probe, 30, 1024**3, "any")
+    assert "`%pip install NAME`" in told and "any package from the index" in told
+    assert f"Installed in this session with `%pip`: {NAME} {VERSION}." in told
+    assert "only humanize" in system_prompt(probe, 30, 1024**3, "only humanize")
+    off = system_prompt(probe, 30, 1024**3, "off")
+    assert "you cannot `pip install`" in off and "%pip install NAME" not in off
+    remote = system_prompt({**probe, "can_install": False}, 30, 1024**3, "any")
+    assert "you cannot `pip install`" in remote
