@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,11 @@ TARGET_EXPRESSION = f"__import__({kernelside.__name__!r}, fromlist=['_']).enviro
 IGNORED_FLAGS = {"-q", "--quiet", "-v", "--verbose", "--user", "--no-cache-dir",
                  "--disable-pip-version-check", "--no-warn-script-location", "--pre"}  # fmt: skip
 UPGRADE_FLAGS = {"-U", "--upgrade", "--force-reinstall"}
+_LITERAL = r"""(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""
+_CALL = re.compile(
+    rf"get_ipython\(\)\.(?:run_line_magic\((?P<magic>'pip'|\"pip\"), |(?:system|getoutput)\()"
+    rf"(?P<text>{_LITERAL})\)"
+)
 
 
 class Refused(Exception):
@@ -102,28 +108,26 @@ class Installs:
 
 
 def pip_lines(code: str) -> list[str]:
-    """The ``install …`` arguments of each ``%pip`` / ``!pip`` line of a cell, in order."""
+    """The ``install …`` arguments of each ``%pip`` / ``!pip`` line of a cell, in order.
+
+    IPython's own transformer turns the cell into Python as the kernel will; its magic and
+    shell lines become one call each, read here by pattern (never ``ast`` on a user's code: a
+    deeply nested cell must not reach the interpreter's parser in the server)."""
     if "pip" not in code:
         return []
     from IPython.core.inputtransformer2 import TransformerManager
 
     try:
-        tree = ast.parse(TransformerManager().transform_cell(code))
+        python = TransformerManager().transform_cell(code)
     except (SyntaxError, ValueError):
         return []
     found = []
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        args = [a.value for a in node.args if isinstance(a, ast.Constant)]
-        line = None
-        if node.func.attr == "run_line_magic" and len(args) == 2 and args[0] == "pip":
-            line = str(args[1])
-        elif node.func.attr in ("system", "getoutput") and len(args) == 1:
-            line = kernelside.pip_args(str(args[0]))
+    for match in _CALL.finditer(python):
+        text = ast.literal_eval(match["text"])  # one flat string literal
+        line = text if match["magic"] else kernelside.pip_args(text)
         if line is not None and line.split()[:1] == ["install"]:
-            found.append((node.lineno, node.col_offset, line))
-    return [line for *_, line in sorted(found)]
+            found.append(line)
+    return found
 
 
 def lock(cells: Sequence[Cell]) -> dict[str, str]:

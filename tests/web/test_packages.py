@@ -70,6 +70,9 @@ def test_pip_lines_are_read_as_ipython_reads_the_cell():
         "install tabulate",
     ]
     assert pip_lines("x = 1") == [] and pip_lines("%%bash\npip install x\n") == []
+    deep = "pip = 1\nx = " + "-" * 50_000 + "1\n"  # never parsed into an AST in the server
+    assert pip_lines(deep) == []
+    assert pip_lines("get_ipython().system('pip install humanize')") == ["install humanize"]
 
 
 async def test_pip_install_in_a_cell_installs_for_the_session_only(ka_server):
