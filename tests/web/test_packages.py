@@ -19,11 +19,12 @@ pytestmark = pytest.mark.sandbox
 NAME, VERSION = "inflection", "0.5.1"  # tiny, pure Python, no dependencies
 NETWORK_PROBE = """
 import socket
-try:
-    socket.create_connection(("pypi.org", 443), timeout=3)
-    print("network: open")
-except OSError as e:
-    print("network: closed", type(e).__name__)
+for address in [("pypi.org", 443), ("151.101.0.223", 443), ("1.1.1.1", 53)]:
+    try:
+        socket.create_connection(address, timeout=3)
+        print("network: open", address)
+    except OSError as e:
+        print("network: closed", type(e).__name__)
 """
 
 
@@ -93,7 +94,8 @@ async def test_pip_install_in_a_cell_installs_for_the_session_only(ka_server):
 
     # the kernel still has no network, and cannot write where the packages are
     offline = (await server.run(sid, NETWORK_PROBE))["cell"]
-    assert "network: closed" in text(offline), text(offline)
+    assert "network: open" not in text(offline), text(offline)
+    assert text(offline).count("network: closed") == 3
     readonly = await server.run(sid, "open('/opt/packages/site/x.py', 'w')")
     assert "Read-only file system" in text(readonly["cell"])
 
@@ -147,6 +149,8 @@ async def test_a_second_session_gets_the_package_from_the_cache_without_pip(back
         ({"package_denylist": "requests, inflection"}, "KERNELAGENT_PACKAGE_DENYLIST"),
         ({"packages": "allowlist", "package_allowlist": "humanize"}, "PACKAGE_ALLOWLIST"),
         ({"packages": "off"}, "installing packages is off on this server"),
+        ({"package_size_limit": 1000}, "over the limit (KERNELAGENT_PACKAGE_SIZE_LIMIT=1000)"),
+        ({"package_timeout": 0.01}, "longer than 0.01 s (KERNELAGENT_PACKAGE_TIMEOUT)"),
     ],
 )
 async def test_a_refused_install_says_why_in_the_cell(overrides, says, tmp_path, unused_port):
