@@ -9,7 +9,7 @@ streamed into the cell) until ``requests/<key>.json`` says how it ended.
 
 A ``pip install`` the server did not see in the cell's source (a name in a variable, a call from a
 function) succeeds when what it names is installed already, and otherwise says how to write it.
-``pip list``, ``show`` and ``freeze`` run pip itself where the kernel's environment has it.
+``pip list`` and ``freeze`` are answered here; ``show`` runs pip where the environment has it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import codecs
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -190,6 +191,15 @@ def _already(line: str) -> None:
 
 
 def _run_pip(line: str) -> None:
+    """``list`` and ``freeze`` answered here (a kernel image may have no pip); the rest by pip."""
+    command = line.split()[0]
+    if command in ("list", "freeze"):
+        dists = {**json.loads(environment())["installed"], **installed()}
+        for name, version in sorted(dists.items()):
+            print(f"{name}=={version}" if command == "freeze" else f"{name:<32} {version}")
+        return
+    if importlib.util.find_spec("pip") is None:
+        raise PackageError(f"pip {command} is not available in this kernel's environment")
     done = subprocess.run(
         [sys.executable, "-m", "pip", *shlex.split(line), "--disable-pip-version-check"],
         capture_output=True,

@@ -184,8 +184,11 @@ async def test_odd_requests_get_clear_errors(tmp_path, unused_port):
         for code, says in cases.items():
             cell = (await server.run(sid, code))["cell"]
             assert meta(cell)["status"] == "error" and says in text(cell), (code, text(cell))
+        await server.run(sid, f"%pip install {NAME}")
         listed = (await server.run(sid, "%pip list"))["cell"]
-        assert "pandas" in text(listed)
+        assert "pandas " in text(listed) and f"{NAME} " in text(listed), text(listed)
+        frozen = (await server.run(sid, "!pip freeze"))["cell"]
+        assert f"{NAME}=={VERSION}" in text(frozen), text(frozen)
 
 
 async def test_installed_packages_come_back_when_the_kernel_is_rebuilt_by_replay(backend):
