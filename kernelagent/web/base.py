@@ -157,6 +157,8 @@ class ApiHandler(web.RequestHandler):
             payload = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InvalidInput(f"request body is not valid JSON: {e}") from None
+        except RecursionError:  # the decoder stops at its depth limit, long before the end
+            raise InvalidInput("request body is nested too deeply") from None
         try:
             return model.model_validate(payload)
         except pydantic.ValidationError as e:

@@ -237,6 +237,9 @@ async def test_auth_and_ownership(ka_server):
     assert (await ka_server.fetch(expired, token=None)).code == 403
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000  # JSON nested past any parser's depth
+
+
 async def test_bad_input_gets_json_errors_and_changes_nothing(ka_server):
     sid = (await ka_server.session())["id"]
     cases = [
@@ -246,6 +249,8 @@ async def test_bad_input_gets_json_errors_and_changes_nothing(ka_server):
         ("POST", f"/api/v1/sessions/{sid}/cells", b'{"code": "1", "timeout": -1}', 422),
         ("PATCH", f"/api/v1/sessions/{sid}", b'{"title": ["x"]}', 422),
         ("POST", "/api/v1/sessions", b"[]", 422),
+        ("POST", f"/api/v1/sessions/{sid}/cells", b'{"code": ' + DEEP + b"}", 400),
+        ("POST", "/api/v1/notebooks", b'{"cells": ' + DEEP + b"}", 422),
         ("GET", "/api/v1/sessions/00000000-0000-0000-0000-000000000000", None, 404),
         ("GET", "/api/v1/artifacts/nope", None, 404),
         ("GET", f"/api/v1/sessions/{sid}/files/missing.txt", None, 404),
