@@ -11,7 +11,7 @@ import uuid
 import pytest
 from jupyter_client.session import Session
 from tornado.httpclient import HTTPClientError
-from tornado.websocket import websocket_connect
+from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from kernelagent.web.gateway import wire
 
@@ -249,6 +249,43 @@ async def test_malformed_frames_are_dropped_and_the_connection_survives(ka_serve
         assert reply["content"]["status"] == "ok"
     finally:
         ws.close()
+
+
+async def test_oversized_and_out_of_order_frames_harm_neither_kernel_nor_other_clients(
+    ka_server,
+):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    hostile = await WsClient.connect(ka_server, kernel["id"])
+    other = await WsClient.connect(ka_server, kernel["id"])
+    try:
+        _, reply = await other.execute("kept = 'still here'")
+        # replies, answers nobody asked for, a comm that does not exist, a client on iopub
+        for channel, msg_type, content in [
+            ("shell", "execute_reply", {"status": "ok", "execution_count": 1}),
+            ("stdin", "input_reply", {"value": "unasked"}),
+            ("shell", "comm_msg", {"comm_id": "no-such-comm", "data": {}}),
+            ("iopub", "stream", {"name": "stdout", "text": "forged"}),
+            ("shell", "complete_request", {"code": "ke", "cursor_pos": 99999}),
+        ]:
+            await hostile.send(channel, msg_type, content)
+        _, reply = await hostile.execute("kept")
+        assert reply["content"]["status"] == "ok"
+        too_big = json.dumps({"channel": "shell", "content": "x" * (11 * 1024 * 1024)})
+        with contextlib.suppress(WebSocketClosedError):
+            await hostile.conn.write_message(too_big)
+        async with asyncio.timeout(30):  # that client is cut off (1009), no one else
+            while await hostile.conn.read_message() is not None:
+                pass
+        iopub, reply = await other.execute("kept")
+        assert reply["content"]["status"] == "ok"
+        result = next(m for m in iopub if m["msg_type"] == "execute_result")
+        assert result["content"]["data"]["text/plain"] == "'still here'"
+        assert not any(
+            m["msg_type"] == "stream" and "forged" in m["content"].get("text", "") for m in iopub
+        )
+    finally:
+        hostile.close()
+        other.close()
 
 
 async def test_restart_keeps_the_socket_and_is_recorded(ka_server):
