@@ -111,7 +111,15 @@ class Respond:
     fn: Callable[[dict[str, Any]], Step | Awaitable[Step]]
 
 
-Step = Reply | Error | Cut | Delay | Respond
+@dataclasses.dataclass(frozen=True)
+class Garbage:
+    """A 200 whose body is not what the API promises (a broken stream, a proxy's page)."""
+
+    body: str
+    content_type: str
+
+
+Step = Reply | Error | Cut | Delay | Respond | Garbage
 
 
 def text(content: str, *, usage: tuple[int, int] | None = None) -> Reply:
@@ -193,6 +201,11 @@ def cut(after_chunks: int, then: Reply, *, stall: float = 0.0) -> Cut:
     the client leaves), then drop the connection: no further chunks, no ``[DONE]``, no end of the
     chunked body. A non-streamed request is dropped without an answer."""
     return Cut(after_chunks, then, stall)
+
+
+def garbage(body: str, content_type: str = "text/event-stream") -> Garbage:
+    """Answer 200 with ``body`` as is, whatever the request asked for."""
+    return Garbage(body, content_type)
 
 
 def delay(seconds: float, then: Step) -> Delay:
@@ -566,6 +579,9 @@ class _ChatHandler(_Handler):
                 return
             self.set_event_stream_headers()
             await self.send_chunks([*completion.chunks(), "[DONE]"])
+        elif isinstance(step, Garbage):
+            self.set_header("Content-Type", step.content_type)
+            self.finish(step.body)
         elif isinstance(step, Cut):
             if streamed:
                 self.set_event_stream_headers()

@@ -6,7 +6,8 @@ the assembled ``Reply`` (text, tool calls with their raw argument strings, usage
 
 * 401/403 → names ``OPENAI_API_KEY``; 404 → names the model and ``KERNELAGENT_MODEL``; other 4xx →
   the endpoint's own message. Not retried.
-* 429, 5xx, timeouts, connection errors and a stream cut before its end → retried ``retries``
+* 429, 5xx, timeouts, connection errors, a stream cut before its end and a 200 whose body is
+  not a chat completion stream (a proxy's page, broken JSON) → retried ``retries``
   times with exponential backoff and full jitter (honouring ``Retry-After``), then ``LLMError``.
   ``on_retry`` tells the caller, which discards the partial text it streamed.
 
@@ -37,6 +38,10 @@ OnRetry = Callable[[int, str], Awaitable[None]]
 
 class _CutStream(Exception):
     """The stream closed cleanly but without a finish reason: a truncated reply."""
+
+
+class _Garbled(Exception):
+    """The endpoint answered 200 with something that is not a chat completion stream."""
 
 
 class OpenAIChat:
@@ -85,6 +90,8 @@ class OpenAIChat:
                 failure, wait = f"{e.status_code} {_message(e)}", _retry_after(e.response)
             except (openai.APIConnectionError, openai.APIError, _CutStream) as e:
                 failure, wait = f"the connection failed or the reply was cut: {e}", None
+            except _Garbled as e:  # a proxy's page, a broken stream: may pass, like a 5xx
+                failure, wait = str(e), None
             if attempt >= self.retries:
                 raise LLMError(
                     f"the LLM endpoint failed {attempt + 1} times; last: {failure}"
@@ -116,21 +123,31 @@ class OpenAIChat:
         usage = Usage()
         finish: str | None = None
         async with stream:
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if delta.content:
-                        text.append(delta.content)
-                        await on_text(delta.content)
-                    for piece in delta.tool_calls or ():
+            chunks = aiter(stream)
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                    pieces = [(c.delta.content, c.delta.tool_calls or (), c.finish_reason)
+                              for c in chunk.choices]  # fmt: skip
+                    if chunk.usage is not None:
+                        usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                except StopAsyncIteration:
+                    break
+                except (ValueError, TypeError, AttributeError, KeyError) as e:
+                    raise _Garbled(
+                        f"the reply is not a chat completion stream ({type(e).__name__}: {e})"
+                    ) from e
+                for content, tool_pieces, finish_reason in pieces:
+                    if content:
+                        text.append(content)
+                        await on_text(content)
+                    for piece in tool_pieces:
                         call = calls.setdefault(piece.index, {"id": "", "name": "", "args": ""})
                         call["id"] = piece.id or call["id"]
                         if piece.function is not None:
                             call["name"] += piece.function.name or ""
                             call["args"] += piece.function.arguments or ""
-                    finish = choice.finish_reason or finish
+                    finish = finish_reason or finish
         if finish is None:
             raise _CutStream("the stream ended before the reply did")
         tool_calls = [

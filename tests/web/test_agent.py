@@ -13,7 +13,17 @@ import uuid
 
 import pytest
 from conftest import backend_settings, running
-from llm_server import ScriptedLLM, cut, delay, error, respond, text, tool_call, tool_calls
+from llm_server import (
+    ScriptedLLM,
+    cut,
+    delay,
+    error,
+    garbage,
+    respond,
+    text,
+    tool_call,
+    tool_calls,
+)
 from sse import EventStream
 
 from kernelagent.domain import Turn
@@ -452,6 +462,32 @@ async def test_llm_failures_fail_the_turn_clearly(server, llm, steps, expect):
     assert cells[-1].role == "system" and expect in cells[-1].source
     # the session still works
     assert (await server.run(session["id"], "1 + 1"))["cell"]["outputs"][0]["data"]
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        garbage("data: {not json\n\n"),
+        garbage('data: {"choices": 5}\n\ndata: [DONE]\n\n'),
+        garbage("<html><body>502 Bad Gateway</body></html>", "text/html"),
+        garbage(""),
+    ],
+    ids=["broken-json", "wrong-shape", "html-page", "empty"],
+)
+async def test_an_llm_answering_garbage_fails_the_turn_and_keeps_what_ran(server, llm, junk):
+    session = await server.session()
+    llm.script(tool_call("run_python", {"code": "kept = 41 + 1"}), junk, junk, junk)
+    async with events_of(server, session["id"]) as stream:
+        turn_id = await ask(server, session["id"], "hello")
+        events = await stream.until(ended(turn_id))
+    assert events[-1].type == "turn.failed", events[-1]
+    assert "LLM" in events[-1].data["error"] or "model" in events[-1].data["error"]
+    turn = await server.json(f"/api/v1/sessions/{session['id']}/turns/{turn_id}")
+    assert turn["status"] == "failed"
+    cells = await server.services.db.cells.list(session["id"])
+    assert any(c.source == "kept = 41 + 1" and c.status == "ok" for c in cells)
+    after = await server.run(session["id"], "kept")
+    assert after["cell"]["outputs"][0]["data"]["text/plain"] == "42"
 
 
 async def test_transient_llm_faults_are_survived(server, llm):
