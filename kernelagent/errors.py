@@ -15,7 +15,8 @@
     ├── LLMError          502  the LLM endpoint gave no usable reply (message: why, what to set)
     ├── KernelDied        503  a kernel died (message: why, e.g. "out of memory (limit 1 GiB)")
     ├── WorkspaceOffline  409  the workspace lives in a remote kernel that is not running
-    └── PackageFetchFailed 502 pip could not resolve or fetch a package for a kernel
+    ├── PackageFetchFailed 502 pip could not resolve or fetch a package for a kernel
+    └── Unavailable       503  a backing service (database, Redis) did not answer: send again
 
 ``web/base.py`` maps each to ``{"error": {"code", "message"}}`` with the status above.
 """
@@ -125,3 +126,10 @@ class PackageFetchFailed(KernelAgentError):
     """pip could not resolve or fetch a package; the message is pip's own last words."""
 
     status, code = 502, "package_fetch_failed"
+
+
+class Unavailable(KernelAgentError):
+    """A backing service (the database, Redis) did not answer or dropped the connection; the
+    message names it. Nothing was half-done: the request can be sent again."""
+
+    status, code = 503, "unavailable"

@@ -28,7 +28,7 @@ import pydantic
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from kernelagent.errors import InvalidInput, KernelAgentError
+from kernelagent.errors import InvalidInput, Unavailable
 from kernelagent.events import Logged, SessionEvent, parse_event
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class RedisEvents:
                 approximate=True,
             )
         except RedisError as e:
-            raise KernelAgentError(f"Redis refused an event: {e}") from e
+            raise Unavailable(f"Redis refused an event: {e}") from e
         return Logged(raw_id.decode(), event)
 
     async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Logged]:
@@ -139,7 +139,7 @@ class RedisEvents:
                 block=max(1, int(wait * 1000)) if wait > 0 else None,  # BLOCK 0: forever
             )
         except RedisError as e:
-            raise KernelAgentError(f"Redis could not read events: {e}") from e
+            raise Unavailable(f"Redis could not read events: {e}") from e
         events = []
         for _, entries in answer or ():
             for raw_id, fields in entries:
@@ -155,7 +155,7 @@ class RedisEvents:
         try:
             await self.redis.delete(self._key(session_id))
         except RedisError as e:
-            raise KernelAgentError(f"Redis could not delete events: {e}") from e
+            raise Unavailable(f"Redis could not delete events: {e}") from e
 
     async def close(self) -> None:
         await self.redis.aclose()

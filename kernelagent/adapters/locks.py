@@ -27,7 +27,7 @@ from one counter per ``LocalLocks``, so they increase per session (and across se
   on a per-session ``asyncio.Lock`` (the same one ``LocalLocks`` uses), so they are granted in
   arrival order and only the head of the queue polls Redis.
 
-Redis failures surface as ``KernelAgentError``, never as redis-py exceptions. Every Redis call is
+Redis failures surface as ``Unavailable`` (503), never as redis-py exceptions. Every Redis call is
 bounded by the client's socket timeouts.
 """
 
@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from kernelagent.errors import KernelAgentError, LimitExceeded
+from kernelagent.errors import LimitExceeded, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class RedisLocks:
                     await self._release(keys=keys[:1], args=[owner])
                 raise
             except RedisError as e:
-                raise KernelAgentError(f"session locks: Redis failed: {e}") from e
+                raise Unavailable(f"session locks: Redis failed: {e}") from e
             if token is not None:
                 return int(token)
             now = loop.time()

@@ -24,7 +24,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, bindparam, delete, func, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlmodel import Session as Transaction
 from sqlmodel import col, select
 
@@ -37,7 +37,7 @@ from kernelagent.adapters.tables import (
     UserRow,
 )
 from kernelagent.domain import Artifact, Cell, FileEntry, Session, Turn, User, new_id, now
-from kernelagent.errors import Conflict, KernelAgentError, NotFound
+from kernelagent.errors import Conflict, KernelAgentError, NotFound, Unavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -87,7 +87,11 @@ def _run(engine: Engine, work: Callable[[Transaction], T]) -> T:
             return work(tx)
     except IntegrityError as exc:  # one the method did not expect
         raise Conflict(f"database constraint violated: {exc.orig}") from exc
+    except OperationalError as exc:  # the connection, not the statement: may pass
+        raise Unavailable(f"the database did not answer: {exc.orig}") from exc
     except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable(f"the database dropped the connection: {exc.orig}") from exc
         raise KernelAgentError(f"database error: {exc.orig}") from exc
     except StatementError as exc:  # a value the column refused, e.g. a naive datetime
         if isinstance(exc.orig, ValueError | TypeError):

@@ -17,7 +17,7 @@
   what is meant for it to its handlers. A signal is instant and not kept: what must not be lost
   (a turn's pending answer) is in the database, and a signal only says "look now".
 
-Redis failures surface as ``KernelAgentError``; the heartbeat retries and logs.
+Redis failures surface as ``Unavailable`` (503); the heartbeat retries and logs.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from kernelagent.domain import Signal, new_id
-from kernelagent.errors import KernelAgentError
+from kernelagent.errors import Unavailable
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0  # seconds a process's goodbye to Redis may take
@@ -248,7 +248,7 @@ class RedisRuntime:
         try:
             return await awaitable
         except RedisError as e:
-            raise KernelAgentError(f"runtime state: Redis failed: {e}") from e
+            raise Unavailable(f"runtime state: Redis failed: {e}") from e
 
     async def alive(self, process_id: str) -> bool:
         return bool(await self._call(self.redis.exists(self._key("proc", process_id))))
