@@ -2,7 +2,7 @@
 
 The database rows are the durable record (one row per cell, written before a cell's answer); the
 ``.ipynb`` in storage is a rendering of them, refreshed a moment after activity stops (debounced,
-so a burst of cells writes it once) and on every export.
+so a burst of cells writes it once, and again until storage takes it) and on every export.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from kernelagent.services.notebooks import build_notebook, notebook_bytes
 from kernelagent.services.ports import Database, Storage
 
 log = logging.getLogger(__name__)
+RETRY_CAP = 60.0  # seconds between attempts to write a notebook while storage fails
 
 
 class NotebookStore:
@@ -50,11 +51,21 @@ class NotebookStore:
         )
 
     async def _save_later(self, session: Session) -> None:
-        await asyncio.sleep(self.debounce)
+        """Write once activity paused; while storage fails, try again (backing off to
+        ``RETRY_CAP`` s) until it takes the notebook or new activity schedules a fresh save."""
+        wait = self.debounce
         try:
-            await self.export(session)
-        except Exception:
-            log.exception("could not write the notebook of session %s to storage", session.id)
+            while True:
+                await asyncio.sleep(wait)
+                try:
+                    await self.export(session)
+                    return
+                except Exception as e:  # noqa: BLE001 - storage away: the rows are the record
+                    log.warning(
+                        "could not write the notebook of session %s to storage (again in "
+                        "%.0f s): %s", session.id, min(wait * 2, RETRY_CAP), e,
+                    )  # fmt: skip
+                    wait = min(max(wait, 1.0) * 2, RETRY_CAP)
         finally:
             if self._pending.get(session.id) is asyncio.current_task():
                 del self._pending[session.id]

@@ -15,6 +15,7 @@ from conftest import PG_ADMIN, running
 from tornado.testing import bind_unused_port
 
 from kernelagent.config import Settings
+from kernelagent.services import notebook_store
 
 pytestmark = pytest.mark.sandbox
 
@@ -151,3 +152,64 @@ async def test_postgres_cut_and_refusing_gives_503s_then_recovers(
         cells = [c for c in await server.services.db.cells.list(sid) if c.cell_type == "code"]
         assert [c.source for c in cells] == ["x = 41", "x", "x + 1"]  # nothing half-written
         assert all(c.status == "ok" for c in cells)
+
+
+@pytest.mark.s3
+async def test_s3_unreachable_cells_are_recorded_and_storage_catches_up(
+    tmp_path, unused_port, monkeypatch
+):
+    from moto.server import ThreadedMotoServer
+
+    for name, value_ in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+    }.items():
+        monkeypatch.setenv(name, value_)  # fmt: skip
+    sock, port = bind_unused_port()
+    sock.close()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket="faults")
+    monkeypatch.setattr(notebook_store, "RETRY_CAP", 2.0)  # retried often, for the test
+    settings = settings_for(
+        tmp_path, unused_port, storage_url="s3://faults/ka", s3_endpoint_url=endpoint
+    )
+    try:
+        async with running(settings) as server:
+            sid = (await server.session("s3"))["id"]
+            await server.run(sid, "open('a.txt', 'w').write('a')")
+            moto.stop()
+
+            away = await server.run(sid, "open('b.txt', 'w').write('b'); 'recorded'")
+            assert value(away) == "'recorded'"  # the cell is in the record all the same
+            assert (await server.fetch("/api/v1/ready")).code == 503
+            await asyncio.sleep(12)  # longer than the storage client's own retries: the
+            # notebook's write (2 s after the cell) gives up meanwhile
+
+            moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            moto.start()  # the same in-process store: what was there before is there
+
+            def keys() -> list[str]:
+                return [o["Key"] for o in s3.list_objects_v2(Bucket="faults").get("Contents", [])]
+
+            async with asyncio.timeout(30):  # the notebook is written again, unasked
+                while True:
+                    stored = [k for k in keys() if k.endswith(".ipynb")]
+                    if stored:
+                        body = s3.get_object(Bucket="faults", Key=stored[0])["Body"].read()
+                        sources = ["".join(c["source"]) for c in json.loads(body)["cells"]]
+                        if any("'recorded'" in s for s in sources):
+                            break
+                    await asyncio.sleep(0.5)
+            assert not any(k.endswith("/files/b.txt") for k in keys())
+            await server.run(sid, "3")  # the next cell's mirror sends what the last one missed
+            assert any(k.endswith("/files/b.txt") for k in keys()), keys()
+    finally:
+        moto.stop()
