@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from pathlib import Path
 
 import pytest
 from conftest import running
@@ -95,3 +97,29 @@ async def test_with_a_metrics_token_only_that_token_scrapes(scraped):
     )
     assert answer.code == 200
     assert ("kernelagent_sse_clients", ()) in samples(answer.body)
+
+
+DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "kernelagent.json"
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+async def test_the_grafana_dashboard_asks_only_for_what_the_server_exposes(server):
+    exposed = {  # every metric family, with or without samples yet
+        family.name: family.type
+        for family in text_string_to_metric_families((await server.fetch("/metrics")).body.decode())
+    }
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    asked = {name for expr in exprs for name in re.findall(r"kernelagent_[a-z_]+", expr)}
+    families = set()
+    for name in asked:
+        family = next(
+            (f for f, t in exposed.items() if name.startswith(f) and
+             name[len(f):] in SUFFIXES.get(t, ())), None,
+        )  # fmt: skip
+        assert family is not None, f"the dashboard asks for {name}, which the server lacks"
+        families.add(family)
+    # every family the server exposes is on the dashboard (but histograms' creation times)
+    shown = {f for f in exposed if f.startswith("kernelagent_") and not f.endswith("_created")}
+    assert families == shown, exposed
