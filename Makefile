@@ -50,3 +50,4 @@ bench: install
 	$(BIN)/python bench/kernels.py --json bench/kernels.json
 	$(BIN)/python bench/sessions.py --json bench/sessions.json
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/cpu.py --json bench/cpu.json

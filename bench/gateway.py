@@ -145,7 +145,10 @@ class Server:
             f"?session_id={CLIENT_SESSION}"
         )
         headers = {"Authorization": f"token {TOKEN}"}
-        return await websocket_connect(HTTPRequest(url, headers=headers, connect_timeout=TIMEOUT))
+        request = HTTPRequest(
+            url, headers=headers, connect_timeout=TIMEOUT, request_timeout=TIMEOUT
+        )
+        return await websocket_connect(request)
 
     async def pool_filled(self) -> None:
         """kernelagent: until ``/api/v1/health`` reports a full pool. Kernel Gateway: no-op."""
