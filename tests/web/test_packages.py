@@ -4,12 +4,14 @@ environment never changes, and the record brings the same versions back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 
 import pytest
 from conftest import backend_settings, running
+from sse import EventStream
 
 from kernelagent.services.packages import pip_lines
 from kernelagent.services.prompt import WORKSPACE_PROBE, parse_probe, system_prompt
@@ -225,3 +227,18 @@ async def test_the_agent_is_told_it_can_install_and_what_the_session_has(ka_serv
     assert "you cannot `pip install`" in off and "%pip install NAME" not in off
     remote = system_prompt({**probe, "can_install": False}, 30, 1024**3, "any")
     assert "you cannot `pip install`" in remote
+
+
+async def test_pips_output_streams_into_the_cell_while_it_installs(ka_server):
+    sid = (await ka_server.session("stream"))["id"]
+    async with EventStream(ka_server.port, f"/api/v1/sessions/{sid}/events", ka_server.token) as s:
+        cell = asyncio.create_task(ka_server.run(sid, f"%pip install {NAME}"))
+        first = await s.until(lambda e: e.type == "cell.output" and "Resolving" in json.dumps(
+            e.data))  # fmt: skip
+        kernel = (await ka_server.services.db.sessions.get(sid)).kernel_id
+        results = ka_server.services.kernels.package_dir(kernel) / "requests"
+        assert not list(results.glob("*.json")), "the output came only once it was over"
+        assert first[-1].type == "cell.output"
+        answer = await cell
+    assert meta(answer["cell"])["status"] == "ok"
+    assert list(results.glob("*.json"))
