@@ -258,7 +258,8 @@ class KernelSupervisor:
             if excess > 0:
                 whose = "you have" if whose_id is not None else "the server has"
                 raise LimitReached(
-                    f"{whose} {len(holding)} live kernels, the limit ({setting}={limit}), and "
+                    f"{whose} {len(holding)} live kernel{'' if len(holding) == 1 else 's'}, the "
+                    f"limit ({setting}={limit}), and "
                     "none is idle: wait for a cell to finish, or stop a session's kernel",
                     setting,
                     limit,

@@ -3,14 +3,16 @@ without an LLM, approval mode, and a lost connection — in a real browser."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import nbformat
 import pytest
+from conftest import running
 from llm_server import respond, text, tool_call
 from playwright.async_api import Page, expect
 
-from .conftest import PHONE, TOKEN, eventually, sign_in
+from .conftest import PHONE, TOKEN, eventually, sign_in, ui_settings
 
 pytestmark = pytest.mark.sandbox
 
@@ -214,3 +216,34 @@ async def test_approval_mode_approve_edit_reject(server, llm, page: Page, browse
 
 async def _approval(server, session_id: str) -> bool:
     return json.loads((await server.fetch(f"/api/v1/sessions/{session_id}")).body)["approval_mode"]
+
+
+async def test_a_limit_is_shown_by_name_and_nothing_is_made(
+    tmp_path, unused_port, page: Page, browser, shot
+):
+    """At the live-kernel limit with nothing idle, a new session is refused, saying which limit
+    and its value; once a kernel is idle, room is made (it is hibernated) and it works."""
+    settings = ui_settings(tmp_path, unused_port, max_kernels_per_user=1)
+    async with running(settings) as server:
+        base = server.base
+        await sign_in(page, base)
+        busy = await server.session("Busy")
+        running_cell = asyncio.create_task(server.run(busy["id"], "import time\ntime.sleep(8)"))
+
+        async def is_busy() -> bool:
+            return bool(await server.services.execution.busy([busy["id"]]))
+
+        await eventually(is_busy)
+        await page.goto(base + "/")
+        await page.fill("#new-title", "Another")
+        await page.click("#create")
+        alert = page.locator("#alerts .alert-error")
+        await expect(alert).to_contain_text("KERNELAGENT_MAX_KERNELS_PER_USER=1")
+        await expect(alert).to_contain_text("none is idle")
+        await shot(page, "limit-reached")
+        owner = (await server.services.db.sessions.get(busy["id"])).user_id
+        titles = [s.title for s in await server.services.db.sessions.list_for_user(owner)]
+        assert titles == ["Busy"]  # nothing was made
+        await running_cell
+        await page.click("#create")  # the busy one is idle now: it makes room
+        await page.wait_for_url(f"{base}/sessions/*")
