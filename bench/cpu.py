@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from gateway import TOKEN, Server, kernel_gateway, request, unused_port
+from gateway import Server, kernel_gateway, kernelagent_server, request
 
 ROUNDS = 2
 
@@ -79,20 +79,12 @@ async def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kernelagent-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        port = unused_port()
-        env = {
-            "KERNELAGENT_DATA_DIR": str(tmp / "kernelagent-data"),
-            "KERNELAGENT_TOKEN": TOKEN,
-            "KERNELAGENT_PORT": str(port),
-            "KERNELAGENT_MAX_KERNELS_PER_USER": "0",
-            "KERNELAGENT_MAX_KERNELS": "0",
-        }
-        argv = [str(Path(sys.executable).parent / "kernelagent"), "serve"]
+        argv = None
         if args.profile:
             argv = [sys.executable, "-m", "cProfile", "-o", str(args.profile.resolve()),
                     "-m", "kernelagent", "serve"]  # fmt: skip
         servers = {
-            "kernelagent": Server("kernelagent", argv, env, tmp, port),
+            "kernelagent": kernelagent_server(tmp, argv=argv),
             "kernel_gateway": kernel_gateway("kernel_gateway", tmp),
             "kernel_gateway_nodelay": kernel_gateway("kernel_gateway_nodelay", tmp),
         }

@@ -285,6 +285,21 @@ async def bench_create(servers: dict[str, Server], runs: int) -> dict[str, list[
     return results
 
 
+def kernelagent_server(tmp: Path, pool_size: int = 2, argv: list[str] | None = None) -> Server:
+    """``kernelagent serve`` with embedded defaults in ``tmp``, unlimited as Kernel Gateway."""
+    port = unused_port()
+    env = {
+        "KERNELAGENT_DATA_DIR": str(tmp / "kernelagent-data"),
+        "KERNELAGENT_TOKEN": TOKEN,
+        "KERNELAGENT_PORT": str(port),
+        "KERNELAGENT_POOL_SIZE": str(pool_size),
+        "KERNELAGENT_MAX_KERNELS_PER_USER": "0",  # as Kernel Gateway: no limit
+        "KERNELAGENT_MAX_KERNELS": "0",
+    }
+    argv = argv or [str(Path(sys.executable).parent / "kernelagent"), "serve"]
+    return Server("kernelagent", argv, env, tmp, port)
+
+
 def kernel_gateway(name: str, tmp: Path, *flags: str) -> Server:
     port = unused_port()
     argv = [
@@ -314,18 +329,8 @@ async def main() -> int:
     ):
         os.environ["IPYTHONDIR"] = ipython_dir  # inherited by Kernel Gateway and its kernels
         tmp = Path(tmp_name)
-        port = unused_port()
-        env = {
-            "KERNELAGENT_DATA_DIR": str(tmp / "kernelagent-data"),
-            "KERNELAGENT_TOKEN": TOKEN,
-            "KERNELAGENT_PORT": str(port),
-            "KERNELAGENT_POOL_SIZE": str(n),
-            "KERNELAGENT_MAX_KERNELS_PER_USER": "0",  # as Kernel Gateway: no limit
-            "KERNELAGENT_MAX_KERNELS": "0",
-        }
-        kernelagent = [str(Path(sys.executable).parent / "kernelagent"), "serve"]
         servers = {
-            "kernelagent": Server("kernelagent", kernelagent, env, tmp, port),
+            "kernelagent": kernelagent_server(tmp, n),
             "kernel_gateway": kernel_gateway("kernel_gateway", tmp),
             "kernel_gateway_nodelay": kernel_gateway("kernel_gateway_nodelay", tmp),
             "kernel_gateway_prespawn": kernel_gateway(
