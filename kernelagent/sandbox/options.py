@@ -132,7 +132,9 @@ class SandboxOptions(LoggingConfigurable):
         for sock in layout.ipc_dir.glob("k-*"):
             sock.unlink()
         layout.workspace.mkdir(parents=True, exist_ok=True)
-        layout.packages_dir.mkdir(mode=0o755, exist_ok=True)  # the server's; the kernel reads
+        # the server's; the kernel reads it, with site/ on sys.path from the start
+        (layout.packages_dir / "site").mkdir(mode=0o755, parents=True, exist_ok=True)
+        layout.packages_dir.chmod(0o755)
         if layout.host_uid is not None:
             os.chown(layout.ipc_dir, layout.host_uid, layout.host_uid)
             chown_tree(layout.workspace, layout.host_uid)
