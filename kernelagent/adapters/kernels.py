@@ -391,8 +391,14 @@ class LocalKernels:
         if kernel_id not in self.mkm:
             raise KernelDied("the kernel is gone")
         channels = _Channels(self.manager(kernel_id))
-        if not await channels.joined():
-            log.warning("kernel %s did not answer on iopub; its client may miss output", kernel_id)
+        try:
+            if not await channels.joined():
+                log.warning(
+                    "kernel %s did not answer on iopub; a client may miss output", kernel_id
+                )
+        except BaseException:  # cancelled (the client left), or the kernel went: no socket left
+            channels.close()
+            raise
         return channels
 
     async def _link(self, kernel_id: str) -> _Link:

@@ -288,6 +288,24 @@ async def test_oversized_and_out_of_order_frames_harm_neither_kernel_nor_other_c
         other.close()
 
 
+async def test_clients_that_connect_and_leave_at_once_leave_no_channel_open(ka_server):
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    for _ in range(10):  # closed as soon as open (or, abruptly, while it connects)
+        (await WsClient.connect(ka_server, kernel["id"])).close()
+    gateway = ka_server.services.gateway
+    async with asyncio.timeout(15):
+        while gateway.channels or gateway._closing:
+            await asyncio.sleep(0.05)
+        while (await ka_server.json(f"/api/kernels/{kernel['id']}"))["connections"]:
+            await asyncio.sleep(0.05)
+    ws = await WsClient.connect(ka_server, kernel["id"])  # and the kernel still serves
+    try:
+        _, reply = await ws.execute("'fine'")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        ws.close()
+
+
 async def test_restart_keeps_the_socket_and_is_recorded(ka_server):
     kernel = await ka_server.json("/api/kernels", "POST", {})
     ws = await WsClient.connect(ka_server, kernel["id"])

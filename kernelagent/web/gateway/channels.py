@@ -44,6 +44,7 @@ class ChannelsHandler(websocket.WebSocketHandler):
         # the same socket at the process holding the kernel, when another process holds it
         self.upstream: websocket.WebSocketClientConnection | None = None
         self.piping: asyncio.Task[None] | None = None
+        self.gone = False  # the client closed the socket
 
     async def get(self, kernel_id: str) -> None:
         user = await self._authenticate()
@@ -87,11 +88,16 @@ class ChannelsHandler(websocket.WebSocketHandler):
             self.piping = asyncio.create_task(forward.pipe_down(self.upstream, self))
             return
         try:
-            self.channel = await self.gateway.open_channel(
+            channel = await self.gateway.open_channel(
                 self.session, self.kernel, self._send, self.get_query_argument("session_id", None)
             )
         except KernelAgentError as e:
             self.close(4004 if e.status == 404 else 1011, str(e))
+            return
+        if self.gone:  # the client left while its channel connected: on_close found none
+            self.gateway.close_later(channel)
+            return
+        self.channel = channel
 
     async def on_message(self, message: str | bytes) -> None:
         if self.upstream is not None:
@@ -136,6 +142,7 @@ class ChannelsHandler(websocket.WebSocketHandler):
         await self.write_message(frame, binary=isinstance(frame, bytes))
 
     def on_close(self) -> None:
+        self.gone = True
         if self.upstream is not None:
             self.upstream.close()
         if self.channel is not None:
