@@ -18,9 +18,7 @@ Jupyter protocol. It implements the ``KernelBackend`` port; failures come out as
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -50,10 +48,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent  # kernelagent/, for the ke
 HANDSHAKE_TIMEOUT = 30.0  # seconds for a kernel to answer this process's first request
 WORKSPACE_NAME = re.compile(r"\.?[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 CHANNELS = ("shell", "control", "stdin", "iopub")
-JOIN_TIMEOUT = 5.0  # seconds a new client connection waits for its iopub to deliver
-JOIN_NUDGE = 0.2  # seconds between its kernel_info_requests meanwhile
-
-log = logging.getLogger(__name__)
 
 
 class _Link:
@@ -137,38 +131,9 @@ class _Channels:
             key=ours.key, signature_scheme=ours.signature_scheme, username=ours.username
         )
         self.inbox: asyncio.Queue[tuple[str, list[bytes]]] = asyncio.Queue()
-        self.early: collections.deque[KernelMessage] = collections.deque()  # read while joining
-        self.nudges: set[str] = set()  # this connection's own requests (joined()), not shown
         self.sockets = {name: getattr(manager, f"connect_{name}")() for name in CHANNELS}
         for name, stream in self.sockets.items():
             stream.on_recv(lambda frames, name=name: self.inbox.put_nowait((name, frames)))
-
-    async def joined(self, timeout: float = JOIN_TIMEOUT) -> bool:
-        """Whether this connection's iopub delivers yet: a ZMQ subscription joins a moment after
-        it connects, and what the kernel publishes before that never reaches it (a short cell's
-        whole output). As jupyter_server does, ``kernel_info_request``s go on control (answered
-        even while a cell runs) until an iopub message arrives; what arrives meanwhile is kept
-        for ``receive``, in order, but the answers to these requests."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            request = self.session.msg("kernel_info_request")
-            self.nudges.add(request["header"]["msg_id"])
-            self.session.send(self.sockets["control"], request)
-            until = min(deadline, loop.time() + JOIN_NUDGE)
-            while (left := until - loop.time()) > 0:
-                try:
-                    name, frames = await asyncio.wait_for(self.inbox.get(), left)
-                except TimeoutError:
-                    break
-                msg = self._parse(name, frames)
-                if msg is None:
-                    continue
-                if msg.parent_id not in self.nudges:
-                    self.early.append(msg)
-                if msg.channel == "iopub":
-                    return True
-        return False
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         sock = self.sockets.get(channel)
@@ -177,20 +142,17 @@ class _Channels:
         self.session.send(sock, message, buffers=message.get("buffers") or None)
 
     async def receive(self) -> KernelMessage:
-        if self.early:
-            return self.early.popleft()
         while True:
             name, frames = await self.inbox.get()
             msg = self._parse(name, frames)
-            if msg is not None and msg.parent_id not in self.nudges:
+            if msg is not None:
                 return msg
 
     def received(self) -> list[KernelMessage]:
-        taken = list(self.early)
-        self.early.clear()
+        taken = []
         while not self.inbox.empty():
             msg = self._parse(*self.inbox.get_nowait())
-            if msg is not None and msg.parent_id not in self.nudges:
+            if msg is not None:
                 taken.append(msg)
         return taken
 
@@ -390,16 +352,7 @@ class LocalKernels:
     async def connect(self, kernel_id: str) -> _Channels:
         if kernel_id not in self.mkm:
             raise KernelDied("the kernel is gone")
-        channels = _Channels(self.manager(kernel_id))
-        try:
-            if not await channels.joined():
-                log.warning(
-                    "kernel %s did not answer on iopub; a client may miss output", kernel_id
-                )
-        except BaseException:  # cancelled (the client left), or the kernel went: no socket left
-            channels.close()
-            raise
-        return channels
+        return _Channels(self.manager(kernel_id))
 
     async def _link(self, kernel_id: str) -> _Link:
         link = self._links.get(kernel_id)
