@@ -15,7 +15,6 @@ from typing import Any
 
 from kernelagent.domain import CellStatus, KernelMessage
 from kernelagent.errors import KernelDied
-from kernelagent.kernelside.state import HINT, STATE_COMM
 from kernelagent.services.outputs import OutputCollector
 from kernelagent.services.ports import KernelBackend, KernelRun
 
@@ -33,8 +32,6 @@ class CellResult:
     execution_count: int | None
     reply: KernelMessage | None
     kernel_lost: bool = False  # it died or is stuck: the session needs a new kernel
-    # whether the kernel-side extension said a namespace snapshot is due (None: it did not say)
-    capture: bool | None = None
 
 
 async def collect(
@@ -52,7 +49,6 @@ async def collect(
     deadline = time.monotonic() + timeout
     status: CellStatus = "ok"
     count: int | None = None
-    capture: bool | None = None
     timed_out = False
     while True:
         remaining = deadline - time.monotonic()
@@ -84,17 +80,13 @@ async def collect(
         if msg_type == "execute_input":
             count = content.get("execution_count")
             continue
-        if msg_type == "comm_msg" and content.get("comm_id") == STATE_COMM:
-            capture = bool(content.get("data", {}).get(HINT, True))
-            continue
         if msg_type == "error" and status == "ok":
             status = "error"
         changed = collector.feed(msg_type, content)
         if changed is not None and on_output is not None:
             await on_output(collector, changed)
     reply = await run.reply(REPLY_WAIT)
-    final = "timeout" if timed_out else status
-    return CellResult(collector.outputs, final, count, reply, capture=capture)
+    return CellResult(collector.outputs, "timeout" if timed_out else status, count, reply)
 
 
 async def run_code(
