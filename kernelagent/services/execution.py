@@ -154,8 +154,9 @@ class ExecutionService:
                 on_started(cell)
             started = time.perf_counter()
             result = CellResult([], "error", None, None)
-            installs = await self._installs(kernel_id, cell, code)
-            try:
+            installs: Installs | None = None
+            try:  # an install that cannot start still ends the cell in the record
+                installs = await self._installs(kernel_id, cell, code)
                 result = await self._run(
                     kernel_id, cell, code, timeout or self.default_timeout, on_output, request
                 )
