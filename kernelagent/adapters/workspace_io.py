@@ -24,6 +24,8 @@ from kernelagent.errors import InvalidInput, NotFound, TooLarge
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# a file being written; never listed, mirrored or snapshotted (a SIGKILL may leave one behind)
+UPLOAD_TEMP = ".kernelagent-upload-"
 CHUNK = 1024 * 1024
 
 
@@ -97,7 +99,7 @@ def write_file(root: Path, rel: str, data: bytes) -> None:
         raise InvalidInput(f"cannot write {rel!r}: a parent is not a directory ({e})") from None
     with _fd(dir_fd):
         owner = os.stat(root)
-        tmp = f".kernelagent-upload-{secrets.token_hex(8)}"
+        tmp = f"{UPLOAD_TEMP}{secrets.token_hex(8)}"
         fd = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd
         )
@@ -136,6 +138,8 @@ def scan(root: Path) -> dict[str, tuple[int, int]]:
     for dirpath, _, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
         rel_dir = os.path.relpath(dirpath, root)
         for name in filenames:
+            if name.startswith(UPLOAD_TEMP):  # an upload still being written, or one cut off
+                continue
             try:
                 info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:

@@ -180,6 +180,9 @@ async def test_workspaces_are_names_not_paths(kernels):
     files = await kernels.list_files("s1")
     assert set(files) == {"dir/data.csv"} and files["dir/data.csv"].size == 4
     assert await kernels.read_file("s1", "dir/data.csv", limit=100) == b"a,b\n"
+    # an upload cut off mid-write (its server killed) is no file of the workspace's
+    (kernels.workspace_path("s1") / "dir" / ".kernelagent-upload-0123abcd").write_bytes(b"a,")
+    assert set(await kernels.list_files("s1")) == {"dir/data.csv"}
     with pytest.raises(TooLarge):
         await kernels.read_file("s1", "dir/data.csv", limit=2)
     await kernels.remove_file("s1", "dir/data.csv")

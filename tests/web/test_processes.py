@@ -26,7 +26,7 @@ import pytest
 from gateways import gateway
 from llm_server import ScriptedLLM, respond, text, tool_call
 from sse import EventStream
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 from tornado.testing import bind_unused_port
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -340,6 +340,68 @@ async def test_a_killed_process_fails_its_turn_and_leaves_no_kernel(processes, l
     # the session goes on in B: its kernel is rebuilt there
     again = await b.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "6 * 7"})
     assert again["cell"]["outputs"][0]["data"]["text/plain"] == "42"
+
+
+async def test_a_lone_server_killed_mid_turn_and_mid_upload_restarts_with_all_completed(
+    tmp_path, llm
+):
+    """One server on the embedded defaults (SQLite, files on disk), SIGKILLed while a turn runs
+    a cell and an upload arrives, then started again on the same data directory."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KERNELAGENT_")},
+        "KERNELAGENT_TOKEN": TOKEN,
+        "KERNELAGENT_POOL_SIZE": "0",
+        "OPENAI_API_KEY": "sk-two",
+        "OPENAI_BASE_URL": llm.base_url,
+        "KERNELAGENT_MODEL": "scripted",
+    }
+    server = Process("lone", _port(), env, tmp_path / "lone.log")
+    await server.ready()
+    sid = (await server.json("/api/v1/sessions", "POST", {"title": "lone"}))["id"]
+    await server.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "kept = 'yes'"})
+    assert (await server.upload(sid, "done.csv", b"a,b\n1,2\n")).code == 201
+    llm.script(tool_call("run_python", {"code": "import time\ntime.sleep(120)"}))
+    async with server.events(sid) as watch:
+        turn = (await server.json(f"/api/v1/sessions/{sid}/messages", "POST", {"content": "x"}))[
+            "turn_id"
+        ]
+        await watch.until(lambda e: e.type == "cell.started")
+    big = os.urandom(30 * 1024 * 1024)
+    upload = asyncio.create_task(server.upload(sid, "half.bin", big))
+    await asyncio.sleep(0.2)  # the upload's body is on its way
+    kernels = server.kernel_pids()
+    assert kernels
+    server.popen.kill()  # SIGKILL: no goodbye
+    server.popen.wait()
+    try:
+        answered = (await upload).code
+    except (OSError, HTTPClientError):  # the connection died with the server
+        answered = None
+
+    again = Process("lone", _port(), env, tmp_path / "lone-again.log")  # the same data directory
+    try:
+        await again.ready()
+        ended_turn = await again.json(f"/api/v1/sessions/{sid}/turns/{turn}")
+        assert ended_turn["status"] == "failed" and "stopped" in ended_turn["error"], ended_turn
+        async with asyncio.timeout(10):  # the old kernel died with its server
+            while any(_running(pid) for pid in kernels):
+                await asyncio.sleep(0.1)
+        cell = await again.json(f"/api/v1/sessions/{sid}/cells", "POST", {"code": "kept"})
+        assert cell["cell"]["outputs"][0]["data"]["text/plain"] == "'yes'"  # state brought back
+        done = await again.fetch(f"/api/v1/sessions/{sid}/files/done.csv")
+        assert done.body == b"a,b\n1,2\n"
+        listed = await again.json(f"/api/v1/sessions/{sid}/files")
+        files = {f["path"]: f["size"] for f in listed["files"]}
+        if answered == 201:  # the upload finished before the kill: it is all there
+            assert files.get("half.bin") == len(big)
+        else:  # it did not: no part of it is, under any name
+            assert set(files) == {"done.csv"}, files
+        notebook = await again.json(f"/api/v1/sessions/{sid}/notebook")
+        sources = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+        assert sources[0] == "kept = 'yes'" and "time.sleep(120)" in sources[1], sources
+        assert "The turn stopped" in json.dumps(notebook)
+    finally:
+        await again.stop()
 
 
 @pytest.fixture(scope="module")
