@@ -18,11 +18,13 @@ import getpass
 import logging
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from tornado import httpserver, web
 
+from kernelagent.adapters import redis_pools
 from kernelagent.adapters.db import open_database
 from kernelagent.adapters.events import make_events
 from kernelagent.adapters.kernel_state import KernelState
@@ -98,7 +100,7 @@ class KernelAgentApp:
         self.services: Services | None = None
         self.web: web.Application | None = None
         self.http: httpserver.HTTPServer | None = None
-        self._culler: asyncio.Task[None] | None = None
+        self._chores: list[asyncio.Task[None]] = []  # what runs every so often (_every)
         self._mcp: KernelagentMcp | None = None
         self._mcp_task: asyncio.Task[None] | None = None
 
@@ -278,8 +280,11 @@ class KernelAgentApp:
         running = asyncio.get_running_loop().create_future()
         self._mcp_task = asyncio.create_task(self._run_mcp(self._mcp, running), name="mcp")
         await running
-        if settings.kernel_idle_ttl > 0:
-            self._culler = asyncio.create_task(self._cull(supervisor, settings.kernel_idle_ttl))
+        if settings.kernel_idle_ttl > 0:  # idle kernels shut down (their sessions stay)
+            ttl = settings.kernel_idle_ttl
+            self._every(min(60.0, ttl / 4), lambda: supervisor.cull_idle(ttl), "culling")
+        if settings.redis_url:
+            self._every(redis_pools.IDLE_SECONDS, redis_pools.close_idle, "closing Redis sockets")
         sandbox = "none (unsafe)" if settings.unsafe_no_sandbox else settings.sandbox
         if settings.gateway_url:
             sandbox = f"the gateway's ({settings.gateway_url})"
@@ -331,15 +336,19 @@ class KernelAgentApp:
             running.set_result(None)
             await asyncio.Event().wait()  # until cancelled by stop()
 
-    @staticmethod
-    async def _cull(supervisor: KernelSupervisor, ttl: float) -> None:
-        """Shut down idle kernels (their sessions stay) every so often."""
-        while True:
-            await asyncio.sleep(min(60.0, ttl / 4))
-            try:
-                await supervisor.cull_idle(ttl)
-            except Exception:
-                log.exception("culling idle kernels failed")
+    def _every(self, seconds: float, job: Callable[[], Awaitable[object]], what: str) -> None:
+        """Run ``job`` every ``seconds`` until ``stop`` (a failure is logged; the next run
+        comes all the same)."""
+
+        async def chore() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await job()
+                except Exception:
+                    log.exception("%s failed", what)
+
+        self._chores.append(asyncio.create_task(chore(), name=what))
 
     async def stop(self) -> None:
         """Drain, then close: readiness turns 503 (a load balancer sends new requests
@@ -350,10 +359,9 @@ class KernelAgentApp:
         if self.services:
             self.services.readiness.draining = True
             await self.services.agent.drain(self.settings.drain_timeout)
-        if self._culler:
-            self._culler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._culler
+        for chore in self._chores:
+            chore.cancel()
+        await asyncio.gather(*self._chores, return_exceptions=True)
         if self.http:
             self.http.stop()
             await self.http.close_all_connections()

@@ -25,16 +25,16 @@ import re
 import time
 
 import pydantic
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from kernelagent.adapters import redis_pools
 from kernelagent.errors import InvalidInput, Unavailable
 from kernelagent.events import Logged, SessionEvent, parse_event
 
 log = logging.getLogger(__name__)
 
-SOCKET_TIMEOUT = 5.0
 MAX_WAIT = 60.0  # seconds one read may block (its connection's read timeout is longer)
+MAX_READERS = 1024  # blocking reads at once (event streams followed) per process
 STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})", re.ASCII)
 MAX_ID_PART = 2**64 - 1
 
@@ -105,12 +105,10 @@ class RedisEvents:
     def __init__(self, url: str, retention: int = 10_000, *, prefix: str = "kernelagent:"):
         self.retention = retention
         self.prefix = prefix
-        self.redis = aioredis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
-        )
+        self.redis = redis_pools.client(url)
         # blocking reads wait up to ``MAX_WAIT`` s: their connections' timeout must outlast it
-        self.reader = aioredis.Redis.from_url(
-            url, socket_timeout=MAX_WAIT + SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
+        self.reader = redis_pools.client(
+            url, read_timeout=MAX_WAIT + redis_pools.SOCKET_TIMEOUT, max_connections=MAX_READERS
         )
 
     def _key(self, session_id: str) -> str:

@@ -42,14 +42,13 @@ import random
 import secrets
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from kernelagent.adapters import redis_pools
 from kernelagent.errors import LimitExceeded, Unavailable
 
 log = logging.getLogger(__name__)
 
-SOCKET_TIMEOUT = 5.0  # seconds for any one Redis round trip (and connecting)
 POLL_MIN, POLL_MAX = 0.005, 0.1  # backoff between attempts at a lock held elsewhere
 
 # KEYS: lock, fence counter. ARGV: owner value, ttl in ms. Returns the fencing token, or nil.
@@ -155,9 +154,7 @@ class RedisLocks:
             raise ValueError(f"lock ttl must be positive, not {ttl}")
         self.ttl = ttl
         self.prefix = prefix
-        self.redis = aioredis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
-        )
+        self.redis = redis_pools.client(url)
         self._acquire = self.redis.register_script(ACQUIRE)
         self._renew = self.redis.register_script(RENEW)
         self._release = self.redis.register_script(RELEASE)

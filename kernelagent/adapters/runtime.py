@@ -33,13 +33,13 @@ from collections.abc import Awaitable, Callable, Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from kernelagent.adapters import redis_pools
 from kernelagent.domain import Signal, new_id
 from kernelagent.errors import Unavailable
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0  # seconds a process's goodbye to Redis may take
 
-SOCKET_TIMEOUT = 5.0
 KEEP = 7 * 24 * 3600  # seconds a session's activity and busy marks outlive their writer
 Handler = Callable[[Signal], Awaitable[None]]
 
@@ -162,9 +162,7 @@ class RedisRuntime:
         self.process_id = new_id()
         self.lease = lease
         self.prefix = prefix
-        self.redis = aioredis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT
-        )
+        self.redis = redis_pools.client(url)
         self._handlers = _Handlers()
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: aioredis.client.PubSub | None = None
