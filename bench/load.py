@@ -249,8 +249,14 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         await pool_full(load)
         load.http.close()  # the clients' keep-alive connections are not the server's
         load.http = AsyncHTTPClient(force_instance=True)
-        await asyncio.sleep(3)  # kernels stop, sockets close
-        after = sampled(process)
+        # kernels stop, sockets close (idle Redis sockets within a minute): wait up to 90 s
+        settled = time.monotonic()
+        while True:
+            await asyncio.sleep(3)
+            after = sampled(process)
+            if after["sockets"] <= before["sockets"] or time.monotonic() - settled > 90:
+                break
+        after["seconds_to_settle"] = round(time.monotonic() - settled)
     finally:
         server.terminate()
         server.wait(60)

@@ -44,3 +44,29 @@ async def test_a_pool_holds_at_most_its_ceiling_and_closes_idle_sockets(redis_ur
     finally:
         await client.aclose()
         await admin.aclose()
+
+
+async def test_closing_idle_sockets_while_calls_run_fails_none_of_them(redis_url):
+    client = redis_pools.client(redis_url, max_connections=6)
+    key = f"kernelagent-test:busy-{uuid.uuid4().hex[:12]}"
+    running = True
+
+    async def caller() -> int:
+        done = 0
+        while running:
+            await client.incr(key)
+            done += 1
+            await asyncio.sleep(0)
+        return done
+
+    try:
+        callers = [asyncio.create_task(caller()) for _ in range(12)]
+        for _ in range(100):
+            await redis_pools.close_idle()
+            await asyncio.sleep(0.005)
+        running = False
+        counts = await asyncio.gather(*callers)  # a failed call would raise here
+        assert int(await client.get(key)) == sum(counts)
+    finally:
+        await client.delete(key)
+        await client.aclose()
