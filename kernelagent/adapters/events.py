@@ -41,12 +41,14 @@ MAX_ID_PART = 2**64 - 1
 
 class LocalEvents:
     """Per-session deques; readers wait on a future that every publish resolves and replaces
-    (checking and taking it involve no await, so no publish slips between them)."""
+    (checking and taking it involve no await, so no publish slips between them). An event is
+    kept as its JSON, as Redis keeps it: a few hundred bytes rather than a tree of objects, and
+    a later change to the publisher's dicts rewrites no history."""
 
     def __init__(self, retention: int = 10_000):
         self.retention = retention
         self.epoch = time.time_ns() // 1_000_000
-        self._logs: dict[str, collections.deque[tuple[int, Logged]]] = {}
+        self._logs: dict[str, collections.deque[tuple[int, str, bytes]]] = {}  # n, type, JSON
         self._counters: dict[str, itertools.count[int]] = {}
         self._changed: asyncio.Future[None] | None = None
         self._closed = False
@@ -54,19 +56,22 @@ class LocalEvents:
     async def publish(self, session_id: str, event: SessionEvent) -> Logged:
         counter = self._counters.setdefault(session_id, itertools.count(1))
         n = next(counter)
-        # a copy, as Redis would keep: later changes to the publisher's dicts rewrite no history
-        logged = Logged(f"{self.epoch}-{n}", event.model_copy(deep=True))
+        data = event.model_dump_json(exclude={"type"}).encode()
         entries = self._logs.setdefault(session_id, collections.deque(maxlen=self.retention))
-        entries.append((n, logged))
+        entries.append((n, event.type, data))
         self._wake()
-        return logged
+        return Logged(f"{self.epoch}-{n}", event)
 
     async def read(self, session_id: str, after: str | None, wait: float = 0) -> list[Logged]:
         start = self._position(after)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while not self._closed:
-            events = [e for n, e in self._logs.get(session_id, ()) if n > start]
+            entries = self._logs.get(session_id, ())
+            # counters are consecutive: the first later event is at a known offset
+            skip = max(0, start - entries[0][0] + 1) if entries else 0
+            later = itertools.islice(entries, skip, None)
+            events = [Logged(f"{self.epoch}-{n}", _parsed(t, data)) for n, t, data in later]
             remaining = deadline - loop.time()
             if events or remaining <= 0:
                 return events
@@ -158,6 +163,10 @@ class RedisEvents:
     async def close(self) -> None:
         await self.redis.aclose()
         await self.reader.aclose()
+
+
+def _parsed(type: str, data: bytes) -> SessionEvent:
+    return parse_event(type, json.loads(data))
 
 
 def _parse_id(after: str) -> tuple[int, int]:
