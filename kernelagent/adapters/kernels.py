@@ -48,6 +48,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent  # kernelagent/, for the ke
 HANDSHAKE_TIMEOUT = 30.0  # seconds for a kernel to answer this process's first request
 WORKSPACE_NAME = re.compile(r"\.?[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 CHANNELS = ("shell", "control", "stdin", "iopub")
+# signatures of messages read, remembered to refuse a replayed one; jupyter_client's default of
+# 65 536 is ~10 MB per kernel in a long session, and only the kernel, which holds the key, could
+# replay one anyway
+DIGEST_HISTORY = 4096
 
 
 class _Link:
@@ -128,7 +132,10 @@ class _Channels:
     def __init__(self, manager: AsyncKernelManager):
         ours = manager.session
         self.session = JupyterSession(
-            key=ours.key, signature_scheme=ours.signature_scheme, username=ours.username
+            key=ours.key,
+            signature_scheme=ours.signature_scheme,
+            username=ours.username,
+            digest_history_size=DIGEST_HISTORY,
         )
         self.inbox: asyncio.Queue[tuple[str, list[bytes]]] = asyncio.Queue()
         self.sockets = {name: getattr(manager, f"connect_{name}")() for name in CHANNELS}
@@ -189,6 +196,7 @@ class LocalKernels:
         bwrap = sandboxes["BubblewrapProvisioner"]
         bwrap["ro_binds"] = [*bwrap.get("ro_binds", []), str(PACKAGE_DIR)]
         config = Config(sandboxes)
+        config.Session.digest_history_size = DIGEST_HISTORY
         self.specs = KernelSpecManager(kernel_dirs=kernel_dirs(), config=config)
         self.mkm = AsyncMultiKernelManager(kernel_spec_manager=self.specs, config=config)
         self.workspaces_dir = settings.workspaces_dir

@@ -13,7 +13,7 @@ from collections import deque
 import pytest
 from jupyter_client.session import Session
 
-from kernelagent.adapters.kernels import LocalKernels
+from kernelagent.adapters.kernels import DIGEST_HISTORY, LocalKernels
 from kernelagent.errors import InvalidInput, KernelDied, NotFound, TooLarge
 
 pytestmark = pytest.mark.sandbox
@@ -217,3 +217,19 @@ async def test_a_client_connection_sees_iopub_and_the_replies_to_its_requests(ke
             await channels.send("shell", request)
     finally:
         channels.close()
+
+
+async def test_the_replay_guard_of_a_kernel_link_stays_small(kernels):
+    """jupyter_client remembers every message signature it read (65 536 by default, ~10 MB per
+    kernel in a long session); a link remembers at most DIGEST_HISTORY."""
+    kernel = await kernels.start("ws")
+    code = "from IPython.display import display\nfor i in range(6000):\n    display(i)"
+    run = await kernels.execute(kernel, code)
+    async with asyncio.timeout(120):
+        while (msg := await run.next(30)) is None or not (
+            msg.msg_type == "status" and msg.content["execution_state"] == "idle"
+        ):
+            pass
+    run.close()
+    history = kernels._links[kernel].client.session.digest_history
+    assert 0 < len(history) <= DIGEST_HISTORY
