@@ -18,10 +18,13 @@ Jupyter protocol. It implements the ``KernelBackend`` port; failures come out as
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import logging
 import os
 import re
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,11 @@ CHANNELS = ("shell", "control", "stdin", "iopub")
 # 65 536 is ~10 MB per kernel in a long session, and only the kernel, which holds the key, could
 # replay one anyway
 DIGEST_HISTORY = 4096
+
+JOIN_TIMEOUT = 5.0  # seconds a new client connection waits for its iopub to deliver
+JOIN_NUDGE = 0.2  # seconds between its kernel_info_requests meanwhile
+
+log = logging.getLogger(__name__)
 
 
 class _Link:
@@ -138,9 +146,38 @@ class _Channels:
             digest_history_size=DIGEST_HISTORY,
         )
         self.inbox: asyncio.Queue[tuple[str, list[bytes]]] = asyncio.Queue()
+        self.early: collections.deque[KernelMessage] = collections.deque()  # read while joining
+        self.nudges: set[str] = set()  # this connection's own requests (joined()), not shown
         self.sockets = {name: getattr(manager, f"connect_{name}")() for name in CHANNELS}
         for name, stream in self.sockets.items():
             stream.on_recv(lambda frames, name=name: self.inbox.put_nowait((name, frames)))
+
+    async def joined(self, timeout: float = JOIN_TIMEOUT) -> bool:
+        """Whether this connection's iopub delivers yet: a ZMQ subscription joins a moment after
+        it connects, and what the kernel publishes before that never reaches it (a short cell's
+        whole output). As jupyter_server does, ``kernel_info_request``s go on control (answered
+        even while a cell runs) until an iopub message arrives; what arrives meanwhile is kept
+        for ``receive``, in order, but the answers to these requests."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            request = self.session.msg("kernel_info_request")
+            self.nudges.add(request["header"]["msg_id"])
+            self.session.send(self.sockets["control"], request)
+            until = min(deadline, loop.time() + JOIN_NUDGE)
+            while (left := until - loop.time()) > 0:
+                try:
+                    name, frames = await asyncio.wait_for(self.inbox.get(), left)
+                except TimeoutError:
+                    break
+                msg = self._parse(name, frames)
+                if msg is None:
+                    continue
+                if msg.parent_id not in self.nudges:
+                    self.early.append(msg)
+                if msg.channel == "iopub":
+                    return True
+        return False
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         sock = self.sockets.get(channel)
@@ -149,17 +186,20 @@ class _Channels:
         self.session.send(sock, message, buffers=message.get("buffers") or None)
 
     async def receive(self) -> KernelMessage:
+        if self.early:
+            return self.early.popleft()
         while True:
             name, frames = await self.inbox.get()
             msg = self._parse(name, frames)
-            if msg is not None:
+            if msg is not None and msg.parent_id not in self.nudges:
                 return msg
 
     def received(self) -> list[KernelMessage]:
-        taken = []
+        taken = list(self.early)
+        self.early.clear()
         while not self.inbox.empty():
             msg = self._parse(*self.inbox.get_nowait())
-            if msg is not None:
+            if msg is not None and msg.parent_id not in self.nudges:
                 taken.append(msg)
         return taken
 
@@ -202,6 +242,7 @@ class LocalKernels:
         self.workspaces_dir = settings.workspaces_dir
         self.workspaces_dir.mkdir(parents=True, exist_ok=True)
         self._links: dict[str, _Link] = {}
+        self._ending: dict[str, set[asyncio.Event]] = {}  # kernels restarting or shutting down
         self._kernelspec: tuple[dict[str, Any], dict[str, bytes]] | None = None
         self._workspaces: dict[str, str] = {}  # kernel id → workspace name
 
@@ -298,22 +339,41 @@ class LocalKernels:
     async def restart(self, kernel_id: str) -> None:
         if kernel_id not in self.mkm:
             raise KernelDied("the kernel is gone")
-        self._drop_link(kernel_id, "the kernel was restarted while this cell ran", "restarted")
-        await self.mkm.restart_kernel(kernel_id)
-        await self._wait_ready(kernel_id)
+        async with self._no_new_link(kernel_id):
+            self._drop_link(kernel_id, "the kernel was restarted while this cell ran", "restarted")
+            await self.mkm.restart_kernel(kernel_id)
+            await self._wait_ready(kernel_id)
 
     async def shutdown(self, kernel_id: str, now: bool = False) -> None:
-        self._drop_link(kernel_id, "the kernel was shut down while this cell ran", "shutdown")
-        self._workspaces.pop(kernel_id, None)
-        with contextlib.suppress(KeyError):  # gone meanwhile (a cancelled start)
-            if kernel_id in self.mkm:
-                await self.mkm.shutdown_kernel(kernel_id, now=now)
+        async with self._no_new_link(kernel_id):
+            self._drop_link(kernel_id, "the kernel was shut down while this cell ran", "shutdown")
+            self._workspaces.pop(kernel_id, None)
+            with contextlib.suppress(KeyError):  # gone meanwhile (a cancelled start)
+                if kernel_id in self.mkm:
+                    await self.mkm.shutdown_kernel(kernel_id, now=now)
+
+    @contextlib.asynccontextmanager
+    async def _no_new_link(self, kernel_id: str) -> AsyncIterator[None]:
+        """While a kernel restarts or shuts down, a request waits for the end before linking
+        to it: a link made meanwhile would be left open (after a shutdown) or stale."""
+        done = asyncio.Event()
+        ending = self._ending.setdefault(kernel_id, set())
+        ending.add(done)
+        try:
+            yield
+        finally:
+            ending.discard(done)
+            if not ending:
+                self._ending.pop(kernel_id, None)
+            done.set()
 
     async def close(self, keep: bool = False) -> None:
         """Stop every kernel and close the ZMQ context (left to GC, it warns and may linger).
         ``keep`` changes nothing: a local kernel does not outlive its server."""
         for kernel_id in self.mkm.list_kernel_ids():
             await self.shutdown(kernel_id, now=True)
+        for kernel_id in list(self._links):  # none should be left; their sockets close first
+            self._drop_link(kernel_id, "the server is stopping", "shutdown")
         self.mkm.context.destroy(linger=0)
 
     async def is_alive(self, kernel_id: str) -> bool:
@@ -360,9 +420,14 @@ class LocalKernels:
     async def connect(self, kernel_id: str) -> _Channels:
         if kernel_id not in self.mkm:
             raise KernelDied("the kernel is gone")
-        return _Channels(self.manager(kernel_id))
+        channels = _Channels(self.manager(kernel_id))
+        if not await channels.joined():
+            log.warning("kernel %s did not answer on iopub; its client may miss output", kernel_id)
+        return channels
 
     async def _link(self, kernel_id: str) -> _Link:
+        while ending := self._ending.get(kernel_id):
+            await next(iter(ending)).wait()
         link = self._links.get(kernel_id)
         if link is None:
             if kernel_id not in self.mkm:

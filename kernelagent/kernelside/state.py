@@ -1,6 +1,8 @@
 """Snapshots of the user's namespace, taken and brought back inside the kernel.
 
-After each cell that succeeded, the server asks for ``capture``: the variables the cell may
+After each cell, the kernel says whether a capture would find anything (``HINT``: not for a
+cell that binds and mentions no variable); after one that succeeded and would, the server asks
+for ``capture``: the variables the cell may
 have changed (new or rebound names, and the names its code mentions, since those may have been
 mutated in place) are serialised with cloudpickle (pickle protocol 5: arrays and DataFrames go
 as their raw buffers), and a variable whose bytes are the same as last time is not sent again.
@@ -32,12 +34,13 @@ from typing import Any
 from kernelagent.kernelside.files import Verbatim, _kernel
 
 STATE_COMM = "kernelagent.state"  # the comm id of the messages that carry a snapshot's bytes
+HINT = "capture"  # after a cell, ``{"capture": bool}`` on STATE_COMM: whether one is due
 PIECE = 4 * 1024 * 1024  # bytes per comm message
 # IPython's own names: outputs, inputs and history (_, __, _i, _ii3, _7, _oh…)
 INTERNAL = re.compile(r"_(_{0,2}|i{1,3}|\d+|i\d+|dh|oh|ih|sh)")
 BUILTIN_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
-_ran_since: list[str] = []  # the code of the cells run since the last capture
+_ran_since: list[set[str]] = []  # the names each cell run since the last capture mentions
 _last_ok = False  # whether the last of them succeeded
 _known: dict[str, dict[str, Any]] = {}  # name → its entry in the last manifest
 _ids: dict[str, int] = {}  # name → id() of its object when last captured
@@ -59,13 +62,40 @@ def unregister(shell: Any) -> None:
 
 def _ran(result: Any) -> None:
     """Remember the cells run (not the server's silent requests): a failed one may have
-    changed what it mentions too, and the next capture looks at it."""
+    changed what it mentions too, and the next capture looks at it. Then tell the server
+    (``HINT``, on iopub before the reply) whether a capture would find anything: a cell that
+    binds, rebinds, removes and mentions no variable needs none."""
     global _last_ok
     info = result.info
     if info is None or info.silent:
         return
-    _ran_since.append(info.raw_cell or "")
+    _ran_since.append(_names_in(info.raw_cell or ""))
     _last_ok = bool(result.success)
+    with contextlib.suppress(Exception):  # a hint is an optimisation: never fail a cell
+        _hint(_pending())
+
+
+def _pending() -> bool:
+    """Whether ``capture`` would find a change: its own test, without serialising anything."""
+    namespace = _namespace()
+    if _known.keys() - namespace.keys():
+        return True
+    mentioned = set().union(*_ran_since)
+    return any(
+        name not in _known or _ids.get(name) != id(value) or name in mentioned
+        for name, value in namespace.items()
+    )
+
+
+def _hint(pending: bool) -> None:
+    kernel = _kernel()
+    kernel.session.send(
+        kernel.iopub_socket,
+        "comm_msg",
+        {"comm_id": STATE_COMM, "data": {HINT: pending}},
+        parent=kernel.get_parent("shell"),
+        ident=f"comm-{STATE_COMM}".encode(),
+    )
 
 
 def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
@@ -80,7 +110,7 @@ def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
     global _captures, _last_id
     if not _ran_since or not _last_ok:
         return Verbatim("null")
-    codes = list(_ran_since)
+    mentioned = set().union(*_ran_since)
     _ran_since.clear()
     started = time.perf_counter()
     namespace = _namespace()
@@ -89,7 +119,6 @@ def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
         del _known[gone]
         _ids.pop(gone, None)
     changes: dict[str, dict[str, Any]] = {}
-    mentioned = set().union(*(_names_in(code) for code in codes))
     candidates = sorted(
         name
         for name, value in namespace.items()

@@ -70,7 +70,7 @@ class _Running:
     cell_id: str
     kernel_id: str
     run: KernelRun | None = None
-    capture: KernelRun | None = None  # the namespace snapshot queued behind the cell
+    capture: KernelRun | None = None  # the namespace snapshot sent right after the cell
     interrupted: bool = False
 
 
@@ -257,9 +257,8 @@ class ExecutionService:
             return CellResult([died_output(str(e))], "died", None, None, e.cause == "died")
         running = self._running[session_id]
         running.run = run
-        running.capture = await self.namespaces.begin(kernel_id, cell)
         try:
-            return await collect(
+            result = await collect(
                 self.kernels,
                 kernel_id,
                 run,
@@ -270,6 +269,9 @@ class ExecutionService:
             )
         finally:
             run.close()
+        if result.status == "ok" and result.capture is not False:  # next in the kernel's queue
+            running.capture = await self.namespaces.begin(kernel_id, cell)
+        return result
 
     async def interrupt_here(self, session_id: str) -> None:
         """Interrupt the cell the session runs in this process, if any (recorded as

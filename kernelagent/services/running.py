@@ -15,6 +15,7 @@ from typing import Any
 
 from kernelagent.domain import CellStatus, KernelMessage
 from kernelagent.errors import KernelDied
+from kernelagent.kernelside.state import HINT, STATE_COMM
 from kernelagent.services.outputs import OutputCollector
 from kernelagent.services.ports import KernelBackend, KernelRun
 
@@ -32,6 +33,8 @@ class CellResult:
     execution_count: int | None
     reply: KernelMessage | None
     kernel_lost: bool = False  # it died or is stuck: the session needs a new kernel
+    # whether the kernel-side extension said a namespace snapshot is due (None: it did not say)
+    capture: bool | None = None
 
 
 async def collect(
@@ -49,6 +52,7 @@ async def collect(
     deadline = time.monotonic() + timeout
     status: CellStatus = "ok"
     count: int | None = None
+    capture: bool | None = None
     timed_out = False
     while True:
         remaining = deadline - time.monotonic()
@@ -80,13 +84,17 @@ async def collect(
         if msg_type == "execute_input":
             count = content.get("execution_count")
             continue
+        if msg_type == "comm_msg" and content.get("comm_id") == STATE_COMM:
+            capture = bool(content.get("data", {}).get(HINT, True))
+            continue
         if msg_type == "error" and status == "ok":
             status = "error"
         changed = collector.feed(msg_type, content)
         if changed is not None and on_output is not None:
             await on_output(collector, changed)
     reply = await run.reply(REPLY_WAIT)
-    return CellResult(collector.outputs, "timeout" if timed_out else status, count, reply)
+    final = "timeout" if timed_out else status
+    return CellResult(collector.outputs, final, count, reply, capture=capture)
 
 
 async def run_code(

@@ -233,3 +233,45 @@ async def test_the_replay_guard_of_a_kernel_link_stays_small(kernels):
     run.close()
     history = kernels._links[kernel].client.session.digest_history
     assert 0 < len(history) <= DIGEST_HISTORY
+
+
+async def test_a_new_connection_sees_a_cell_sent_right_after_it_connects(kernels):
+    """The connection is returned once its iopub delivers: a short cell sent at once is seen
+    whole (its ``busy`` comes within a millisecond), and its own join requests are not."""
+    kernel = await kernels.start("ws")
+    for _ in range(20):
+        channels = await kernels.connect(kernel)
+        try:
+            run = await kernels.execute(kernel, "1")
+            seen = []
+            async with asyncio.timeout(30):
+                while not seen or seen[-1] != ("status", "idle"):
+                    msg = await channels.receive()
+                    assert msg.msg_type != "kernel_info_reply"
+                    if msg.parent_id == run.msg_id:
+                        seen.append((msg.msg_type, msg.content.get("execution_state")))
+            assert seen[0] == ("status", "busy"), seen
+            run.close()
+        finally:
+            channels.close()
+
+
+async def test_a_request_during_a_shutdown_or_restart_waits_for_its_end(kernels):
+    """No link to a kernel is made while it shuts down (it would be left open) or restarts
+    (it would be stale): a request sent meanwhile fails at once after a shutdown, and reaches
+    the kernel after a restart."""
+    kernel = await kernels.start("ws")
+    restarting = asyncio.create_task(kernels.restart(kernel))
+    await asyncio.sleep(0)  # the restart has begun
+    run = await kernels.execute(kernel, "restarted = True")
+    assert restarting.done()
+    assert (await run.reply(30)).content["status"] == "ok"
+    run.close()
+
+    stopping = asyncio.create_task(kernels.shutdown(kernel))
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):  # not the 30 s a new link's handshake would wait
+        with pytest.raises(KernelDied):
+            await kernels.execute(kernel, "1")
+    await stopping
+    assert not kernels._links  # nothing left open

@@ -219,3 +219,19 @@ async def test_budgets_skip_what_is_too_large_and_say_so(small_budget):
     )
     notes = await _notes(small_budget, child["id"])
     assert any("; 1 cells re-run" in n for n in notes), notes  # the one that made big
+
+
+async def test_a_cell_that_binds_and_mentions_no_variable_takes_no_snapshot(ka_server):
+    """The kernel says after each cell whether a capture would find anything: ``1 + 1`` and
+    ``print`` cost no second request; a cell that mentions a variable is still captured."""
+    sid = (await ka_server.session())["id"]
+    for code in ("x = 1", "1 + 1", "print('hi')", "x + 1", "y = x"):
+        await ka_server.run(sid, code)
+    await ka_server.services.supervisor.namespaces.settle(sid)
+    states = [c.metadata.get("state") for c in await ka_server.services.db.cells.list(sid)]
+    assert [None if s is None else set(s["changes"]) for s in states] == [
+        {"x"}, None, None, set(), {"y"}
+    ]  # fmt: skip
+    assert states[4]["base"] == states[3]["id"]  # the chain is whole
+    assert await ka_server.services.supervisor.cull_idle(ttl=0) == [sid]
+    assert value(await ka_server.run(sid, "x, y")) == "(1, 1)"
