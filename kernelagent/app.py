@@ -379,7 +379,7 @@ class KernelAgentApp:
             await s.agent.stop()
             await s.worldlines.stop()
             await s.supervisor.namespaces.stop()
-            await s.gateway.stop()
+            await s.gateway.stop(self.settings.drain_timeout)
             await s.notebooks.stop()
             await s.pool.stop()
             await s.kernels.close(keep=bool(self.settings.redis_url))

@@ -107,6 +107,7 @@ class GatewayService:
         self.detached: dict[tuple[str, str], GatewayChannel] = {}  # (session, client) → buffering
         self._restarting: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
+        self.executions: set[asyncio.Task[Any]] = set()  # cells clients sent, running here
 
     async def model(
         self, session: Session, name: str | None = None, busy: bool | None = None
@@ -274,7 +275,9 @@ class GatewayService:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Close every channel; the cells clients sent get ``timeout`` seconds to finish and be
+        recorded, then are cancelled (recorded as far as they got) before the kernels go."""
         for group in list(self.channels.values()):
             for channel in list(group):
                 await channel.close()
@@ -282,6 +285,11 @@ class GatewayService:
             await channel.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        if self.executions:
+            _, late = await asyncio.wait(self.executions, timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     def _remove(self, channel: GatewayChannel) -> None:
         group = self.channels.get(channel.session.id)
@@ -318,7 +326,6 @@ class GatewayChannel:
         self.client_session = client_session
         self.kernel: KernelChannels | None = None
         self.readers: list[asyncio.Task[None]] = []
-        self.pending: set[asyncio.Task[Any]] = set()
         self.is_closed = False
         # while the client is away: what it would have been sent (None when connected)
         self.buffer: collections.deque[tuple[str, KernelMessage]] | None = None
@@ -394,7 +401,7 @@ class GatewayChannel:
                 ),
                 name=f"gateway-execute-{msg['header'].get('msg_id')}",
             )
-            self.pending.add(task)
+            self.service.executions.add(task)
             task.add_done_callback(self._finished)
             return
         # an input_reply to a request the execution service sent on the client's behalf
@@ -406,7 +413,7 @@ class GatewayChannel:
         await self.kernel.send(channel, msg)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
-        self.pending.discard(task)
+        self.service.executions.discard(task)
         if not task.cancelled() and task.exception():
             log.error("gateway execution failed: %r", task.exception())
 

@@ -429,3 +429,30 @@ async def test_each_session_is_a_kernelspec_that_attaches_to_its_kernel(ka_serve
     assert result["content"]["data"]["text/plain"] == "2468"
     cells = await ka_server.services.db.cells.list(sid)
     assert (cells[-1].role, cells[-1].source) == ("gateway", "revenue * 2")
+
+
+async def test_a_stopping_server_lets_a_clients_running_cell_finish_and_be_recorded(
+    tmp_path, unused_port
+):
+    """A cell a gateway client sent is still running when the server stops (its client gone):
+    the stop waits for it to be recorded, within the drain timeout, before the kernels go."""
+    from conftest import running
+
+    from kernelagent.config import Settings
+
+    settings = Settings(
+        data_dir=tmp_path / "data", port=unused_port, pool_size=0, pool_preimport="",
+        token="gateway-stop-token-for-tests",
+    )  # fmt: skip
+    async with running(settings) as server:
+        kernel = await server.json("/api/kernels", "POST", {})
+        ws = await WsClient.connect(server, kernel["id"])
+        code = "import time\ntime.sleep(1.5)\n'finished'"
+        await ws.send("shell", "execute_request", {"code": code, "silent": False})
+        await ws.until(lambda m: m["msg_type"] == "execute_input")
+        ws.close()
+    async with running(settings) as server:  # the same data: what the stop left recorded
+        cells = await server.services.db.cells.list(kernel["id"])
+        ran = [c for c in cells if c.source == code]
+        assert [c.status for c in ran] == ["ok"], cells
+        assert ran[0].outputs[0]["data"]["text/plain"] == "'finished'"
