@@ -21,6 +21,9 @@ frames):
    Gateway as configured by default, and Kernel Gateway with ``prespawn_count`` = the pool size
    (its prespawned kernels are not handed out by ``POST``). Each kernel is deleted after its
    sample (``DELETE /api/kernels/{id}``); round 0 is a warm-up.
+3. arrivals: sessions that come with no pause for a pool to refill, each kept until the phase
+   ends: ``--runs`` creations one after another, then ``--burst`` at once (create → ready each),
+   against kernelagent and Kernel Gateway (stock).
 
 Plain kernels get ``IPYTHONDIR`` on a tmpfs, as sandboxed ones have (their ``$HOME`` is a tmpfs):
 otherwise every cell waits for IPython's history commit to disk. kernelagent records every
@@ -285,6 +288,40 @@ async def bench_create(servers: dict[str, Server], runs: int) -> dict[str, list[
     return results
 
 
+async def bench_arrivals(
+    servers: dict[str, Server], runs: int, burst: int
+) -> dict[str, list[float]]:
+    """Per server: ``sequential`` (``runs`` creates one after another), ``burst`` (``burst``
+    creates at once); every kernel is kept until its phase ends, as arriving users keep theirs."""
+    results: dict[str, list[float]] = {}
+
+    async def arrive(srv: Server, kept: list[tuple[str, WebSocketClientConnection]]) -> float:
+        started = time.perf_counter()
+        kernel_id = await srv.create()
+        ws = await srv.channels(kernel_id)
+        await request(ws, "kernel_info_request", {}, idle=False)
+        kept.append((kernel_id, ws))
+        return time.perf_counter() - started
+
+    for variant, srv in servers.items():
+        for phase in ("sequential", "burst"):
+            await servers["kernelagent"].pool_filled()
+            await asyncio.sleep(1)
+            kept: list[tuple[str, WebSocketClientConnection]] = []
+            try:
+                if phase == "sequential":
+                    times = [await arrive(srv, kept) for _ in range(runs)]
+                else:
+                    times = list(await asyncio.gather(*(arrive(srv, kept) for _ in range(burst))))
+            finally:
+                for kernel_id, ws in kept:
+                    ws.close()
+                    with contextlib.suppress(Exception):
+                        await srv.delete(kernel_id)
+            results[f"{variant}_{phase}"] = times
+    return results
+
+
 def kernelagent_server(tmp: Path, pool_size: int = 2, argv: list[str] | None = None) -> Server:
     """``kernelagent serve`` with embedded defaults in ``tmp``, unlimited as Kernel Gateway."""
     port = unused_port()
@@ -318,6 +355,7 @@ async def main() -> int:
     parser.add_argument("--runs", type=int, default=12, help="kernel creations per server")
     parser.add_argument("--rtt-runs", type=int, default=200, help="1+1 round trips per variant")
     parser.add_argument("--pool-size", type=int, default=2, help="kernelagent pool = KG prespawn")
+    parser.add_argument("--burst", type=int, default=16, help="kernel creations at once")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args()
     n = args.pool_size
@@ -345,12 +383,17 @@ async def main() -> int:
             rtt = await bench_rtt({k: servers[k] for k in rtt_servers}, tmp, args.rtt_runs)
             create_servers = ("kernelagent", "kernel_gateway", "kernel_gateway_prespawn")
             create = await bench_create({k: servers[k] for k in create_servers}, args.runs)
+            arrival_servers = ("kernelagent", "kernel_gateway")
+            arrivals = await bench_arrivals(
+                {k: servers[k] for k in arrival_servers}, args.runs, args.burst
+            )
         finally:
             for srv in servers.values():
                 await srv.stop()
 
     r = {k: stats(v) for k, v in rtt.items()}
     c = {k: stats(v) for k, v in create.items()}
+    a = {k: stats(v) for k, v in arrivals.items()}
 
     def p50_ratio(table: dict[str, dict[str, float]], a: str, b: str) -> float:
         return ratio(table[a]["p50_ms"], table[b]["p50_ms"])
@@ -372,7 +415,13 @@ async def main() -> int:
         >= TARGETS["create_kg_ka_speedup_p50"],
     }
     versions = {p: metadata.version(p) for p in VERSIONS}
-    results = {"rtt_1plus1": r, "create": c, "ratios": ratios, "targets": targets}
+    ratios["arrivals_sequential_ka_kg_ratio_p50"] = p50_ratio(
+        a, "kernelagent_sequential", "kernel_gateway_sequential"
+    )
+    ratios["arrivals_burst_ka_kg_ratio_p50"] = p50_ratio(
+        a, "kernelagent_burst", "kernel_gateway_burst"
+    )
+    results = {"rtt_1plus1": r, "create": c, "arrivals": a, "ratios": ratios, "targets": targets}
     results["setup"] = {"pool_size": n, "prespawn_count": n, "versions": versions}
 
     def ms(value: float) -> str:
@@ -412,6 +461,18 @@ async def main() -> int:
             )
         ],
     )
+    table(
+        ("arrivals, create → ready, each kept", "n", "p50", "p95", "mean"),
+        [
+            (f"kernelagent, {args.runs} one after another", *cells(a["kernelagent_sequential"])),
+            (
+                f"Kernel Gateway, {args.runs} one after another",
+                *cells(a["kernel_gateway_sequential"]),
+            ),
+            (f"kernelagent, {args.burst} at once", *cells(a["kernelagent_burst"])),
+            (f"Kernel Gateway, {args.burst} at once", *cells(a["kernel_gateway_burst"])),
+        ],
+    )
     mark = {True: "met", False: "MISSED"}
     print(
         f"round trip p50, kernelagent/KG: {ratios['rtt_ka_kg_ratio_p50']:.2f}× "
@@ -425,6 +486,11 @@ async def main() -> int:
         f"(target ≥ {TARGETS['create_kg_ka_speedup_p50']:g}×, "
         f"{mark[targets['create_kg_ka_speedup_p50']]}); "
         f"KG prespawn/kernelagent {ratios['create_kg_prespawn_ka_speedup_p50']:.1f}×"
+    )
+    print(
+        f"arrivals p50, kernelagent/KG: "
+        f"{ratios['arrivals_sequential_ka_kg_ratio_p50']:.2f}× one after another, "
+        f"{ratios['arrivals_burst_ka_kg_ratio_p50']:.2f}× at once"
     )
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nJSON: {args.json}")

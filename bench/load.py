@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import socket
@@ -149,9 +150,15 @@ def sampled(process: psutil.Process) -> dict[str, int]:
     peers = collections.Counter(
         f"{c.raddr.port}" if c.raddr else "listening" for c in process.net_connections()
     )
+    kinds: collections.Counter[str] = collections.Counter()
+    for fd in Path(f"/proc/{process.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            kinds[target.split(":")[0] if ":" in target else str(Path(target).parent)] += 1
     return {
         "rss_mb": process.memory_info().rss // 2**20,
         "fds": process.num_fds(),
+        "fds_by_kind": dict(kinds),
         "sockets": sum(peers.values()),
         "sockets_by_peer_port": dict(peers),
         "kernels": len(kernels),

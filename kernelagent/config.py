@@ -102,7 +102,7 @@ class Settings:
     pool_preimport: str = _setting(
         "numpy,pandas,matplotlib.pyplot,plotly.graph_objects,plotly.express",
         "KERNELAGENT_POOL_PREIMPORT",
-        "Modules imported in pooled kernels before hand-out (comma separated)",
+        "Modules pooled kernels import in the background (comma separated)",
     )
     runtime_dir: str = _setting(
         "", "KERNELAGENT_RUNTIME_DIR", "Kernel sockets and per-kernel files (short path)"

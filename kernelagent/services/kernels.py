@@ -1,9 +1,10 @@
 """KernelPool: sandboxed kernels started ahead of need and handed out at once.
 
-A kernel start costs ~0.7 s, and the first ``import pandas, plotly`` another 1–3 s; a pool hides
-both. Each pooled kernel owns a scratch workspace of its own; handing it out gives it the
-session's workspace (``KernelBackend.adopt``: for local kernels, a directory rename the running
-kernel does not notice), with any files already there.
+A kernel start costs ~0.7 s, and the first ``import pandas, plotly`` another 1–3 s. A pool hides
+the start; the imports begin in a thread of each pooled kernel and go on after it is handed out
+(so the pool refills at the rate kernels start). Each pooled kernel owns a scratch workspace of
+its own; handing it out gives it the session's workspace (``KernelBackend.adopt``: for local
+kernels, a directory rename the running kernel does not notice), with any files already there.
 
 Example::
 
@@ -37,9 +38,23 @@ class Kernel:
     workspace: str
 
 
+_PREIMPORT = """\
+import importlib, threading
+def preimport(names):
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+threading.Thread(target=preimport, args=(NAMES,), name="kernelagent-preimport", daemon=True).start()
+"""
+
+
 def preimport_code(modules: list[str]) -> str:
-    """Code importing ``modules`` without binding a name in the user's namespace."""
-    return "\n".join(f"try:\n    __import__({m!r})\nexcept Exception:\n    pass" for m in modules)
+    """Code importing ``modules`` in a thread of the kernel's own, binding no name in the user's
+    namespace: the kernel is handed out at once, and a cell importing one of them meanwhile
+    waits for that module only (Python's per-module import locks)."""
+    return f"exec({_PREIMPORT.replace('NAMES', repr(list(modules)))!r}, {{}})"
 
 
 class KernelPool:
