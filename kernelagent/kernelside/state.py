@@ -40,7 +40,8 @@ PIECE = 4 * 1024 * 1024  # bytes per comm message
 INTERNAL = re.compile(r"_(_{0,2}|i{1,3}|\d+|i\d+|dh|oh|ih|sh)")
 BUILTIN_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
-_ran_since: list[set[str]] = []  # the names each cell run since the last capture mentions
+_ran_since = False  # whether a cell ran since the last capture
+_mentioned: set[str] = set()  # the names the cells run since the last capture mention
 _last_ok = False  # whether the last of them succeeded
 _known: dict[str, dict[str, Any]] = {}  # name → its entry in the last manifest
 _ids: dict[str, int] = {}  # name → id() of its object when last captured
@@ -65,11 +66,12 @@ def _ran(result: Any) -> None:
     changed what it mentions too, and the next capture looks at it. Then tell the server
     (``HINT``, on iopub before the reply) whether a capture would find anything: a cell that
     binds, rebinds, removes and mentions no variable needs none."""
-    global _last_ok
+    global _last_ok, _ran_since
     info = result.info
     if info is None or info.silent:
         return
-    _ran_since.append(_names_in(info.raw_cell or ""))
+    _ran_since = True
+    _mentioned.update(_names_in(info.raw_cell or ""))
     _last_ok = bool(result.success)
     with contextlib.suppress(Exception):  # a hint is an optimisation: never fail a cell
         _hint(_pending())
@@ -80,9 +82,8 @@ def _pending() -> bool:
     namespace = _namespace()
     if _known.keys() - namespace.keys():
         return True
-    mentioned = set().union(*_ran_since)
     return any(
-        name not in _known or _ids.get(name) != id(value) or name in mentioned
+        name not in _known or _ids.get(name) != id(value) or name in _mentioned
         for name, value in namespace.items()
     )
 
@@ -107,11 +108,12 @@ def capture(cell: int, max_bytes: int, max_seconds: float) -> Verbatim:
     ``{"module": name}``, ``{"unserialisable": why}`` or ``{"skipped": why}``, each with the
     ``cell`` that last set it. ``max_bytes``: what this snapshot may add; ``max_seconds``: how
     long it may take (what is left is skipped, and says so)."""
-    global _captures, _last_id
+    global _captures, _last_id, _ran_since
     if not _ran_since or not _last_ok:
         return Verbatim("null")
-    mentioned = set().union(*_ran_since)
-    _ran_since.clear()
+    mentioned = set(_mentioned)
+    _ran_since = False
+    _mentioned.clear()
     started = time.perf_counter()
     namespace = _namespace()
     removed = sorted(set(_known) - set(namespace))
@@ -228,6 +230,7 @@ def restore(manifest_json: str, snapshot_id: str) -> Verbatim:
 def rebind() -> int:
     """Bind again what the last restore bound: cells re-run after it to remake what a
     snapshot cannot hold (an open file) may also have set older values of kept variables."""
+    global _ran_since
     namespace = _kernel().shell.user_ns
     for name, value in _restored.items():
         namespace[name] = value
@@ -235,7 +238,8 @@ def rebind() -> int:
     for name in _known.keys() - _restored.keys():  # remade by their cells just now
         if name in namespace:
             _ids[name] = id(namespace[name])
-    _ran_since.clear()
+    _ran_since = False
+    _mentioned.clear()
     count = len(_restored)
     _restored.clear()
     return count
