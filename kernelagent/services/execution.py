@@ -25,7 +25,7 @@ from kernelagent.domain import Artifact, Cell, KernelMessage, Role, Session, Use
 from kernelagent.errors import KernelDied, NotFound
 from kernelagent.events import CellCompleted, CellOutput, CellStarted
 from kernelagent.services.files import FileService
-from kernelagent.services.namespaces import NamespaceSnapshots, without_state
+from kernelagent.services.namespaces import NamespaceSnapshots
 from kernelagent.services.outputs import OutputCollector, extract_artifacts
 from kernelagent.services.packages import KEY as PACKAGES
 from kernelagent.services.packages import Installs, PackageService
@@ -36,6 +36,7 @@ from kernelagent.services.ports import (
     RuntimeState,
     SessionLocks,
 )
+from kernelagent.services.provenance import from_outside
 from kernelagent.services.recording import LOCK_WAIT, Recorder, new_cell
 from kernelagent.services.running import CellResult, collect, died_output, evaluate
 from kernelagent.services.supervisor import KernelSupervisor
@@ -136,7 +137,7 @@ class ExecutionService:
                 raise NotFound("no such session")
             kernel_id = await self.supervisor.ensure(session)
             cell = await self.db.cells.append_next(
-                new_cell(session.id, "code", code, role, "pending", without_state(metadata or {}))
+                new_cell(session.id, "code", code, role, "pending", from_outside(metadata or {}))
             )
             await self.recorder.publish(
                 session.id,

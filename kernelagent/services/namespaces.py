@@ -12,8 +12,8 @@
   wrong, it answers None with why, and the caller replays.
 
 Snapshots are unpickled only inside the session's kernel (``kernelside.state``), never here.
-Only the server writes a cell's ``state`` metadata: clients' metadata and imported notebooks
-cannot name a manifest.
+Only the server writes a cell's ``state`` metadata: clients' metadata cannot name a manifest,
+and an imported notebook's only where its importer's record vouches for it (``provenance``).
 """
 
 from __future__ import annotations
@@ -210,8 +210,3 @@ def fold(cells: list[Cell]) -> tuple[Cell, str, dict[str, dict[str, Any]]] | Non
         manifest.update(state.get("changes", {}))
         found = (cell, str(state["id"]))
     return None if found is None else (*found, manifest)
-
-
-def without_state(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Cell metadata from outside (a client, an imported notebook) cannot name a snapshot."""
-    return {k: v for k, v in metadata.items() if k != KEY}

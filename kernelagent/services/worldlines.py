@@ -8,7 +8,8 @@
   (replayed) and whose files are as they were right after it (its snapshot). The parent is not
   touched and keeps running.
 * ``import_notebook()`` makes a session of any valid ``.ipynb``; with ``replay`` its kernel state
-  is rebuilt the same way.
+  is rebuilt the same way: restored from snapshots where the importer's own record vouches for
+  them (``provenance``), else by re-running its cells.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from kernelagent.domain import Cell, Session, User, new_id
 from kernelagent.errors import NotFound, TooBig, Unprocessable
 from kernelagent.events import ReplayCompleted, ReplayProgress, ReplayStarted
 from kernelagent.services.files import FileService
-from kernelagent.services.namespaces import without_state
 from kernelagent.services.notebooks import cells_from_notebook
 from kernelagent.services.ports import Database, EventLog, SessionLocks
+from kernelagent.services.provenance import vouched
 from kernelagent.services.recording import LOCK_WAIT
 from kernelagent.services.replay import CellReport, Replayer
 from kernelagent.services.sessions import SessionService
@@ -175,10 +176,11 @@ class WorldlineService:
                 status=item["status"] or "ok",
                 started_at=None,
                 duration_ms=None,
-                metadata={**without_state(item["metadata"]), "imported_id": item["id"]},
+                metadata={**item["metadata"], "imported_id": item["id"]},
             )
             for index, item in enumerate(imported, start=first)
         ]
+        imported_cells = await vouched(self.db, user, imported_cells)
         if first == 0:
             await self.db.cells.append_many(imported_cells)
         else:

@@ -157,6 +157,79 @@ async def test_an_imported_notebook_cannot_name_a_snapshot(ka_server):
     assert "state" not in (await ka_server.services.db.cells.list(new))[0].metadata
 
 
+async def _export(server, sid: str, token: str = "default") -> bytes:
+    await server.services.supervisor.namespaces.settle(sid)
+    response = await server.fetch(f"/api/v1/sessions/{sid}/notebook", token=token)
+    assert response.code == 200, response.body
+    return response.body
+
+
+async def _import(server, raw: bytes, token: str = "default") -> str:
+    imported = await server.fetch("/api/v1/notebooks?replay=true", "POST", raw=raw, token=token)
+    assert imported.code == 201, imported.body
+    return json.loads(imported.body)["id"]
+
+
+DRAWS = ["import random\na = random.random()", "b = random.random()", "c = random.random()"]
+
+
+async def test_importing_ones_own_notebook_restores_its_state_instead_of_rerunning(ka_server):
+    """A notebook exported here and imported again by its owner comes back from its snapshots
+    (the draws keep their values: nothing re-ran); an edited cell and those after it re-run."""
+    sid = (await ka_server.session())["id"]
+    assert (await ka_server.upload(sid, "data.txt", b"kept")).code == 201
+    for code in DRAWS:
+        await ka_server.run(sid, code)
+    drawn = value(await ka_server.run(sid, "a, b, c"))
+    raw = await _export(ka_server, sid)
+
+    same = await _import(ka_server, raw)
+    assert value(await ka_server.run(same, "a, b, c")) == drawn
+    assert value(await ka_server.run(same, "open('data.txt').read()")) == "'kept'"
+    notes = await _notes(ka_server, same)
+    assert any("restored from the snapshot" in n for n in notes), notes
+
+    nb = nbformat.reads(raw.decode(), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    code[1].source = "b = 2"  # edited in JupyterLab: its snapshot no longer describes it
+    edited = await _import(ka_server, nbformat.writes(nb).encode())
+    a, b, c = value(await ka_server.run(edited, "a, b, c")).strip("()").split(", ")
+    old_a, _, old_c = drawn.strip("()").split(", ")
+    assert (a, b) == (old_a, "2") and c != old_c  # a restored; b and c ran again
+    cells = await ka_server.services.db.cells.list(edited)
+    assert [bool(c.metadata.get("state")) for c in cells if c.cell_type == "code"][:4] == [
+        True, False, False, False
+    ]
+
+
+async def test_another_users_import_of_a_notebook_gets_none_of_its_state_or_files(ka_server):
+    """Ids in a notebook's metadata (a namespace or workspace snapshot, an upload's sha256) are
+    the exporter's record, not a key to it: a notebook shared with someone else replays from
+    its code, and the files that were uploaded beside it stay the exporter's."""
+    sid = (await ka_server.session())["id"]
+    assert (await ka_server.upload(sid, "secret.txt", b"the exporter's")).code == 201
+    for code in DRAWS:
+        await ka_server.run(sid, code)
+    drawn = value(await ka_server.run(sid, "a, b, c"))
+    raw = await _export(ka_server, sid)
+
+    other = await ka_server.new_user("other")
+    theirs = await _import(ka_server, raw, token=other)
+    listed = json.loads(
+        (await ka_server.fetch(f"/api/v1/sessions/{theirs}/files", token=other)).body
+    )
+    assert listed["files"] == [], listed
+    ran = await ka_server.fetch(
+        f"/api/v1/sessions/{theirs}/cells",
+        "POST",
+        {"code": "import os\n(a, b, c) != " + drawn + ", os.path.exists('secret.txt')"},
+        token=other,
+    )
+    assert value(json.loads(ran.body)) == "(True, False)"
+    cells = await ka_server.services.db.cells.list(theirs)
+    assert not any(k in c.metadata for c in cells for k in ("state", "snapshot", "upload"))
+
+
 async def test_what_a_failed_cell_changed_is_in_the_next_snapshot(ka_server):
     sid = (await ka_server.session())["id"]
     await ka_server.run(sid, "x = [1]")
