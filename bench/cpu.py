@@ -42,7 +42,11 @@ async def busy(server: Server, kernels: int, seconds: float) -> dict[str, float]
     try:
         for ws in sockets:  # warm: the first cell of a kernel prepares it
             for _ in range(3):
-                await request(ws, "execute_request", {"code": "1+1", "silent": False}, True)
+                try:
+                    await request(ws, "execute_request", {"code": "1+1", "silent": False}, True)
+                except Exception as e:
+                    log = server.tmp / "server.log"
+                    raise RuntimeError(f"{server.name} failed warming up ({log}): {e!r}") from e
         assert server.proc is not None
         process = psutil.Process(server.proc.pid)
         done = 0
