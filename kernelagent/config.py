@@ -203,7 +203,7 @@ class Settings:
         2 * GiB, "KERNELAGENT_STATE_LIMIT", "Namespace snapshot bytes stored per session"
     )
     events_retention: int = _setting(
-        10_000, "KERNELAGENT_EVENTS_RETENTION", "Events kept per session for SSE replay"
+        2_000, "KERNELAGENT_EVENTS_RETENTION", "Events kept per session for SSE replay"
     )
     process_lease: float = _setting(
         15.0,

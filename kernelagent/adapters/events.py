@@ -45,7 +45,7 @@ class LocalEvents:
     kept as its JSON, as Redis keeps it: a few hundred bytes rather than a tree of objects, and
     a later change to the publisher's dicts rewrites no history."""
 
-    def __init__(self, retention: int = 10_000):
+    def __init__(self, retention: int = 2_000):
         self.retention = retention
         self.epoch = time.time_ns() // 1_000_000
         self._logs: dict[str, collections.deque[tuple[int, str, bytes]]] = {}  # n, type, JSON
@@ -96,6 +96,7 @@ class LocalEvents:
 
     async def delete(self, session_id: str) -> None:
         self._logs.pop(session_id, None)
+        self._counters.pop(session_id, None)
 
     async def close(self) -> None:
         """Wake every reader (they return nothing) and forget the logs."""
@@ -107,7 +108,7 @@ class LocalEvents:
 class RedisEvents:
     """One Redis Stream per session: ``<prefix>events:<session>``."""
 
-    def __init__(self, url: str, retention: int = 10_000, *, prefix: str = "kernelagent:"):
+    def __init__(self, url: str, retention: int = 2_000, *, prefix: str = "kernelagent:"):
         self.retention = retention
         self.prefix = prefix
         self.redis = redis_pools.client(url)

@@ -52,9 +52,9 @@ HANDSHAKE_TIMEOUT = 30.0  # seconds for a kernel to answer this process's first 
 WORKSPACE_NAME = re.compile(r"\.?[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 CHANNELS = ("shell", "control", "stdin", "iopub")
 # signatures of messages read, remembered to refuse a replayed one; jupyter_client's default of
-# 65 536 is ~10 MB per kernel in a long session, and only the kernel, which holds the key, could
-# replay one anyway
-DIGEST_HISTORY = 4096
+# 65 536 is ~10 MB per kernel in a long session (1024: ~140 KB), and only the kernel, which holds
+# the key, could replay one anyway
+DIGEST_HISTORY = 1024
 
 JOIN_TIMEOUT = 5.0  # seconds a new client connection waits for its iopub to deliver
 JOIN_NUDGE = 0.2  # seconds between its kernel_info_requests meanwhile
@@ -68,8 +68,7 @@ class _Link:
     def __init__(self, kernels: LocalKernels, kernel_id: str):
         self.kernels = kernels
         self.kernel_id = kernel_id
-        self.client: AsyncKernelClient = kernels.manager(kernel_id).client()
-        self.client.start_channels()
+        self.client = kernels.client(kernel_id)
         self.runs: dict[str, Run] = {}
         self.readers = [
             asyncio.create_task(self._read(name), name=f"kernel-{name}-{kernel_id}")
@@ -130,6 +129,10 @@ class _Link:
         end_runs(self.runs, error)
         for task in self.readers:
             task.cancel()
+        # a cancelled reader's traceback holds this link: without these, the link, its client
+        # and its replay guard would wait for a full garbage collection
+        self.readers = []
+        self.client.session.digest_history.clear()
         self.client.stop_channels()
 
 
@@ -492,8 +495,9 @@ class LocalKernels:
         return self.mkm.get_kernel(kernel_id)
 
     def client(self, kernel_id: str) -> AsyncKernelClient:
-        """A new client with its channels started; the caller stops it (``doctor``, tests)."""
-        client: AsyncKernelClient = self.manager(kernel_id).client()
+        """A new client with its channels started; the caller stops it. On the kernels' one
+        ZMQ context: a context of its own would be two more threads per kernel."""
+        client: AsyncKernelClient = self.manager(kernel_id).client(context=self.mkm.context)
         client.start_channels()
         return client
 

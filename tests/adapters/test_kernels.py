@@ -5,9 +5,13 @@ names, and a client connection sees what Jupyter clients expect."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import json
+import os
 import resource
+import weakref
 from collections import deque
 
 import pytest
@@ -233,6 +237,48 @@ async def test_the_replay_guard_of_a_kernel_link_stays_small(kernels):
     run.close()
     history = kernels._links[kernel].client.session.digest_history
     assert 0 < len(history) <= DIGEST_HISTORY
+
+
+async def _ran(kernels: LocalKernels, kernel: str, code: str) -> None:
+    run = await kernels.execute(kernel, code)
+    async with asyncio.timeout(60):
+        while (msg := await run.next(30)) is None or not (
+            msg.msg_type == "status" and msg.content["execution_state"] == "idle"
+        ):
+            pass
+    run.close()
+
+
+def _zmq_threads() -> int:
+    """ZMQ's threads (I/O and reaper, two per context: not Python threads)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{task}/comm") as f:
+            count += f.read().startswith("ZMQbg")
+    return count
+
+
+async def test_links_share_one_zmq_context_and_are_freed_without_a_full_collection(kernels):
+    """A client with a ZMQ context of its own adds two threads per kernel; and a link whose
+    cancelled readers' tracebacks point back at it waits, with its replay guard, for a full
+    garbage collection."""
+    started = [await kernels.start(f"ws{i}") for i in range(3)]
+    await _ran(kernels, started[0], "1")
+    before = _zmq_threads()
+    for kernel in started[1:]:
+        await _ran(kernels, kernel, "1")
+    assert _zmq_threads() == before, "a kernel's link made a ZMQ context of its own"
+    link = weakref.ref(kernels._links[started[0]])
+    gc.disable()
+    try:
+        await kernels.shutdown(started[0], now=True)
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            if link() is None:
+                break
+        assert link() is None, [type(r).__name__ for r in gc.get_referrers(link())]
+    finally:
+        gc.enable()
 
 
 async def test_a_new_connection_sees_a_cell_sent_right_after_it_connects(kernels):
