@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidName, canonicalize_name
+from packaging.version import InvalidVersion, Version
 
 from kernelagent.domain import Cell, Package, PythonTarget
 from kernelagent.errors import PackageFetchFailed
@@ -131,12 +132,21 @@ def pip_lines(code: str) -> list[str]:
 
 
 def lock(cells: Sequence[Cell]) -> dict[str, str]:
-    """The versions a record's cells installed, the later winning: what its kernel has."""
+    """The versions a record's cells installed, the later winning: what its kernel has. An
+    imported notebook's metadata names them too, so an entry that is not a valid project name
+    and PEP 440 version (they become cache paths) is left out."""
     held: dict[str, str] = {}
     for cell in cells:
         installed = cell.metadata.get(KEY)
-        if isinstance(installed, dict):
-            held.update({canonicalize_name(str(k)): str(v) for k, v in installed.items()})
+        if not isinstance(installed, dict):
+            continue
+        for name, version in installed.items():
+            try:
+                held[canonicalize_name(str(name), validate=True)] = str(Version(str(version)))
+            except (InvalidName, InvalidVersion):
+                log.warning(
+                    "ignoring a recorded package %r %r: not a name and version", name, version
+                )
     return held
 
 

@@ -9,7 +9,9 @@ An imported notebook keeps them only where its importer's own record vouches for
 run of its replayable cells that are, in order and from the first, the replayable cells of one
 of the importer's sessions (same ids, sources and outcomes): a notebook exported here, perhaps
 with cells added or edited after the run. Vouched metadata is taken from that record, never
-from the file; the cells after an edit re-run.
+from the file. After the run, an upload is kept if it is one of a cell of the importer's own
+record, and the code cells are marked ``files_unrecorded``: they re-run, and the workspace is
+then what they made (``KernelSupervisor.rebuild``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from kernelagent.domain import Cell, User
 from kernelagent.services.ports import Database
 from kernelagent.services.replay import replayable
 
-SERVER_KEYS = ("state", "snapshot", "upload")
+UNRECORDED = "files_unrecorded"  # an imported cell that re-runs: the record has not its files
+SERVER_KEYS = ("state", "snapshot", "upload", UNRECORDED)
 
 
 def from_outside(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -31,22 +34,43 @@ def from_outside(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def origin_id(cell: Cell) -> str:
-    """The id the cell had where the notebook was exported (see ``build_notebook``)."""
-    return str(cell.metadata.get("cell_id") or cell.metadata.get("imported_id") or "")
+    """The id the cell had in the notebook (a record's cell id, when exported here)."""
+    return str(cell.metadata.get("imported_id") or "")
 
 
 async def vouched(db: Database, user: User, cells: list[Cell]) -> list[Cell]:
     """``cells`` (imported, metadata as the file had it, at their new indices) with the
     server-only metadata their importer's record vouches for, and none elsewhere."""
     kept = {cell.id: from_outside(cell.metadata) for cell in cells}
-    pairs = await _matching(db, user, replayable(cells))  # uploads: as the file claims them
+    claimed = replayable(cells)  # uploads: as the file claims them
+    pairs = await _matching(db, user, claimed)
     at = {recorded.index: cell.index for cell, recorded in pairs}
+    trusted = set()
     for cell, recorded in pairs:
         server = {k: copy.deepcopy(v) for k, v in recorded.metadata.items() if k in SERVER_KEYS}
         if "state" in server and not _reindex(server["state"], at):
             break  # it names a cell the import does not hold: the chain ends before it
         kept[cell.id].update(server)
+        trusted.add(cell.id)
+    for cell in claimed:
+        if cell.id in trusted:
+            continue
+        if cell.cell_type == "code":
+            kept[cell.id][UNRECORDED] = True  # what it does to the files is known once it ran
+        elif (upload := await _own_upload(db, user, cell)) is not None:
+            kept[cell.id]["upload"] = upload  # after an edit: still the user's own file
     return [dataclasses.replace(c, metadata=kept[c.id]) for c in cells]
+
+
+async def _own_upload(db: Database, user: User, cell: Cell) -> dict[str, Any] | None:
+    """The upload an imported cell names, when it is that of a cell of the user's record."""
+    recorded = await db.cells.get(origin_id(cell))
+    if recorded is None or recorded.metadata.get("upload") != cell.metadata.get("upload"):
+        return None
+    session = await db.sessions.get(recorded.session_id)
+    if session is None or session.user_id != user.id:
+        return None
+    return copy.deepcopy(recorded.metadata["upload"])
 
 
 async def _matching(db: Database, user: User, claimed: list[Cell]) -> list[tuple[Cell, Cell]]:

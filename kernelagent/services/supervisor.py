@@ -32,6 +32,7 @@ from kernelagent.services.kernels import KernelPool
 from kernelagent.services.namespaces import NamespaceSnapshots, Restoration
 from kernelagent.services.packages import PackageService
 from kernelagent.services.ports import Database, KernelBackend, RuntimeState, SessionLocks
+from kernelagent.services.provenance import UNRECORDED
 from kernelagent.services.recording import Recorder
 from kernelagent.services.replay import CellReport, Replayer, replayable
 from kernelagent.services.running import run_silently
@@ -188,6 +189,9 @@ class KernelSupervisor:
             if remake:
                 await self.namespaces.rebind(kernel_id)
             if after:
+                if remake:  # what they wrote is undone: the cells after start on the right files
+                    before = [c for c in cells if c.index < after[0].index]
+                    await self.files.restore(session, latest_snapshot(before))
                 reports += await self.replayer.run(kernel_id, session.id, after)
         else:
             await self.files.restore(session, None)  # the files before the first cell
@@ -213,11 +217,19 @@ class KernelSupervisor:
         return restoration, ""
 
     async def _restore_files(self, session: Session, cells: list[Cell]) -> None:
+        """The files as the record has them after its last cell: its last snapshot. When cells
+        whose files the record has not (an imported notebook's edited cells) ran after that
+        snapshot, the files are what they made, and their snapshot goes on the last cell."""
         snapshot = latest_snapshot(cells)
-        if snapshot is not None:
+        last = max((c.index for c in cells if c.metadata.get("snapshot")), default=-1)
+        unrecorded = [c for c in cells if c.index > last and c.metadata.get(UNRECORDED)]
+        if snapshot is not None and not unrecorded:
             await self.files.restore(session, snapshot)
-        else:
-            await self.files.mirror(session)
+            return
+        await self.files.mirror(session)
+        if unrecorded:
+            made = await self.files.snapshot(session)
+            await self.db.cells.annotate(cells[-1].id, "snapshot", made)
 
     async def _take_over(self, session: Session, kernel_id: str) -> bool:
         """The session's kernel, if another server process started it and is gone, but the

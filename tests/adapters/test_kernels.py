@@ -264,10 +264,11 @@ async def test_links_share_one_zmq_context_and_are_freed_without_a_full_collecti
     garbage collection."""
     started = [await kernels.start(f"ws{i}") for i in range(3)]
     await _ran(kernels, started[0], "1")
+    gc.collect()  # contexts an earlier test left to the collector go now, not mid-count
     before = _zmq_threads()
     for kernel in started[1:]:
         await _ran(kernels, kernel, "1")
-    assert _zmq_threads() == before, "a kernel's link made a ZMQ context of its own"
+    assert _zmq_threads() <= before, "a kernel's link made a ZMQ context of its own"
     link = weakref.ref(kernels._links[started[0]])
     gc.disable()
     try:

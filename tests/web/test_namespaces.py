@@ -191,7 +191,8 @@ async def test_importing_ones_own_notebook_restores_its_state_instead_of_rerunni
 
     nb = nbformat.reads(raw.decode(), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    code[1].source = "b = 2"  # edited in JupyterLab: its snapshot no longer describes it
+    # edited in JupyterLab: its snapshot no longer describes it; what it writes is kept
+    code[1].source = "b = 2\nopen('b.txt', 'w').write('two')"
     edited = await _import(ka_server, nbformat.writes(nb).encode())
     a, b, c = value(await ka_server.run(edited, "a, b, c")).strip("()").split(", ")
     old_a, _, old_c = drawn.strip("()").split(", ")
@@ -199,6 +200,10 @@ async def test_importing_ones_own_notebook_restores_its_state_instead_of_rerunni
     cells = await ka_server.services.db.cells.list(edited)
     kept = [bool(c.metadata.get("state")) for c in cells if c.cell_type == "code"]
     assert kept[:4] == [True, False, False, False]
+    files = "open('data.txt').read(), open('b.txt').read()"
+    assert value(await ka_server.run(edited, files)) == "('kept', 'two')"
+    assert edited in await ka_server.services.supervisor.cull_idle(ttl=0)
+    assert value(await ka_server.run(edited, files)) == "('kept', 'two')"  # woken, files too
 
 
 async def test_another_users_import_of_a_notebook_gets_none_of_its_state_or_files(ka_server):
@@ -225,8 +230,14 @@ async def test_another_users_import_of_a_notebook_gets_none_of_its_state_or_file
         token=other,
     )
     assert value(json.loads(ran.body)) == "(True, False)"
-    cells = await ka_server.services.db.cells.list(theirs)
-    assert not any(k in c.metadata for c in cells for k in ("state", "snapshot", "upload"))
+    await ka_server.services.supervisor.namespaces.settle(theirs)
+    imported = [
+        c for c in await ka_server.services.db.cells.list(theirs) if "imported_id" in c.metadata
+    ]
+    assert imported and not any(k in c.metadata for c in imported for k in ("state", "upload"))
+    files = ka_server.services.files  # a snapshot here is of the importer's own workspace
+    for snapshot in [c.metadata["snapshot"] for c in imported if "snapshot" in c.metadata]:
+        assert "secret.txt" not in await files.manifest(snapshot)
 
 
 async def test_what_a_failed_cell_changed_is_in_the_next_snapshot(ka_server):

@@ -13,7 +13,8 @@ import pytest
 from conftest import backend_settings, running
 from sse import EventStream
 
-from kernelagent.services.packages import pip_lines
+from kernelagent.domain import Cell, new_id
+from kernelagent.services.packages import lock, pip_lines
 from kernelagent.services.prompt import WORKSPACE_PROBE, parse_probe, system_prompt
 
 pytestmark = pytest.mark.sandbox
@@ -76,6 +77,23 @@ def test_pip_lines_are_read_as_ipython_reads_the_cell():
     deep = "pip = 1\nx = " + "-" * 50_000 + "1\n"  # never parsed into an AST in the server
     assert pip_lines(deep) == []
     assert pip_lines("get_ipython().system('pip install humanize')") == ["install humanize"]
+
+
+def test_recorded_versions_that_are_not_a_name_and_version_are_left_out():
+    """Package metadata comes from imported notebooks too, and names cache paths."""
+    cells = [
+        _cell({"NumPy": "1.26.0", "../../etc": "1", "plotly": "5.0/../../x"}),
+        _cell({"numpy": "2.0.0"}),
+    ]
+    assert lock(cells) == {"numpy": "2.0.0"}
+
+
+def _cell(installed: dict[str, str]) -> Cell:
+    return Cell(
+        id=new_id(), session_id="s", index=0, cell_type="code", source="", role="web",
+        outputs=[], execution_count=None, status="ok", started_at=None, duration_ms=None,
+        metadata={"packages": installed},
+    )  # fmt: skip
 
 
 async def test_pip_install_in_a_cell_installs_for_the_session_only(ka_server):
