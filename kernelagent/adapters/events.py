@@ -48,17 +48,15 @@ class LocalEvents:
     def __init__(self, retention: int = 2_000):
         self.retention = retention
         self.epoch = time.time_ns() // 1_000_000
-        self._logs: dict[str, collections.deque[tuple[int, str, bytes]]] = {}  # n, type, JSON
-        self._counters: dict[str, itertools.count[int]] = {}
+        self._logs: dict[str, collections.deque[bytes]] = {}  # each event's JSON, type included
+        self._last: dict[str, int] = {}  # session id → the counter of its newest event
         self._changed: asyncio.Future[None] | None = None
         self._closed = False
 
     async def publish(self, session_id: str, event: SessionEvent) -> Logged:
-        counter = self._counters.setdefault(session_id, itertools.count(1))
-        n = next(counter)
-        data = event.model_dump_json(exclude={"type"}).encode()
+        n = self._last[session_id] = self._last.get(session_id, 0) + 1
         entries = self._logs.setdefault(session_id, collections.deque(maxlen=self.retention))
-        entries.append((n, event.type, data))
+        entries.append(event.model_dump_json().encode())  # its counter is its place in the log
         self._wake()
         return Logged(f"{self.epoch}-{n}", event)
 
@@ -69,9 +67,13 @@ class LocalEvents:
         while not self._closed:
             entries = self._logs.get(session_id, ())
             # counters are consecutive: the first later event is at a known offset
-            skip = max(0, start - entries[0][0] + 1) if entries else 0
+            first = self._last.get(session_id, 0) - len(entries) + 1
+            skip = max(0, start - first + 1)
             later = itertools.islice(entries, skip, None)
-            events = [Logged(f"{self.epoch}-{n}", _parsed(t, data)) for n, t, data in later]
+            events = [
+                Logged(f"{self.epoch}-{n}", _parsed_json(data))
+                for n, data in enumerate(later, start=first + skip)
+            ]
             remaining = deadline - loop.time()
             if events or remaining <= 0:
                 return events
@@ -96,7 +98,7 @@ class LocalEvents:
 
     async def delete(self, session_id: str) -> None:
         self._logs.pop(session_id, None)
-        self._counters.pop(session_id, None)
+        self._last.pop(session_id, None)
 
     async def close(self) -> None:
         """Wake every reader (they return nothing) and forget the logs."""
@@ -166,8 +168,9 @@ class RedisEvents:
         await self.reader.aclose()
 
 
-def _parsed(type: str, data: bytes) -> SessionEvent:
-    return parse_event(type, json.loads(data))
+def _parsed_json(data: bytes) -> SessionEvent:
+    fields = json.loads(data)
+    return parse_event(fields.pop("type"), fields)
 
 
 def _parse_id(after: str) -> tuple[int, int]:

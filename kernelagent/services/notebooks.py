@@ -5,7 +5,6 @@ Pure: builds and reads ``nbformat`` nodes and bytes; no files, no kernels.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import hashlib
 import html
@@ -233,7 +232,7 @@ def build_notebook(
 
 def notebook_bytes(nb: Mapping[str, Any]) -> bytes:
     """The ``.ipynb`` file: ``nbformat.writes`` (v4) in UTF-8, ending with a newline."""
-    text = nbformat.writes(nbformat.from_dict(copy.deepcopy(dict(nb))), version=4)
+    text = nbformat.writes(nbformat.from_dict(dict(nb)), version=4)  # from_dict copies containers
     if not text.endswith("\n"):
         text += "\n"
     return text.encode("utf-8")

@@ -44,10 +44,13 @@ SETUP_TIMEOUT = 30.0
 
 def latest_snapshot(cells: list[Cell]) -> str | None:
     """The snapshot id of the files after the last of ``cells`` (None: no file yet)."""
-    for cell in reversed(cells):
-        if cell.metadata.get("snapshot"):
-            return str(cell.metadata["snapshot"])
-    return None
+    cell = last_snapshotted(cells)
+    return None if cell is None else str(cell.metadata["snapshot"])
+
+
+def last_snapshotted(cells: list[Cell]) -> Cell | None:
+    """The last of ``cells`` that took a snapshot of the files."""
+    return next((c for c in reversed(cells) if c.metadata.get("snapshot")), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,11 +223,11 @@ class KernelSupervisor:
         """The files as the record has them after its last cell: its last snapshot. When cells
         whose files the record has not (an imported notebook's edited cells) ran after that
         snapshot, the files are what they made, and their snapshot goes on the last cell."""
-        snapshot = latest_snapshot(cells)
-        last = max((c.index for c in cells if c.metadata.get("snapshot")), default=-1)
+        snapped = last_snapshotted(cells)
+        last = -1 if snapped is None else snapped.index
         unrecorded = [c for c in cells if c.index > last and c.metadata.get(UNRECORDED)]
-        if snapshot is not None and not unrecorded:
-            await self.files.restore(session, snapshot)
+        if snapped is not None and not unrecorded:
+            await self.files.restore(session, str(snapped.metadata["snapshot"]))
             return
         await self.files.mirror(session)
         if unrecorded:

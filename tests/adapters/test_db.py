@@ -571,6 +571,7 @@ async def test_sqlite_file_is_set_up_for_a_server(tmp_path):
             assert pragma("PRAGMA journal_mode").scalar() == "wal"
             assert pragma("PRAGMA foreign_keys").scalar() == 1
             assert pragma("PRAGMA synchronous").scalar() == 1  # NORMAL (WAL: crash-safe)
+            assert pragma("PRAGMA cache_size").scalar() == -256  # KiB, not the default 2 MiB
     finally:
         await db.close()
 

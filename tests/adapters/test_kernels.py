@@ -228,20 +228,14 @@ async def test_the_replay_guard_of_a_kernel_link_stays_small(kernels):
     kernel in a long session); a link remembers at most DIGEST_HISTORY."""
     kernel = await kernels.start("ws")
     code = "from IPython.display import display\nfor i in range(6000):\n    display(i)"
-    run = await kernels.execute(kernel, code)
-    async with asyncio.timeout(120):
-        while (msg := await run.next(30)) is None or not (
-            msg.msg_type == "status" and msg.content["execution_state"] == "idle"
-        ):
-            pass
-    run.close()
+    await _ran(kernels, kernel, code, timeout=120)
     history = kernels._links[kernel].client.session.digest_history
     assert 0 < len(history) <= DIGEST_HISTORY
 
 
-async def _ran(kernels: LocalKernels, kernel: str, code: str) -> None:
+async def _ran(kernels: LocalKernels, kernel: str, code: str, timeout: float = 60) -> None:
     run = await kernels.execute(kernel, code)
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(timeout):
         while (msg := await run.next(30)) is None or not (
             msg.msg_type == "status" and msg.content["execution_state"] == "idle"
         ):

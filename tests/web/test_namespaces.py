@@ -173,15 +173,20 @@ async def _import(server, raw: bytes, token: str = "default") -> str:
 DRAWS = ["import random\na = random.random()", "b = random.random()", "c = random.random()"]
 
 
+async def _exported_draws(server, name: str, data: bytes) -> tuple[bytes, str]:
+    """A session with an uploaded file and three random draws, exported: (notebook, draws)."""
+    sid = (await server.session())["id"]
+    assert (await server.upload(sid, name, data)).code == 201
+    for code in DRAWS:
+        await server.run(sid, code)
+    drawn = value(await server.run(sid, "a, b, c"))
+    return await _export(server, sid), drawn
+
+
 async def test_importing_ones_own_notebook_restores_its_state_instead_of_rerunning(ka_server):
     """A notebook exported here and imported again by its owner comes back from its snapshots
     (the draws keep their values: nothing re-ran); an edited cell and those after it re-run."""
-    sid = (await ka_server.session())["id"]
-    assert (await ka_server.upload(sid, "data.txt", b"kept")).code == 201
-    for code in DRAWS:
-        await ka_server.run(sid, code)
-    drawn = value(await ka_server.run(sid, "a, b, c"))
-    raw = await _export(ka_server, sid)
+    raw, drawn = await _exported_draws(ka_server, "data.txt", b"kept")
 
     same = await _import(ka_server, raw)
     assert value(await ka_server.run(same, "a, b, c")) == drawn
@@ -210,12 +215,7 @@ async def test_another_users_import_of_a_notebook_gets_none_of_its_state_or_file
     """Ids in a notebook's metadata (a namespace or workspace snapshot, an upload's sha256) are
     the exporter's record, not a key to it: a notebook shared with someone else replays from
     its code, and the files that were uploaded beside it stay the exporter's."""
-    sid = (await ka_server.session())["id"]
-    assert (await ka_server.upload(sid, "secret.txt", b"the exporter's")).code == 201
-    for code in DRAWS:
-        await ka_server.run(sid, code)
-    drawn = value(await ka_server.run(sid, "a, b, c"))
-    raw = await _export(ka_server, sid)
+    raw, drawn = await _exported_draws(ka_server, "secret.txt", b"the exporter's")
 
     other = await ka_server.new_user("other")
     theirs = await _import(ka_server, raw, token=other)
