@@ -496,9 +496,11 @@ class LocalKernels:
 
     def client(self, kernel_id: str) -> AsyncKernelClient:
         """A new client with its channels started; the caller stops it. On the kernels' one
-        ZMQ context: a context of its own would be two more threads per kernel."""
+        ZMQ context: a context of its own would be two more threads per kernel. No heartbeat
+        channel: it is a thread and a ping every 3 s per kernel, and whether a kernel lives is
+        its process's answer (``is_alive``), not the heartbeat's."""
         client: AsyncKernelClient = self.manager(kernel_id).client(context=self.mkm.context)
-        client.start_channels()
+        client.start_channels(hb=False)
         return client
 
     def kernel_uid(self, kernel_id: str) -> int:

@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import resource
+import threading
 import weakref
 from collections import deque
 
@@ -252,17 +253,18 @@ def _zmq_threads() -> int:
     return count
 
 
-async def test_links_share_one_zmq_context_and_are_freed_without_a_full_collection(kernels):
-    """A client with a ZMQ context of its own adds two threads per kernel; and a link whose
-    cancelled readers' tracebacks point back at it waits, with its replay guard, for a full
-    garbage collection."""
+async def test_links_add_no_thread_per_kernel_and_are_freed_without_a_full_collection(kernels):
+    """A client with a ZMQ context of its own adds two threads per kernel, and its heartbeat
+    channel a third; and a link whose cancelled readers' tracebacks point back at it waits,
+    with its replay guard, for a full garbage collection."""
     started = [await kernels.start(f"ws{i}") for i in range(3)]
     await _ran(kernels, started[0], "1")
     gc.collect()  # contexts an earlier test left to the collector go now, not mid-count
-    before = _zmq_threads()
+    before, threads = _zmq_threads(), threading.active_count()
     for kernel in started[1:]:
         await _ran(kernels, kernel, "1")
     assert _zmq_threads() <= before, "a kernel's link made a ZMQ context of its own"
+    assert threading.active_count() <= threads, [t.name for t in threading.enumerate()]
     link = weakref.ref(kernels._links[started[0]])
     gc.disable()
     try:
