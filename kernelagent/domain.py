@@ -150,7 +150,8 @@ class KernelMessage:
     """One Jupyter message from a kernel, parsed once where it arrives (the kernel adapter).
 
     Services read ``msg_type``, ``content`` and ``parent_id``; a gateway client is sent the
-    whole message as the kernel sent it (``header`` and ``parent_header`` untouched).
+    whole message as the kernel sent it: ``raw``, when the adapter kept them, holds the four JSON
+    parts (header, parent_header, metadata, content) as received, so they are not re-encoded.
     """
 
     channel: str  # "shell", "iopub", "stdin" or "control"
@@ -159,6 +160,7 @@ class KernelMessage:
     metadata: dict[str, Any]
     content: dict[str, Any]
     buffers: tuple[bytes, ...] = ()
+    raw: tuple[bytes, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
     @property
     def msg_type(self) -> str:

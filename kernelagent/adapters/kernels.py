@@ -5,10 +5,12 @@ this adapter only picks the kernelspec, passes the provisioner its configuration
 Jupyter protocol. It implements the ``KernelBackend`` port; failures come out as
 ``kernelagent.errors`` exceptions.
 
-* Each kernel has one client of this process (``_Link``): a reader task per channel hands every
-  message to the run (``kernel_runs.Run``) whose request it answers, by parent msg_id, so a
-  cell, a silent evaluation and the pool's warm-up never see each other's messages.
-* A gateway WebSocket gets sockets of its own (``_Channels``), as jupyter_server gives each one.
+* Each kernel has one client of this process (``_Link``): a reader task per channel parses every
+  message once and hands it to the run (``kernel_runs.Run``) whose request it answers, by parent
+  msg_id, so a cell, a silent evaluation and the pool's warm-up never see each other's messages.
+* A gateway WebSocket's connection (``_Channels``) is a view of that link, not sockets of its own:
+  it sees every iopub message and the replies to its own requests, as a jupyter_server WebSocket
+  does, without the kernel's messages being received and parsed once more per connection.
 * Workspaces are directories ``<workspaces>/<name>``; the kernel sees its own at ``/workspace``
   through the sandbox's bind mount. ``adopt`` renames a pooled kernel's directory to a session's:
   the bind mount follows the directory, so the running kernel sees its new files at once, and
@@ -18,8 +20,8 @@ Jupyter protocol. It implements the ``KernelBackend`` port; failures come out as
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import hmac
 import logging
 import os
 import re
@@ -38,7 +40,6 @@ from kernelagent.adapters.kernel_runs import (
     Run,
     end_runs,
     execute_request,
-    parse,
     request,
     start_whole,
 )
@@ -56,8 +57,7 @@ CHANNELS = ("shell", "control", "stdin", "iopub")
 # the key, could replay one anyway
 DIGEST_HISTORY = 1024
 
-JOIN_TIMEOUT = 5.0  # seconds a new client connection waits for its iopub to deliver
-JOIN_NUDGE = 0.2  # seconds between its kernel_info_requests meanwhile
+ASKED_LIMIT = 4096  # a connection's requests awaiting replies, remembered (oldest go first)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class _Link:
         self.runs: dict[str, Run] = {}
         self.readers = [
             asyncio.create_task(self._read(name), name=f"kernel-{name}-{kernel_id}")
-            for name in ("shell", "iopub", "stdin")
+            for name in ("shell", "iopub", "stdin", "control")
         ]
         self.ready = asyncio.ensure_future(self._handshake(HANDSHAKE_TIMEOUT))
 
@@ -112,16 +112,18 @@ class _Link:
     async def _read(self, name: str) -> None:
         channel = getattr(self.client, f"{name}_channel")
         session = self.client.session
+        watchers = self.kernels._watchers
         while True:
             frames = await channel.socket.recv_multipart()
             try:
-                _, parts = session.feed_identities(frames)
-                msg = parse(name, session.deserialize(parts))
+                msg = _message(session, name, frames)
             except Exception:  # noqa: BLE001 - an unreadable frame is dropped
                 continue
             run = self.runs.get(msg.parent_id or "")
             if run is not None:
                 run.deliver(msg)
+            for connection in watchers.get(self.kernel_id, ()):
+                connection.deliver(msg)
 
     def end(self, error: KernelDied) -> None:
         """Every run in flight ends with ``error``; the client stops."""
@@ -137,92 +139,86 @@ class _Link:
 
 
 class _Channels:
-    """A gateway client's sockets to one kernel; a Session of its own, since Session.deserialize
-    rejects a signature it has seen before and every channel sees the same iopub messages."""
+    """A gateway client's connection to one kernel, through the kernel's link: every iopub
+    message, and the replies (shell, control, stdin) to the requests this connection sent."""
 
-    def __init__(self, manager: AsyncKernelManager):
-        ours = manager.session
-        self.session = JupyterSession(
-            key=ours.key,
-            signature_scheme=ours.signature_scheme,
-            username=ours.username,
-            digest_history_size=DIGEST_HISTORY,
-        )
-        self.inbox: asyncio.Queue[tuple[str, list[bytes]]] = asyncio.Queue()
-        self.early: collections.deque[KernelMessage] = collections.deque()  # read while joining
-        self.nudges: set[str] = set()  # this connection's own requests (joined()), not shown
-        self.sockets = {name: getattr(manager, f"connect_{name}")() for name in CHANNELS}
-        for name, stream in self.sockets.items():
-            stream.on_recv(lambda frames, name=name: self.inbox.put_nowait((name, frames)))
+    def __init__(self, kernels: LocalKernels, kernel_id: str):
+        self.kernels = kernels
+        self.kernel_id = kernel_id
+        self.inbox: asyncio.Queue[KernelMessage] = asyncio.Queue()
+        self.asked: dict[str, None] = {}  # msg ids of this connection's requests, oldest first
+        self.iopub_only = False
+        self.closed = False
 
-    async def joined(self, timeout: float = JOIN_TIMEOUT) -> bool:
-        """Whether this connection's iopub delivers yet: a ZMQ subscription joins a moment after
-        it connects, and what the kernel publishes before that never reaches it (a short cell's
-        whole output). As jupyter_server does, ``kernel_info_request``s go on control (answered
-        even while a cell runs) until an iopub message arrives; what arrives meanwhile is kept
-        for ``receive``, in order, but the answers to these requests."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            request = self.session.msg("kernel_info_request")
-            self.nudges.add(request["header"]["msg_id"])
-            self.session.send(self.sockets["control"], request)
-            until = min(deadline, loop.time() + JOIN_NUDGE)
-            while (left := until - loop.time()) > 0:
-                try:
-                    name, frames = await asyncio.wait_for(self.inbox.get(), left)
-                except TimeoutError:
-                    break
-                msg = self._parse(name, frames)
-                if msg is None:
-                    continue
-                if msg.parent_id not in self.nudges:
-                    self.early.append(msg)
-                if msg.channel == "iopub":
-                    return True
-        return False
+    def deliver(self, msg: KernelMessage) -> None:
+        """Called by the link's readers with every message the kernel sends."""
+        if msg.channel == "iopub":
+            self.inbox.put_nowait(msg)
+        elif not self.iopub_only and msg.parent_id in self.asked:
+            if msg.channel != "stdin":  # a reply ends its request; an input_request does not
+                del self.asked[msg.parent_id]
+            self.inbox.put_nowait(msg)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        sock = self.sockets.get(channel)
-        if sock is None:
+        if self.closed or self.iopub_only or channel not in {"shell", "control", "stdin"}:
             raise InvalidInput(f"no channel {channel!r} to send on")
-        self.session.send(sock, message, buffers=message.get("buffers") or None)
+        try:
+            link = await self.kernels._link(self.kernel_id)
+        except KernelDied:  # as on sockets of a kernel that went away: nothing answers
+            log.warning("dropped a %s message for kernel %s: it is gone", channel, self.kernel_id)
+            return
+        if channel != "stdin":
+            self.asked[str(message["header"]["msg_id"])] = None
+            if len(self.asked) > ASKED_LIMIT:  # requests the kernel never answered
+                del self.asked[next(iter(self.asked))]
+        await link.send(channel, message)
 
     async def receive(self) -> KernelMessage:
-        if self.early:
-            return self.early.popleft()
-        while True:
-            name, frames = await self.inbox.get()
-            msg = self._parse(name, frames)
-            if msg is not None and msg.parent_id not in self.nudges:
-                return msg
+        return await self.inbox.get()
 
     def received(self) -> list[KernelMessage]:
-        taken = list(self.early)
-        self.early.clear()
+        taken = []
         while not self.inbox.empty():
-            msg = self._parse(*self.inbox.get_nowait())
-            if msg is not None and msg.parent_id not in self.nudges:
-                taken.append(msg)
+            taken.append(self.inbox.get_nowait())
         return taken
 
-    def _parse(self, name: str, frames: list[bytes]) -> KernelMessage | None:
-        try:
-            _, parts = self.session.feed_identities(frames)
-            return parse(name, self.session.deserialize(parts))
-        except Exception:  # noqa: BLE001 - a bad kernel frame is dropped, not fatal
-            return None
-
     def keep_iopub_only(self) -> None:
-        for name in ("shell", "control", "stdin"):
-            stream = self.sockets.pop(name, None)
-            if stream is not None:
-                stream.close(linger=0)
+        self.iopub_only = True
+        self.asked.clear()
 
     def close(self) -> None:
-        for stream in self.sockets.values():
-            stream.close(linger=0)
-        self.sockets.clear()
+        self.closed = True
+        watching = self.kernels._watchers.get(self.kernel_id)
+        if watching is not None:
+            watching.discard(self)
+            if not watching:
+                del self.kernels._watchers[self.kernel_id]
+
+
+def _message(session: JupyterSession, channel: str, frames: list[bytes]) -> KernelMessage:
+    """``Session.deserialize``'s checks (signature, replay guard), without turning the headers'
+    dates into ``datetime``s (nothing here reads them; dateutil was a tenth of the server's
+    time per message) and keeping the JSON parts as sent, for gateway clients."""
+    _, parts = session.feed_identities(frames)
+    if len(parts) < 5:
+        raise ValueError(f"a message has at least 5 parts, not {len(parts)}")
+    signature, *fields = parts[:5]
+    if session.auth is not None:
+        if not signature or signature in session.digest_history:
+            raise ValueError("unsigned or replayed message")
+        session._add_digest(signature)
+        if not hmac.compare_digest(signature, session.sign(fields)):
+            raise ValueError("invalid signature")
+    header, parent, metadata, content = (session.unpack(part) for part in fields)
+    return KernelMessage(
+        channel,
+        header,
+        parent or {},
+        metadata or {},
+        content or {},
+        tuple(parts[5:]),
+        raw=tuple(fields),
+    )
 
 
 class LocalKernels:
@@ -245,6 +241,7 @@ class LocalKernels:
         self.workspaces_dir = settings.workspaces_dir
         self.workspaces_dir.mkdir(parents=True, exist_ok=True)
         self._links: dict[str, _Link] = {}
+        self._watchers: dict[str, set[_Channels]] = {}  # kernel id → gateway connections
         self._ending: dict[str, set[asyncio.Event]] = {}  # kernels restarting or shutting down
         self._kernelspec: tuple[dict[str, Any], dict[str, bytes]] | None = None
         self._workspaces: dict[str, str] = {}  # kernel id → workspace name
@@ -346,11 +343,14 @@ class LocalKernels:
             self._drop_link(kernel_id, "the kernel was restarted while this cell ran", "restarted")
             await self.mkm.restart_kernel(kernel_id)
             await self._wait_ready(kernel_id)
+        if self._watchers.get(kernel_id):  # gateway clients hear the restarted kernel at once
+            await self._link(kernel_id)
 
     async def shutdown(self, kernel_id: str, now: bool = False) -> None:
         async with self._no_new_link(kernel_id):
             self._drop_link(kernel_id, "the kernel was shut down while this cell ran", "shutdown")
             self._workspaces.pop(kernel_id, None)
+            self._watchers.pop(kernel_id, None)
             with contextlib.suppress(KeyError):  # gone meanwhile (a cancelled start)
                 if kernel_id in self.mkm:
                     await self.mkm.shutdown_kernel(kernel_id, now=now)
@@ -421,11 +421,10 @@ class LocalKernels:
         return await request(link, message)
 
     async def connect(self, kernel_id: str) -> _Channels:
-        if kernel_id not in self.mkm:
-            raise KernelDied("the kernel is gone")
-        channels = _Channels(self.manager(kernel_id))
-        if not await channels.joined():
-            log.warning("kernel %s did not answer on iopub; its client may miss output", kernel_id)
+        """Once the kernel's link is ready, its iopub delivers: a cell sent at once is seen."""
+        await self._link(kernel_id)
+        channels = _Channels(self, kernel_id)
+        self._watchers.setdefault(kernel_id, set()).add(channels)
         return channels
 
     async def _link(self, kernel_id: str) -> _Link:

@@ -10,7 +10,8 @@ stays listed and comes back when used.
 
 Each WebSocket connection (``GatewayChannel``) gets its own connection to the kernel's channels
 (``KernelBackend.connect``), as in jupyter_server, so replies go to the client that asked and
-every client sees all of iopub. The one
+every client sees all of iopub (a local kernel's connections are views of its one link, so its
+messages are read once however many clients it has). The one
 exception: a recorded ``execute_request`` goes through ``ExecutionService`` (same lock, same
 record, role ``gateway``) with the client's own message, so its iopub carries the client's msg_id;
 the reply and any ``input_request`` come back through the channel. Silent executions and every
@@ -409,6 +410,9 @@ class GatewayChannel:
             return
         if self.kernel is None or self.is_closed:
             log.warning("dropped a %s message for a closed channel", channel)
+            return
+        if channel == "iopub":  # the kernel's to publish on, no client's
+            log.warning("dropped a %s message a client sent on iopub", msg_type)
             return
         await self.kernel.send(channel, msg)
 

@@ -18,6 +18,7 @@ from collections import deque
 import pytest
 from jupyter_client.session import Session
 
+from kernelagent.adapters import kernels as kernels_module
 from kernelagent.adapters.kernels import DIGEST_HISTORY, LocalKernels
 from kernelagent.errors import InvalidInput, KernelDied, NotFound, TooLarge
 
@@ -222,6 +223,40 @@ async def test_a_client_connection_sees_iopub_and_the_replies_to_its_requests(ke
             await channels.send("shell", request)
     finally:
         channels.close()
+
+
+async def test_connections_are_views_of_the_kernels_one_link(kernels, monkeypatch):
+    """However many clients a kernel has, each of its messages is received and parsed once (no
+    sockets per connection); every connection sees all of iopub, only the asker its reply."""
+    kernel = await kernels.start("ws")
+    await _ran(kernels, kernel, "1")
+    descriptors = len(os.listdir("/proc/self/fd"))
+    parsed: list[str] = []
+    real = kernels_module._message
+    monkeypatch.setattr(
+        kernels_module, "_message", lambda *args: parsed.append(args[1]) or real(*args)
+    )
+    asker, other = await kernels.connect(kernel), await kernels.connect(kernel)
+    try:
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+        request = Session(key=kernels.manager(kernel).session.key).msg("kernel_info_request")
+        await asker.send("shell", request)
+        seen: dict[str, list[tuple[str, str]]] = {"asker": [], "other": []}
+        async with asyncio.timeout(30):
+            for name, connection in (("asker", asker), ("other", other)):
+                while ("iopub", "idle") not in seen[name]:
+                    msg = await connection.receive()
+                    if msg.parent_id == request["header"]["msg_id"]:
+                        state = msg.content.get("execution_state", msg.msg_type)
+                        seen[name].append((msg.channel, state))
+        assert ("shell", "kernel_info_reply") in seen["asker"]
+        assert seen["other"] == [("iopub", "busy"), ("iopub", "idle")]
+        assert sorted(parsed) == ["iopub", "iopub", "shell"]  # once each, for two connections
+        assert isinstance(msg.header["date"], str)  # the kernel's header, as it sent it
+    finally:
+        asker.close()
+        other.close()
+    assert not kernels._watchers
 
 
 async def test_the_replay_guard_of_a_kernel_link_stays_small(kernels):

@@ -365,7 +365,7 @@ async def test_a_lone_server_killed_mid_turn_and_mid_upload_restarts_with_all_co
         turn = (await server.json(f"/api/v1/sessions/{sid}/messages", "POST", {"content": "x"}))[
             "turn_id"
         ]
-        await watch.until(lambda e: e.type == "cell.started")
+        await watch.until(lambda e: e.type == "cell.started" and "sleep" in e.data["code"])
     big = os.urandom(30 * 1024 * 1024)
     upload = asyncio.create_task(server.upload(sid, "half.bin", big))
     await asyncio.sleep(0.2)  # the upload's body is on its way

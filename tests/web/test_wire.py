@@ -289,6 +289,32 @@ def test_parts_to_msg_has_session_deserialize_shape():
     ]
 
 
+@pytest.mark.parametrize("buffers", BUFFER_SETS)
+@pytest.mark.parametrize("channel", sorted(CHANNELS))
+def test_legacy_from_the_kernels_parts_is_the_message_encode_legacy_writes(channel, buffers):
+    """Spliced from the kernel's JSON parts, not re-encoded: the same message, keys in the same
+    order, as jupyter_server's legacy frame of the deserialized message."""
+    msg = message(channel, "stream")
+    frame = wire.encode_legacy_parts(channel, msg["msg_id"], "stream", v1_parts(msg, buffers))
+    if buffers:
+        assert decode_legacy(frame) == {**msg, "buffers": buffers}
+        expected = json.loads(wire._split_legacy(memoryview(encode_legacy(msg, buffers)))[0])
+        assert list(json.loads(wire._split_legacy(memoryview(frame))[0])) == list(expected)
+    else:
+        text = frame.decode("utf-8")  # a text frame's payload
+        assert json.loads(text) == json.loads(encode_legacy(msg))
+        assert list(json.loads(text)) == list(json.loads(encode_legacy(msg)))
+        assert decode_legacy(text) == msg
+
+
+def test_legacy_from_parts_refuses_what_would_be_a_malformed_frame():
+    msg = message()
+    with pytest.raises(ValueError, match="channel"):
+        wire.encode_legacy_parts("nowhere", "id", "stream", v1_parts(msg, []))
+    with pytest.raises(ValueError, match="3 parts"):
+        wire.encode_legacy_parts("iopub", "id", "stream", v1_parts(msg, [])[:3])
+
+
 # -- byte-for-byte agreement with jupyter_server ------------------------------------------------
 
 

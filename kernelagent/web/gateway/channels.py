@@ -125,6 +125,14 @@ class ChannelsHandler(websocket.WebSocketHandler):
         await self.channel.receive(channel, msg)
 
     async def _send(self, channel: str, msg: KernelMessage) -> None:
+        if msg.raw:  # the kernel's own JSON parts, passed on as they came
+            parts = [*msg.raw, *msg.buffers]
+            if self.protocol:
+                await self.write_message(wire.encode_v1(channel, parts), binary=True)
+            else:
+                frame = wire.encode_legacy_parts(channel, msg.msg_id, msg.msg_type, parts)
+                await self.write_message(frame, binary=bool(msg.buffers))
+            return
         buffers = list(msg.buffers)
         out = {
             "header": _json_dates(msg.header),

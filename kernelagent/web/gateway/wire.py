@@ -41,6 +41,7 @@ __all__ = [
     "decode_legacy",
     "decode_v1",
     "encode_legacy",
+    "encode_legacy_parts",
     "encode_v1",
     "msg_to_parts",
     "msg_to_v1",
@@ -118,7 +119,44 @@ def encode_legacy(msg: dict[str, Any], buffers: Sequence[Buffer] = ()) -> str | 
     if not buffers:
         return _dumps_ascii({**msg, "buffers": []})
     body = {k: v for k, v in msg.items() if k != "buffers"}
-    parts: list[Buffer] = [_dumps_ascii(body).encode("utf-8"), *buffers]
+    return _legacy_binary([_dumps_ascii(body).encode("utf-8"), *buffers])
+
+
+def encode_legacy_parts(channel: str, msg_id: str, msg_type: str, parts: Sequence[Buffer]) -> bytes:
+    """A legacy frame from ``[header, parent_header, metadata, content, *buffers]`` as the kernel
+    sent them (UTF-8 JSON), spliced in without decoding them: the message ``encode_legacy``
+    writes, same keys in the same order (non-ASCII text as UTF-8, not escaped). Without buffers
+    it is the UTF-8 of a text frame (send it as text); with them, the binary frame."""
+    _check_channel(channel, ValueError)
+    if len(parts) < len(_JSON_PARTS):
+        raise ValueError(
+            f"{len(parts)} parts: need header, parent_header, metadata and content at least"
+        )
+    header, parent, metadata, content = (bytes(p) for p in parts[: len(_JSON_PARTS)])
+    buffers = parts[len(_JSON_PARTS) :]
+    body = b"".join(
+        [
+            b'{"header": ',
+            header,
+            b', "msg_id": ',
+            _dumps_ascii(msg_id).encode(),
+            b', "msg_type": ',
+            _dumps_ascii(msg_type).encode(),
+            b', "parent_header": ',
+            parent,
+            b', "metadata": ',
+            metadata,
+            b', "content": ',
+            content,
+            b', "buffers": [], "channel": ' if not buffers else b', "channel": ',
+            _dumps_ascii(channel).encode(),
+            b"}",
+        ]
+    )
+    return _legacy_binary([body, *buffers]) if buffers else body
+
+
+def _legacy_binary(parts: Sequence[Buffer]) -> bytes:
     count = len(parts)
     offsets = [_LEGACY_WORD * (count + 1)]
     for part in parts[:-1]:
