@@ -37,16 +37,20 @@ ROUNDS = 2
 
 async def busy(server: Server, kernels: int, seconds: float) -> dict[str, float]:
     """``kernels`` clients each running ``1+1`` back to back for ``seconds``."""
-    ids = [await server.create() for _ in range(kernels)]
-    sockets = [await server.channels(k) for k in ids]
+    try:
+        ids = [await server.create() for _ in range(kernels)]
+        sockets = [await server.channels(k) for k in ids]
+    except Exception as e:
+        log = (server.tmp / "server.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{server.name} failed starting its kernels: {e!r}\n{log}") from e
     try:
         for ws in sockets:  # warm: the first cell of a kernel prepares it
             for _ in range(3):
                 try:
                     await request(ws, "execute_request", {"code": "1+1", "silent": False}, True)
                 except Exception as e:
-                    log = server.tmp / "server.log"
-                    raise RuntimeError(f"{server.name} failed warming up ({log}): {e!r}") from e
+                    log = (server.tmp / "server.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{server.name} failed warming up: {e!r}\n{log}") from e
         assert server.proc is not None
         process = psutil.Process(server.proc.pid)
         done = 0

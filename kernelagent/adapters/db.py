@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
 from kernelagent.adapters.repos import (
+    SerialWriter,
     SqlArtifactRepo,
     SqlCellRepo,
     SqlFileRepo,
@@ -57,17 +58,22 @@ class SqlDatabase:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         reader, writer = engine, engine.execution_options(**WRITE)
-        self.users = SqlUserRepo(reader, writer)
-        self.sessions = SqlSessionRepo(reader, writer)
-        self.cells = SqlCellRepo(reader, writer)
-        self.artifacts = SqlArtifactRepo(reader, writer)
-        self.files = SqlFileRepo(reader, writer)
-        self.turns = SqlTurnRepo(reader, writer)
+        # SQLite has one writer at a time: this process's go through one thread (repos.py)
+        self._serial = SerialWriter(writer) if engine.dialect.name == "sqlite" else None
+        repo = (reader, writer, self._serial)
+        self.users = SqlUserRepo(*repo)
+        self.sessions = SqlSessionRepo(*repo)
+        self.cells = SqlCellRepo(*repo)
+        self.artifacts = SqlArtifactRepo(*repo)
+        self.files = SqlFileRepo(*repo)
+        self.turns = SqlTurnRepo(*repo)
 
     async def close(self) -> None:
         """Dispose of the pool once the transactions still running in worker threads are
         done (up to ``CLOSE_WAIT``): a connection handed back after the dispose would go to the
         discarded pool and be left, open, to the garbage collector."""
+        if self._serial is not None:  # what is queued is written first
+            await asyncio.to_thread(self._serial.close)
         pool = self.engine.pool
         deadline = time.monotonic() + CLOSE_WAIT
         while isinstance(pool, QueuePool) and pool.checkedout() and time.monotonic() < deadline:

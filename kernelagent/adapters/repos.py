@@ -5,6 +5,8 @@ or ``@writes``: it runs in a worker thread (``asyncio.to_thread``) in a transact
 committed before the coroutine returns, so a crash right after a call loses nothing it wrote.
 ``@writes`` asks the engine for the write lock up front (``BEGIN IMMEDIATE`` on SQLite, see
 ``db.py``) so that a read-then-write transaction waits for a busy database instead of failing.
+On SQLite, which has one writer at a time anyway, a process's writes go through one thread
+(``SerialWriter``), and those that queued together commit together.
 
 Constraint violations become ``Conflict`` (a unique key is taken) or ``NotFound`` (a foreign key
 points nowhere); any other driver error becomes ``KernelAgentError``. Appending a cell is one
@@ -19,6 +21,8 @@ import contextlib
 import dataclasses
 import functools
 import json
+import queue
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -43,6 +47,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 R = TypeVar("R", bound="_Repo")
 
+BATCH_LIMIT = 64  # writes committed together at most
+
 UPDATABLE_SESSION_FIELDS = frozenset(
     {"title", "status", "kernel_id", "updated_at", "approval_mode"}
 )
@@ -51,10 +57,97 @@ UPDATABLE_TURN_FIELDS = frozenset(
 )
 
 
+class SerialWriter:
+    """The one thread that writes a SQLite file for this process.
+
+    Writes queue here rather than in SQLite's busy handler, which sleeps 1–100 ms between tries
+    and wakes to find the lock taken again. Those that queued while one ran commit together, in
+    one transaction, in the order they came (each sees what the ones before it wrote, as one
+    after another would): one commit for many sessions' cells. Each caller is answered once
+    its write is committed. If any of them fails, the batch is rolled back and each is run
+    again alone, so a failure is its own caller's and no one else's.
+    """
+
+    def __init__(self, engine: Engine, name: str = "kernelagent-sqlite-writer") -> None:
+        self.engine = engine
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+        self.closed = False
+
+    async def run(self, work: Callable[[Transaction], T]) -> T:
+        if self.closed:
+            raise Unavailable("the database is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Write(work, loop, done))
+        return await done
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self.closed = True
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            while len(batch) < BATCH_LIMIT:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list[_Write]) -> None:
+        if len(batch) > 1:
+            try:
+                with Transaction(self.engine, expire_on_commit=False) as tx, tx.begin():
+                    results = [item.work(tx) for item in batch]
+            except Exception:  # noqa: BLE001 - each is run alone below, and says what failed
+                pass
+            else:
+                for item, result in zip(batch, results, strict=True):
+                    item.answer(result, None)
+                return
+        for item in batch:
+            try:
+                result = _run(self.engine, item.work)
+            except BaseException as e:  # noqa: BLE001 - the caller's to handle
+                item.answer(None, e)
+            else:
+                item.answer(result, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Write:
+    work: Callable[[Transaction], Any]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[Any]
+
+    def answer(self, result: Any, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(_settle, self.done, result, error)
+
+
+def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if done.cancelled():  # the caller stopped waiting; the write stands
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
+
+
 class _Repo:
-    def __init__(self, reader: Engine, writer: Engine) -> None:
+    def __init__(self, reader: Engine, writer: Engine, serial: SerialWriter | None = None) -> None:
         self._reader = reader
         self._writer = writer
+        self._serial = serial  # SQLite: writes go through its one writer thread
 
 
 def _transaction(
@@ -70,6 +163,8 @@ def _transaction(
         async def run(self: R, *args: P.args, **kwargs: P.kwargs) -> T:
             engine = self._writer if write else self._reader
             work = functools.partial(method, self)
+            if write and self._serial is not None:
+                return await self._serial.run(lambda tx: work(tx, *args, **kwargs))
             return await asyncio.to_thread(_run, engine, lambda tx: work(tx, *args, **kwargs))
 
         return run
@@ -151,8 +246,10 @@ class SqlSessionRepo(_Repo):
 
     @reads
     def get(self, tx: Transaction, session_id: str) -> Session | None:
-        row = tx.get(SessionRow, session_id)
-        return None if row is None else row.to_domain()
+        """A Core statement built once: read before every cell, where the ORM's load costs
+        several times the query."""
+        row = tx.connection().execute(_GET_SESSION, {"_id": session_id}).first()
+        return None if row is None else Session(**row._mapping)
 
     @reads
     def list_for_user(self, tx: Transaction, user_id: str) -> list[Session]:
@@ -207,6 +304,7 @@ _UPDATE_CELL = update(_CELLS).where(
     _CELLS.c.id == bindparam("_id"), _CELLS.c.session_id == bindparam("_session_id")
 )
 _TOUCH_SESSION = update(_SESSIONS).where(_SESSIONS.c.id == bindparam("_id"))
+_GET_SESSION = select(_SESSIONS).where(_SESSIONS.c.id == bindparam("_id"))
 _CELL_METADATA = select(_CELLS.c.metadata).where(_CELLS.c.id == bindparam("_id")).with_for_update()
 _SET_CELL_METADATA = update(_CELLS).where(_CELLS.c.id == bindparam("_id"))
 _INSERT_CELL = insert(_CELLS)

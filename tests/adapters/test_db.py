@@ -579,3 +579,41 @@ async def test_sqlite_file_is_set_up_for_a_server(tmp_path):
 async def test_an_unreachable_server_is_a_clear_error():
     with pytest.raises(KernelAgentError, match="cannot open the database"):
         await open_database("postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=2")
+
+
+async def test_sqlite_writes_queued_together_commit_together_and_fail_alone(tmp_path):
+    """On SQLite a process's writes go through one thread: those queued while one ran share a
+    commit (many sessions' cells, one transaction), each is answered once committed, and one
+    that fails in such a batch fails alone: the others are written, each caller hears of its own."""
+    path = tmp_path / "kernelagent.db"
+    db = await open_database(f"sqlite:///{path}")
+    try:
+        user = await db.users.add("alice", "hash")
+        sessions = [make_session(user.id) for _ in range(8)]
+        for session in sessions:
+            await db.sessions.add(session)
+        commits: list[int] = []
+        event.listen(db.engine, "commit", lambda connection: commits.append(1))
+        cells = await asyncio.gather(
+            *(db.cells.append_next(make_cell(s.id, -1)) for s in sessions for _ in range(5))
+        )
+        assert sorted(c.index for c in cells if c.session_id == sessions[0].id) == [0, 1, 2, 3, 4]
+        assert len(commits) < len(cells) / 2, "writes queued together were committed one by one"
+        with sqlite3.connect(path) as raw:  # answered: on disk, for any other connection
+            assert raw.execute("SELECT count(*) FROM cells").fetchone()[0] == len(cells)
+
+        taken = make_cell(sessions[0].id, 0)
+        results = await asyncio.gather(
+            *(db.cells.append_next(make_cell(s.id, -1)) for s in sessions),
+            db.cells.append(taken),
+            *(db.cells.append_next(make_cell(s.id, -1)) for s in sessions),
+            return_exceptions=True,
+        )
+        assert isinstance(results[len(sessions)], Conflict)
+        assert all(isinstance(r, Cell) for i, r in enumerate(results) if i != len(sessions))
+        for session in sessions:
+            assert [c.index for c in await db.cells.list(session.id)] == list(range(7))
+    finally:
+        await db.close()
+    with pytest.raises(KernelAgentError, match="closed"):
+        await db.cells.append_next(make_cell(sessions[0].id, -1))
