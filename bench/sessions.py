@@ -14,7 +14,8 @@ keep-alive HTTP/1.1 client from the same process:
    (``execute_request`` → ``status: idle``) on a sandboxed kernel started directly with
    ``AsyncKernelManager(kernel_name="kernelagent-python3")``, in interleaved blocks;
 3. notebook growth: 500 ``1+1`` cells in one session; per cell, the server-side time spent saving
-   the cell record (``db.cells.append`` + ``db.cells.update``, timed by wrappers on the instance)
+   the cell record (``db.cells.append_next`` + ``db.cells.update``, timed by wrappers on the
+   instance)
    and the HTTP round trip, cells 1–50 vs 451–500, plus where the time of a cell goes.
 
 Prints a table and JSON (medians, p95, ratios). This is a benchmark, not a test.
@@ -330,8 +331,7 @@ EXECUTE_STAGES = (
     "lock acquire",
     "db.sessions.get",
     "supervisor.ensure",
-    "db.cells.next_index",
-    "db.cells.append",
+    "db.cells.append_next",
     "kernel: execute → idle + reply",
     "files.store_artifacts",
     "db.cells.update",
@@ -349,8 +349,7 @@ def install_probe(s: Any) -> Probe:
     probe.wrap_lock(s.locks)
     probe.wrap_inside_execute(s.db.sessions, "get", "db.sessions.get")
     probe.wrap(s.supervisor, "ensure", "supervisor.ensure")
-    probe.wrap(s.db.cells, "next_index", "db.cells.next_index")
-    probe.wrap(s.db.cells, "append", "db.cells.append")
+    probe.wrap(s.db.cells, "append_next", "db.cells.append_next")
     probe.wrap(s.execution, "_run", "kernel: execute → idle + reply")
     probe.wrap(s.files, "store_artifacts", "files.store_artifacts")
     probe.wrap(s.db.cells, "update", "db.cells.update")
@@ -389,7 +388,8 @@ async def bench_growth(srv: Server, cells: int, edge: int) -> dict[str, Any]:
 
     first, last, control = range(edge), range(cells - edge, cells), range(cells, cells + edge)
     save = {
-        i: probe.times["db.cells.append"].get(i, 0.0) + probe.times["db.cells.update"].get(i, 0.0)
+        i: probe.times["db.cells.append_next"].get(i, 0.0)
+        + probe.times["db.cells.update"].get(i, 0.0)
         for i in range(cells + edge)
     }
     result: dict[str, Any] = {
