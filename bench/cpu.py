@@ -126,7 +126,17 @@ async def main() -> int:
             max(ka["executions_per_s"]) / max(kg["executions_per_s"]), 2
         ),
     }
-    out = {"kernels": args.kernels, "seconds": args.seconds, "servers": summary, "ratios": ratios}
+    targets = {  # CPU no more than Kernel Gateway's; executions/s no fewer than with NODELAY
+        "cpu_ka_kg_ratio": ratios["cpu_ka_kg_ratio"] <= 1.0,
+        "throughput_ka_kg_nodelay_ratio": ratios["throughput_ka_kg_nodelay_ratio"] >= 1.0,
+    }
+    out = {
+        "kernels": args.kernels,
+        "seconds": args.seconds,
+        "servers": summary,
+        "ratios": ratios,
+        "targets": targets,
+    }
     args.json.write_text(__import__("json").dumps(out, indent=2) + "\n")
     print(f"| {args.kernels} busy kernels, `1+1` | executions/s | server CPU per execution |")
     print("| --- | --- | --- |")
@@ -135,6 +145,10 @@ async def main() -> int:
         cpu = " / ".join(f"{v:g} ms" for v in row["cpu_ms_per_execution"])
         print(f"| {name} | {rate} | {cpu} |")
     print(f"\nratios: {ratios}")
+    verdict = {True: "met", False: "MISSED"}
+    print(f"CPU per execution ≤ 1× Kernel Gateway: {verdict[targets['cpu_ka_kg_ratio']]}")
+    met = verdict[targets["throughput_ka_kg_nodelay_ratio"]]
+    print(f"executions/s ≥ 1× Kernel Gateway with NODELAY: {met}")
     if args.profile and args.profile.exists():
         stats = pstats.Stats(str(args.profile))
         stats.sort_stats("tottime").print_stats(25)
