@@ -73,7 +73,8 @@ class SqlDatabase:
         done (up to ``CLOSE_WAIT``): a connection handed back after the dispose would go to the
         discarded pool and be left, open, to the garbage collector."""
         if self._serial is not None:  # what is queued is written first
-            await asyncio.to_thread(self._serial.close)
+            self._serial.close()
+            await asyncio.to_thread(self._serial.join)
         pool = self.engine.pool
         deadline = time.monotonic() + CLOSE_WAIT
         while isinstance(pool, QueuePool) and pool.checkedout() and time.monotonic() < deadline:

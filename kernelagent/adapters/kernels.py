@@ -52,6 +52,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent  # kernelagent/, for the ke
 HANDSHAKE_TIMEOUT = 30.0  # seconds for a kernel to answer this process's first request
 WORKSPACE_NAME = re.compile(r"\.?[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 CHANNELS = ("shell", "control", "stdin", "iopub")
+REQUESTS = frozenset({"shell", "control", "stdin"})  # what a client may send on
 # signatures of messages read, remembered to refuse a replayed one; jupyter_client's default of
 # 65 536 is ~10 MB per kernel in a long session (1024: ~140 KB), and only the kernel, which holds
 # the key, could replay one anyway
@@ -72,7 +73,7 @@ class _Link:
         self.runs: dict[str, Run] = {}
         self.readers = [
             asyncio.create_task(self._read(name), name=f"kernel-{name}-{kernel_id}")
-            for name in ("shell", "iopub", "stdin", "control")
+            for name in CHANNELS
         ]
         self.ready = asyncio.ensure_future(self._handshake(HANDSHAKE_TIMEOUT))
 
@@ -160,7 +161,7 @@ class _Channels:
             self.inbox.put_nowait(msg)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        if self.closed or self.iopub_only or channel not in {"shell", "control", "stdin"}:
+        if self.closed or self.iopub_only or channel not in REQUESTS:
             raise InvalidInput(f"no channel {channel!r} to send on")
         try:
             link = await self.kernels._link(self.kernel_id)
@@ -197,8 +198,8 @@ class _Channels:
 
 def _message(session: JupyterSession, channel: str, frames: list[bytes]) -> KernelMessage:
     """``Session.deserialize``'s checks (signature, replay guard), without turning the headers'
-    dates into ``datetime``s (nothing here reads them; dateutil was a tenth of the server's
-    time per message) and keeping the JSON parts as sent, for gateway clients."""
+    dates into ``datetime``s (nothing here reads them, and dateutil took 7 % of the event loop
+    under load), keeping the JSON parts as sent, for gateway clients."""
     _, parts = session.feed_identities(frames)
     if len(parts) < 5:
         raise ValueError(f"a message has at least 5 parts, not {len(parts)}")

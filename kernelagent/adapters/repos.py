@@ -84,9 +84,12 @@ class SerialWriter:
         return await done
 
     def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
+        """Take no more writes; the thread finishes what is queued, then stops (``join``).
+        Called in the event loop's thread, so no write is queued after the stop."""
         self.closed = True
         self._queue.put(None)
+
+    def join(self) -> None:
         self._thread.join()
 
     def _loop(self) -> None:
