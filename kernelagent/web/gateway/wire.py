@@ -128,10 +128,7 @@ def encode_legacy_parts(channel: str, msg_id: str, msg_type: str, parts: Sequenc
     writes, same keys in the same order (non-ASCII text as UTF-8, not escaped). Without buffers
     it is the UTF-8 of a text frame (send it as text); with them, the binary frame."""
     _check_channel(channel, ValueError)
-    if len(parts) < len(_JSON_PARTS):
-        raise ValueError(
-            f"{len(parts)} parts: need header, parent_header, metadata and content at least"
-        )
+    _check_parts(parts, ValueError)
     header, parent, metadata, content = (bytes(p) for p in parts[: len(_JSON_PARTS)])
     buffers = parts[len(_JSON_PARTS) :]
     body = b"".join(
@@ -154,6 +151,12 @@ def encode_legacy_parts(channel: str, msg_id: str, msg_type: str, parts: Sequenc
         ]
     )
     return _legacy_binary([body, *buffers]) if buffers else body
+
+
+def _check_parts(parts: Sequence[Buffer], error: type[Exception]) -> None:
+    if len(parts) < len(_JSON_PARTS):
+        need = "need header, parent_header, metadata and content at least"
+        raise error(f"{len(parts)} parts: {need}")
 
 
 def _legacy_binary(parts: Sequence[Buffer]) -> bytes:
@@ -224,10 +227,7 @@ def encode_v1(channel: str, parts: Sequence[Buffer]) -> bytes:
     """Build a v1 frame from a channel and ``[header, parent_header, metadata, content,
     *buffers]`` as raw bytes: ``serialize_msg_to_ws_v1(parts, channel)``, byte for byte."""
     _check_channel(channel, ValueError)
-    if len(parts) < len(_JSON_PARTS):
-        raise ValueError(
-            f"{len(parts)} parts: need header, parent_header, metadata and content at least"
-        )
+    _check_parts(parts, ValueError)
     name = channel.encode("utf-8")
     count = len(parts) + 2
     offsets = [_V1_WORD * (count + 1), _V1_WORD * (count + 1) + len(name)]
@@ -263,10 +263,7 @@ def parts_to_msg(channel: str, parts: Sequence[Buffer]) -> dict[str, Any]:
     buffers become ``bytes``.
     """
     _check_channel(channel, FrameError)
-    if len(parts) < len(_JSON_PARTS):
-        raise FrameError(
-            f"{len(parts)} parts: need header, parent_header, metadata and content at least"
-        )
+    _check_parts(parts, FrameError)
     fields = _load_parts(parts)
     _check_fields(fields, FrameError)
     header = fields["header"]
