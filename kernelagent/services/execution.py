@@ -3,10 +3,12 @@
 ``execute()`` = take the session's lock (arrival order) → the session's live kernel (the
 supervisor brings one back if it was gone) → record a pending cell at the next index → the cell
 through the kernel port (``running.collect``: outputs as they come, timeout → interrupt with the
-partial output kept, a dead kernel recorded with its reason and replaced) → record the cell →
-store rich outputs as artifacts → mirror changed files. Every step is published on the session's
-event log (``cell.started``, ``cell.output``, ``cell.completed``), whoever ran the cell, so every
-watcher of the session sees agent, web and gateway cells alike as they happen.
+partial output kept, a dead kernel recorded with its reason and replaced) → record the cell (a
+gateway client gets its reply now, once the cell is durable) → store rich outputs as artifacts →
+mirror changed files; the lock is held until all of it is done, so the next cell comes after.
+Every step is published on the session's event log (``cell.started``, ``cell.output``,
+``cell.completed``), whoever ran the cell, so every watcher of the session sees agent, web and
+gateway cells alike as they happen.
 
 After each cell whose files changed, the workspace's snapshot id is kept in the cell's metadata
 (``snapshot``): "the files as they were after cell N".
@@ -187,6 +189,8 @@ class ExecutionService:
                     await self.supervisor.replace(session, kernel_id)
                 if sys.exc_info()[0] is not None:  # failing: say so now, nothing more comes
                     await self._publish_completed(cell)
+            if request and result.reply:  # durable now: a client that saw the reply finds it
+                await request.deliver("shell", result.reply)
             artifacts: list[Artifact] = []
             try:
                 artifacts = await self.files.store_artifacts(
@@ -212,8 +216,6 @@ class ExecutionService:
                     self.namespaces.finish(cell, running.capture)
                 else:
                     running.capture.close()
-        if request and result.reply:  # after the record: a client that saw the reply finds it
-            await request.deliver("shell", result.reply)
         return Execution(session, cell, artifacts)
 
     async def _installs(self, kernel_id: str, cell: Cell, code: str) -> Installs | None:

@@ -188,6 +188,42 @@ async def test_execute_over_the_websocket_is_recorded(ka_server, protocol):
     ]
 
 
+async def test_the_reply_comes_once_the_cell_is_durable_before_its_files_are_mirrored(
+    ka_server, monkeypatch
+):
+    """The reply waits for the cell's record, not for what follows it (artifacts, mirroring):
+    the next cell still waits for all of it."""
+    kernel = await ka_server.json("/api/kernels", "POST", {})
+    ws = await WsClient.connect(ka_server, kernel["id"])
+    files = ka_server.services.execution.files
+    mirror, release, mirroring = files.mirror, asyncio.Event(), asyncio.Event()
+
+    async def held_mirror(session):
+        mirroring.set()
+        await release.wait()
+        return await mirror(session)
+
+    monkeypatch.setattr(files, "mirror", held_mirror)
+    try:
+        _, reply = await ws.execute("open('made.txt', 'w').write('x')")
+        assert reply["content"]["status"] == "ok"
+        assert mirroring.is_set() and not release.is_set()  # the files are not mirrored yet
+        cells = await ka_server.services.db.cells.list(kernel["id"])
+        assert [(c.status, c.outputs[0]["data"]["text/plain"]) for c in cells] == [("ok", "1")]
+
+        second = asyncio.create_task(ws.execute("'next'"))
+        await asyncio.sleep(0.3)
+        assert not second.done()  # queued behind the first cell's mirroring
+        release.set()
+        _, reply = await second
+        assert reply["content"]["status"] == "ok"
+    finally:
+        release.set()
+        ws.close()
+    cells = await ka_server.services.db.cells.list(kernel["id"])
+    assert "snapshot" in cells[0].metadata  # the files were mirrored after the reply
+
+
 async def test_two_clients_share_iopub_and_replies_go_to_the_asker(ka_server):
     kernel = await ka_server.json("/api/kernels", "POST", {})
     alice = await WsClient.connect(ka_server, kernel["id"])
