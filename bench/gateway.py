@@ -23,7 +23,9 @@ frames):
    sample (``DELETE /api/kernels/{id}``); round 0 is a warm-up.
 3. arrivals: sessions that come with no pause for a pool to refill, each kept until the phase
    ends: ``--runs`` creations one after another, then ``--burst`` at once (create → ready each),
-   against kernelagent and Kernel Gateway (stock).
+   against kernelagent (its pool as grown by the arrivals of the minute before, which the JSON
+   and the table give), kernelagent with its pool fixed at its size (``KERNELAGENT_POOL_MAX``),
+   and Kernel Gateway (stock).
 
 Plain kernels get ``IPYTHONDIR`` on a tmpfs, as sandboxed ones have (their ``$HOME`` is a tmpfs):
 otherwise every cell waits for IPython's history commit to disk. kernelagent records every
@@ -153,15 +155,19 @@ class Server:
         )
         return await websocket_connect(request)
 
-    async def pool_filled(self) -> None:
-        """kernelagent: until ``/api/v1/health`` reports a full pool. Kernel Gateway: no-op."""
+    async def pool_filled(self) -> int:
+        """kernelagent: until ``/api/v1/health`` reports the pool at its target (its size, or
+        more after recent arrivals); the target. Kernel Gateway: no-op."""
         if "kernelagent" not in self.name:
-            return
+            return 0
         deadline = time.monotonic() + TIMEOUT
-        while (pool := (await self.call("GET", "/api/v1/health"))["pool"])["ready"] < pool["size"]:
+        while (pool := (await self.call("GET", "/api/v1/health"))["pool"])["ready"] < pool.get(
+            "target", pool["size"]
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"kernelagent pool not refilled: {pool}")
             await asyncio.sleep(0.1)
+        return int(pool.get("target", pool["size"]))
 
 
 async def request(
@@ -290,10 +296,12 @@ async def bench_create(servers: dict[str, Server], runs: int) -> dict[str, list[
 
 async def bench_arrivals(
     servers: dict[str, Server], runs: int, burst: int
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Per server: ``sequential`` (``runs`` creates one after another), ``burst`` (``burst``
-    creates at once); every kernel is kept until its phase ends, as arriving users keep theirs."""
+    creates at once); every kernel is kept until its phase ends, as arriving users keep theirs.
+    Also kernelagent's pool target as each phase begins."""
     results: dict[str, list[float]] = {}
+    pools: dict[str, int] = {}
 
     async def arrive(srv: Server, kept: list[tuple[str, WebSocketClientConnection]]) -> float:
         started = time.perf_counter()
@@ -305,7 +313,10 @@ async def bench_arrivals(
 
     for variant, srv in servers.items():
         for phase in ("sequential", "burst"):
-            await servers["kernelagent"].pool_filled()
+            for other in servers.values():  # no pool refilling in the background
+                target = await other.pool_filled()
+                if other is srv and target:
+                    pools[f"{variant}_{phase}"] = target
             await asyncio.sleep(1)
             kept: list[tuple[str, WebSocketClientConnection]] = []
             try:
@@ -319,10 +330,12 @@ async def bench_arrivals(
                     with contextlib.suppress(Exception):
                         await srv.delete(kernel_id)
             results[f"{variant}_{phase}"] = times
-    return results
+    return results, pools
 
 
-def kernelagent_server(tmp: Path, pool_size: int = 2, argv: list[str] | None = None) -> Server:
+def kernelagent_server(
+    tmp: Path, pool_size: int = 2, argv: list[str] | None = None, name: str = "kernelagent"
+) -> Server:
     """``kernelagent serve`` with embedded defaults in ``tmp``, unlimited as Kernel Gateway."""
     port = unused_port()
     env = {
@@ -333,8 +346,10 @@ def kernelagent_server(tmp: Path, pool_size: int = 2, argv: list[str] | None = N
         "KERNELAGENT_MAX_KERNELS_PER_USER": "0",  # as Kernel Gateway: no limit
         "KERNELAGENT_MAX_KERNELS": "0",
     }
+    if name.endswith("fixed_pool"):
+        env["KERNELAGENT_POOL_MAX"] = str(pool_size)
     argv = argv or [str(Path(sys.executable).parent / "kernelagent"), "serve"]
-    return Server("kernelagent", argv, env, tmp, port)
+    return Server(name, argv, env, tmp, port)
 
 
 def kernel_gateway(name: str, tmp: Path, *flags: str) -> Server:
@@ -369,6 +384,7 @@ async def main() -> int:
         tmp = Path(tmp_name)
         servers = {
             "kernelagent": kernelagent_server(tmp, n),
+            "kernelagent_fixed_pool": kernelagent_server(tmp, n, name="kernelagent_fixed_pool"),
             "kernel_gateway": kernel_gateway("kernel_gateway", tmp),
             "kernel_gateway_nodelay": kernel_gateway("kernel_gateway_nodelay", tmp),
             "kernel_gateway_prespawn": kernel_gateway(
@@ -383,8 +399,8 @@ async def main() -> int:
             rtt = await bench_rtt({k: servers[k] for k in rtt_servers}, tmp, args.rtt_runs)
             create_servers = ("kernelagent", "kernel_gateway", "kernel_gateway_prespawn")
             create = await bench_create({k: servers[k] for k in create_servers}, args.runs)
-            arrival_servers = ("kernelagent", "kernel_gateway")
-            arrivals = await bench_arrivals(
+            arrival_servers = ("kernelagent", "kernelagent_fixed_pool", "kernel_gateway")
+            arrivals, pools = await bench_arrivals(
                 {k: servers[k] for k in arrival_servers}, args.runs, args.burst
             )
         finally:
@@ -421,7 +437,12 @@ async def main() -> int:
     ratios["arrivals_burst_ka_kg_ratio_p50"] = p50_ratio(
         a, "kernelagent_burst", "kernel_gateway_burst"
     )
+    for phase in ("sequential", "burst"):
+        ratios[f"arrivals_{phase}_ka_fixed_pool_kg_ratio_p50"] = p50_ratio(
+            a, f"kernelagent_fixed_pool_{phase}", f"kernel_gateway_{phase}"
+        )
     results = {"rtt_1plus1": r, "create": c, "arrivals": a, "ratios": ratios, "targets": targets}
+    results["arrivals_pool_target"] = pools
     results["setup"] = {"pool_size": n, "prespawn_count": n, "versions": versions}
 
     def ms(value: float) -> str:
@@ -464,15 +485,18 @@ async def main() -> int:
     table(
         ("arrivals, create → ready, each kept", "n", "p50", "p95", "mean"),
         [
-            (f"kernelagent, {args.runs} one after another", *cells(a["kernelagent_sequential"])),
-            (
-                f"Kernel Gateway, {args.runs} one after another",
-                *cells(a["kernel_gateway_sequential"]),
-            ),
-            (f"kernelagent, {args.burst} at once", *cells(a["kernelagent_burst"])),
-            (f"Kernel Gateway, {args.burst} at once", *cells(a["kernel_gateway_burst"])),
+            row
+            for phase, count in (("sequential", f"{args.runs} one after another"),
+                                 ("burst", f"{args.burst} at once"))
+            for row in (
+                (f"kernelagent, {count}, pool of {pools[f'kernelagent_{phase}']} "
+                 "(grown by the arrivals before)", *cells(a[f"kernelagent_{phase}"])),
+                (f"kernelagent, {count}, pool fixed at {n}",
+                 *cells(a[f"kernelagent_fixed_pool_{phase}"])),
+                (f"Kernel Gateway, {count}", *cells(a[f"kernel_gateway_{phase}"])),
+            )
         ],
-    )
+    )  # fmt: skip
     mark = {True: "met", False: "MISSED"}
     print(
         f"round trip p50, kernelagent/KG: {ratios['rtt_ka_kg_ratio_p50']:.2f}× "
@@ -490,7 +514,9 @@ async def main() -> int:
     print(
         f"arrivals p50, kernelagent/KG: "
         f"{ratios['arrivals_sequential_ka_kg_ratio_p50']:.2f}× one after another, "
-        f"{ratios['arrivals_burst_ka_kg_ratio_p50']:.2f}× at once"
+        f"{ratios['arrivals_burst_ka_kg_ratio_p50']:.2f}× at once; with a fixed pool "
+        f"{ratios['arrivals_sequential_ka_fixed_pool_kg_ratio_p50']:.2f}× and "
+        f"{ratios['arrivals_burst_ka_fixed_pool_kg_ratio_p50']:.2f}×"
     )
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nJSON: {args.json}")

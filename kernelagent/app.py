@@ -129,6 +129,7 @@ class KernelAgentApp:
         pool = KernelPool(
             kernels,
             size=settings.pool_size,
+            most=settings.pool_max,
             preimport=[m.strip() for m in settings.pool_preimport.split(",") if m.strip()],
         )
         secret = settings.secret or _stored_secret(settings.data_dir)
@@ -237,6 +238,7 @@ class KernelAgentApp:
                 "starting": pool.starting,
             }
         )
+        metrics.pool_target.set_function(lambda: pool.target)
         recorder.observers.append(metrics.observe_event)
         execution.observe_lock_wait = metrics.lock_wait.observe
         await turns.start_recovery(every=settings.process_lease)

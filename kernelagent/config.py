@@ -99,6 +99,13 @@ class Settings:
     pool_size: int = _setting(
         2, "KERNELAGENT_POOL_SIZE", "Sandboxed kernels kept started ahead of need; 0 disables"
     )
+    pool_max: int = _setting(
+        8,
+        "KERNELAGENT_POOL_MAX",
+        "Most warm kernels the pool grows to while sessions arrive faster than it refills (as "
+        "many as arrived in the last minute, while a quarter of memory stays free); "
+        "POOL_SIZE or less keeps it fixed",
+    )
     pool_preimport: str = _setting(
         "numpy,pandas,matplotlib.pyplot,plotly.graph_objects,plotly.express",
         "KERNELAGENT_POOL_PREIMPORT",

@@ -83,6 +83,10 @@ class Metrics:
         self.sse_clients = Gauge(
             "kernelagent_sse_clients", "Clients streaming session events", registry=r
         )
+        self.pool_target = Gauge(
+            "kernelagent_pool_target", "Warm kernels the pool aims for now (grows with arrivals)",
+            registry=r,
+        )  # fmt: skip
         if kernel_counts is not None:
             r.register(_Kernels(kernel_counts))
         self._turns: dict[str, _TurnSoFar] = {}

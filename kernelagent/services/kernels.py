@@ -6,9 +6,15 @@ the start; the imports begin in a thread of each pooled kernel and go on after i
 its own; handing it out gives it the session's workspace (``KernelBackend.adopt``: for local
 kernels, a directory rename the running kernel does not notice), with any files already there.
 
+The pool keeps ``size`` kernels, and more while sessions arrive faster than that (``Demand``):
+as many as were handed out in the last minute, up to ``most``, while a quarter of the machine's
+memory stays free. Kernels start one at a time either way (on two cores, parallel starts only
+slow each other), so a grown pool is what lets the next arrivals of a busy minute find one
+ready. When the arrivals stop, the extra kernels are shut down.
+
 Example::
 
-    pool = KernelPool(LocalKernels(settings), size=2)
+    pool = KernelPool(LocalKernels(settings), size=2, most=8)
     await pool.start()
     kernel = await pool.acquire(session_id)   # ~1 ms when warm
     ...
@@ -22,6 +28,10 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
+
+import psutil
 
 from kernelagent.domain import new_id
 from kernelagent.services.ports import KernelBackend
@@ -57,8 +67,43 @@ def preimport_code(modules: list[str]) -> str:
     return f"exec({_PREIMPORT.replace('NAMES', repr(list(modules)))!r}, {{}})"
 
 
+DEMAND_WINDOW = 60.0  # seconds of hand-outs a grown pool is sized by
+MEMORY_RESERVE = 0.25  # the share of the machine's memory a grown pool leaves free
+
+
+def memory_free() -> float:
+    """The share of the machine's memory available now."""
+    memory = psutil.virtual_memory()
+    return memory.available / memory.total
+
+
+class Demand:
+    """How many warm kernels to keep: at least ``base``, and as many as were handed out in the
+    last ``window`` seconds, up to ``most``."""
+
+    def __init__(
+        self,
+        base: int,
+        most: int,
+        window: float = DEMAND_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.base, self.most, self.window, self.clock = base, max(most, base), window, clock
+        self._handed_out: collections.deque[float] = collections.deque()
+
+    def handed_out(self) -> None:
+        self._handed_out.append(self.clock())
+
+    def wanted(self) -> int:
+        horizon = self.clock() - self.window
+        while self._handed_out and self._handed_out[0] <= horizon:
+            self._handed_out.popleft()
+        return max(self.base, min(self.most, len(self._handed_out)))
+
+
 class KernelPool:
-    """Keeps ``size`` warm kernels; ``acquire`` hands one out and a background task refills."""
+    """Keeps ``size`` warm kernels, more under demand (up to ``most``); ``acquire`` hands one
+    out and a background task refills."""
 
     def __init__(
         self,
@@ -66,9 +111,14 @@ class KernelPool:
         size: int = 2,
         preimport: list[str] | None = None,
         warmup_timeout: float = 120.0,
+        most: int = 0,
+        window: float = DEMAND_WINDOW,
+        free_memory: Callable[[], float] = memory_free,
     ):
         self.backend = backend
         self.size = size
+        self.demand = Demand(size, most, window)
+        self.free_memory = free_memory
         self.warmup_code = preimport_code(preimport or [])
         self.warmup_timeout = warmup_timeout
         self._ready: collections.deque[Kernel] = collections.deque()
@@ -80,6 +130,11 @@ class KernelPool:
     @property
     def ready_count(self) -> int:
         return len(self._ready)
+
+    @property
+    def target(self) -> int:
+        """The warm kernels the pool aims for now: ``size``, or more under demand."""
+        return self.demand.wanted() if self.size > 0 else 0
 
     async def start(self) -> None:
         """Start filling in the background."""
@@ -99,10 +154,11 @@ class KernelPool:
             await self.backend.shutdown(kernel.id, now=True)
             await self.backend.remove_workspace(kernel.workspace)
 
-    async def wait_filled(self, timeout: float) -> None:
-        """Wait until the pool holds ``size`` kernels (tests, benchmarks, ``doctor``)."""
+    async def wait_filled(self, timeout: float, count: int | None = None) -> None:
+        """Wait until the pool holds ``count`` (default ``size``) kernels (tests, benchmarks,
+        ``doctor``)."""
         async with asyncio.timeout(timeout):
-            while len(self._ready) < self.size:
+            while len(self._ready) < (self.size if count is None else count):
                 if self.last_error:
                     raise RuntimeError(self.last_error)
                 await asyncio.sleep(0.05)
@@ -111,7 +167,10 @@ class KernelPool:
         """A ready kernel whose ``/workspace`` is ``workspace``: pooled if any, else started now.
 
         ``refill=False``: no replacement starts until ``refill()`` (a short CPU-bound job, such
-        as a replay, then does not share the machine with a kernel start)."""
+        as a replay, then does not share the machine with a kernel start), and the hand-out
+        is not a session's arrival (it does not grow the pool)."""
+        if refill and self.size > 0:
+            self.demand.handed_out()
         while self._ready:
             pooled = self._ready.popleft()
             if refill:
@@ -146,11 +205,17 @@ class KernelPool:
         await self.backend.remove_workspace(kernel.workspace)
 
     async def _fill(self) -> None:
-        """Start kernels one at a time (two cores: parallel starts only slow each other)."""
+        """Start kernels one at a time (two cores: parallel starts only slow each other); shut
+        down the ones beyond the target once demand has passed."""
         while True:
-            await self._wanted.wait()
+            grown = len(self._ready) > self.size  # it looks again in a while
+            recheck = self.demand.window / 4 if grown else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wanted.wait(), recheck)
             self._wanted.clear()
-            while len(self._ready) < self.size:
+            while len(self._ready) > self.target:
+                await self._discard(self._ready.pop())  # the newest: its imports may still run
+            while len(self._ready) < self.target and self._room_for_one():
                 try:
                     self._ready.append(await self._start_one())
                     self.last_error = None
@@ -160,6 +225,11 @@ class KernelPool:
                     self.last_error = f"kernel pool could not start a kernel: {e}"
                     log.error(self.last_error)
                     await asyncio.sleep(5)
+
+    def _room_for_one(self) -> bool:
+        """Whether another kernel may start: the first ``size`` always may; more only while the
+        machine keeps ``MEMORY_RESERVE`` of its memory free."""
+        return len(self._ready) < self.size or self.free_memory() > MEMORY_RESERVE
 
     async def _start_one(self) -> Kernel:
         workspace = f".pool-{new_id()}"

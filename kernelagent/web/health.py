@@ -22,7 +22,10 @@ class HealthHandler(ApiHandler):
     @operation("health", "Liveness, version, sandbox and warm pool", "meta", answer=Health)
     def get(self) -> None:
         pool = Health.Pool(
-            size=self.pool.size, ready=self.pool.ready_count, error=self.pool.last_error
+            size=self.pool.size,
+            target=self.pool.target,
+            ready=self.pool.ready_count,
+            error=self.pool.last_error,
         )
         self.write_model(Health(version=__version__, sandbox=self.sandbox, pool=pool))
 

@@ -122,7 +122,10 @@ class OpenApiDocument(pydantic.BaseModel):
 
 class Health(Body):
     class Pool(Body):
-        size: int
+        size: int = pydantic.Field(description="warm kernels kept (KERNELAGENT_POOL_SIZE)")
+        target: int = pydantic.Field(
+            description="warm kernels aimed for now: size, or more while sessions arrive fast"
+        )
         ready: int
         error: str | None
 

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from kernelagent.adapters.kernels import LocalKernels
-from kernelagent.services.kernels import KernelPool, preimport_code
+from kernelagent.services.kernels import Demand, KernelPool, preimport_code
 from kernelagent.services.running import run_code
 
 pytestmark = pytest.mark.sandbox
@@ -141,3 +141,67 @@ async def test_a_hand_out_can_hold_the_refill_back(pool_and_kernels):
     await pool.wait_filled(timeout=90)
     assert pool.ready_count == 1
     await kernels.shutdown(kernel.id, now=True)
+
+
+def test_demand_is_the_hand_outs_of_the_window_between_base_and_most():
+    now = [0.0]
+    demand = Demand(base=2, most=5, window=60, clock=lambda: now[0])
+    assert demand.wanted() == 2
+    for _ in range(4):
+        demand.handed_out()
+    assert demand.wanted() == 4
+    for _ in range(4):
+        demand.handed_out()
+    assert demand.wanted() == 5  # no more than ``most``
+    now[0] = 59.0
+    assert demand.wanted() == 5
+    now[0] = 60.5  # the window has passed
+    assert demand.wanted() == 2
+    assert Demand(base=3, most=1).wanted() == 3  # ``most`` below ``base``: fixed
+
+
+async def test_the_pool_grows_with_arrivals_and_shrinks_when_they_stop(settings):
+    kernels = LocalKernels(dataclasses.replace(settings, pool_size=1))
+    pool = KernelPool(kernels, size=1, most=3, window=6)
+    await pool.start()
+    taken = []
+    try:
+        await pool.wait_filled(timeout=60)
+        for name in ("a", "b", "c"):  # three arrivals in the window: three kept warm
+            taken.append(await pool.acquire(name))
+        assert pool.target == 3
+        await pool.wait_filled(timeout=60, count=3)
+        warm = {k.id for k in pool._ready}
+        assert len(warm) == 3 and kernels.running() == 6
+        async with asyncio.timeout(30):  # the arrivals leave the window: back to one
+            while pool.ready_count > 1:
+                await asyncio.sleep(0.2)
+        assert pool.target == 1
+        assert {k.id for k in pool._ready} <= warm
+        for gone in warm - {k.id for k in pool._ready}:
+            assert not await kernels.is_alive(gone)
+    finally:
+        for kernel in taken:
+            await kernels.shutdown(kernel.id, now=True)
+        await pool.stop()
+        await kernels.close()
+
+
+async def test_a_pool_grows_only_while_memory_stays_free(settings):
+    kernels = LocalKernels(dataclasses.replace(settings, pool_size=1))
+    pool = KernelPool(kernels, size=1, most=3, free_memory=lambda: 0.1)
+    await pool.start()
+    taken = []
+    try:
+        await pool.wait_filled(timeout=60)
+        for name in ("a", "b", "c"):
+            taken.append(await pool.acquire(name))
+        assert pool.target == 3
+        await pool.wait_filled(timeout=60)  # the base size is kept whatever the memory
+        await asyncio.sleep(3)  # time for two more starts, were they allowed
+        assert pool.ready_count == 1
+    finally:
+        for kernel in taken:
+            await kernels.shutdown(kernel.id, now=True)
+        await pool.stop()
+        await kernels.close()

@@ -29,7 +29,7 @@ async def test_health_reports_status_and_pool(settings, unused_port):
         assert response.headers["Content-Type"].startswith("application/json")
         assert body["status"] == "ok"
         assert body["sandbox"] == "bubblewrap"
-        assert body["pool"] == {"size": 0, "ready": 0, "error": None}
+        assert body["pool"] == {"size": 0, "target": 0, "ready": 0, "error": None}
     finally:
         await app.stop()
 

@@ -71,6 +71,7 @@ async def test_cells_turns_tokens_requests_and_kernels_are_counted(server, llm):
             await asyncio.sleep(0.05)
     assert after[("kernelagent_kernels", (("state", "in_use"),))] == 1
     assert after[("kernelagent_kernels", (("state", "starting"),))] == 0
+    assert after[("kernelagent_pool_target", ())] == server.app.settings.pool_size
     assert after[("kernelagent_lock_wait_seconds_count", ())] == 3
 
 
