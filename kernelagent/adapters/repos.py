@@ -4,7 +4,9 @@ Each method is written as plain synchronous SQLAlchemy and turned into a corouti
 or ``@writes``: it runs in a worker thread (``asyncio.to_thread``) in a transaction of its own,
 committed before the coroutine returns, so a crash right after a call loses nothing it wrote.
 ``@looks_up`` (one row by its key) runs in the event loop's thread on SQLite, where it is cheaper
-than the trip to a thread.
+than the trip to a thread. The few statements on every cell's path are Core statements built
+once, in a bare ``Connection`` (``@looks_up``, ``@core_writes``): an ORM session costs more than
+the statements themselves.
 ``@writes`` asks the engine for the write lock up front (``BEGIN IMMEDIATE`` on SQLite, see
 ``db.py``) so that a read-then-write transaction waits for a busy database instead of failing.
 On SQLite, which has one writer at a time anyway, a process's writes go through one thread
@@ -28,7 +30,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, bindparam, delete, func, insert, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlmodel import Session as Transaction
@@ -77,12 +79,13 @@ class SerialWriter:
         self._thread.start()
         self.closed = False
 
-    async def run(self, work: Callable[[Transaction], T]) -> T:
+    async def run(self, work: Callable[[Any], T], core: bool = False) -> T:
+        """``work`` in a transaction: given an ORM session, or with ``core`` a Connection."""
         if self.closed:
             raise Unavailable("the database is closed")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Write(work, loop, done))
+        self._queue.put(_Write(work, core, loop, done))
         return await done
 
     def close(self) -> None:
@@ -112,7 +115,7 @@ class SerialWriter:
         if len(batch) > 1:
             try:
                 with Transaction(self.engine, expire_on_commit=False) as tx, tx.begin():
-                    results = [item.work(tx) for item in batch]
+                    results = [item.work(tx.connection() if item.core else tx) for item in batch]
             except Exception:  # noqa: BLE001 - each is run alone below, and says what failed
                 pass
             else:
@@ -121,7 +124,7 @@ class SerialWriter:
                 return
         for item in batch:
             try:
-                result = _run(self.engine, item.work)
+                result = _run(self.engine, item.work, item.core)
             except BaseException as e:  # noqa: BLE001 - the caller's to handle
                 item.answer(None, e)
             else:
@@ -130,7 +133,8 @@ class SerialWriter:
 
 @dataclasses.dataclass(frozen=True)
 class _Write:
-    work: Callable[[Transaction], Any]
+    work: Callable[[Any], Any]
+    core: bool
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[Any]
 
@@ -156,23 +160,23 @@ class _Repo:
 
 
 def _transaction(
-    write: bool, inline_on_sqlite: bool = False
+    write: bool, inline_on_sqlite: bool = False, core: bool = False
 ) -> Callable[
-    [Callable[Concatenate[R, Transaction, P], T]],
+    [Callable[Concatenate[R, Any, P], T]],
     Callable[Concatenate[R, P], Coroutine[Any, Any, T]],
 ]:
     def decorate(
-        method: Callable[Concatenate[R, Transaction, P], T],
+        method: Callable[Concatenate[R, Any, P], T],
     ) -> Callable[Concatenate[R, P], Coroutine[Any, Any, T]]:
         @functools.wraps(method)
         async def run(self: R, *args: P.args, **kwargs: P.kwargs) -> T:
             engine = self._writer if write else self._reader
             work = functools.partial(method, self)
             if write and self._serial is not None:
-                return await self._serial.run(lambda tx: work(tx, *args, **kwargs))
+                return await self._serial.run(lambda tx: work(tx, *args, **kwargs), core)
             if inline_on_sqlite and self._serial is not None:
-                return _run(engine, lambda tx: work(tx, *args, **kwargs))
-            return await asyncio.to_thread(_run, engine, lambda tx: work(tx, *args, **kwargs))
+                return _run(engine, lambda tx: work(tx, *args, **kwargs), core)
+            return await asyncio.to_thread(_run, engine, lambda tx: work(tx, *args, **kwargs), core)
 
         return run
 
@@ -181,13 +185,17 @@ def _transaction(
 
 reads = _transaction(write=False)
 writes = _transaction(write=True)
+core_writes = _transaction(write=True, core=True)  # the method is given a Connection
 # one row by its key, on SQLite in the caller's thread: a read that never waits for a writer
 # (WAL) and takes tens of µs, less than the hand-off to a worker thread and back
-looks_up = _transaction(write=False, inline_on_sqlite=True)
+looks_up = _transaction(write=False, inline_on_sqlite=True, core=True)
 
 
-def _run(engine: Engine, work: Callable[[Transaction], T]) -> T:
+def _run(engine: Engine, work: Callable[[Any], T], core: bool = False) -> T:
     try:
+        if core:
+            with engine.begin() as connection:
+                return work(connection)
         with Transaction(engine, expire_on_commit=False) as tx, tx.begin():
             return work(tx)
     except IntegrityError as exc:  # one the method did not expect
@@ -255,10 +263,10 @@ class SqlSessionRepo(_Repo):
             tx.flush()
 
     @looks_up
-    def get(self, tx: Transaction, session_id: str) -> Session | None:
+    def get(self, connection: Connection, session_id: str) -> Session | None:
         """A Core statement built once: read before every cell, where the ORM's load costs
         several times the query."""
-        row = tx.connection().execute(_GET_SESSION, {"_id": session_id}).first()
+        row = connection.execute(_GET_SESSION, {"_id": session_id}).first()
         return None if row is None else Session(**row._mapping)
 
     @reads
@@ -339,8 +347,8 @@ class SqlCellRepo(_Repo):
             tx.add(CellRow.from_domain(cell))
             tx.flush()
 
-    @writes
-    def append_many(self, tx: Transaction, cells: list[Cell]) -> None:
+    @core_writes
+    def append_many(self, connection: Connection, cells: list[Cell]) -> None:
         """Insert a new session's cells (indices 0…n-1, in order) in one statement."""
         if not cells:
             return
@@ -351,12 +359,11 @@ class SqlCellRepo(_Repo):
             missing=f"session {cells[0].session_id} not found",
         ):
             rows = [{"id": c.id, "session_id": c.session_id, **CellRow.values(c)} for c in cells]
-            tx.connection().execute(_INSERT_CELL, rows)
+            connection.execute(_INSERT_CELL, rows)
 
-    @writes
-    def append_next(self, tx: Transaction, cell: Cell) -> Cell:
+    @core_writes
+    def append_next(self, connection: Connection, cell: Cell) -> Cell:
         """Insert ``cell`` at the session's next free index, in one transaction; returns it."""
-        connection = tx.connection()
         last = connection.execute(_LAST_INDEX, {"_session_id": cell.session_id}).scalar()
         cell = dataclasses.replace(cell, index=0 if last is None else last + 1)
         with _violations(
@@ -372,14 +379,13 @@ class SqlCellRepo(_Repo):
         query = select(CellRow.id).where(CellRow.session_id == session_id, CellRow.index == index)
         return tx.exec(query).first() is not None
 
-    @writes
-    def update(self, tx: Transaction, cell: Cell, touch_session: bool = False) -> None:
+    @core_writes
+    def update(self, connection: Connection, cell: Cell, touch_session: bool = False) -> None:
         """Replace the cell with the same id (outputs, status, timing); NotFound if missing.
 
         ``touch_session`` also sets the session's ``updated_at`` to now, in the same transaction.
         """
         # Core statements built once (the ORM path costs ~3 ms per cell on the hot path)
-        connection = tx.connection()
         params = {"_id": cell.id, "_session_id": cell.session_id, **CellRow.values(cell)}
         with _violations(f"cell index {cell.index} of session {cell.session_id} is taken"):
             if connection.execute(_UPDATE_CELL, params).rowcount != 1:
@@ -399,12 +405,11 @@ class SqlCellRepo(_Repo):
         query = select(CellRow).where(CellRow.session_id == session_id).order_by(col(CellRow.index))
         return [row.to_domain() for row in tx.exec(query)]
 
-    @writes
-    def annotate(self, tx: Transaction, cell_id: str, key: str, value: Any) -> None:
+    @core_writes
+    def annotate(self, connection: Connection, cell_id: str, key: str, value: Any) -> None:
         """Set one key of the cell's metadata, whatever else changes it meanwhile (the row
         is read and written in one transaction, locked on PostgreSQL); nothing if it is gone.
         Core statements: this runs once per cell."""
-        connection = tx.connection()
         found = connection.execute(_CELL_METADATA, {"_id": cell_id}).first()
         if found is None:
             return
