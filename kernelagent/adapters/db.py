@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import QueuePool
 
 from kernelagent.adapters.repos import (
+    NOW_OPTION,
     SerialWriter,
     SqlArtifactRepo,
     SqlCellRepo,
@@ -37,6 +38,7 @@ from kernelagent.adapters.repos import (
     SqlSessionRepo,
     SqlTurnRepo,
     SqlUserRepo,
+    WriteLockTaken,
 )
 from kernelagent.errors import KernelAgentError
 
@@ -49,7 +51,14 @@ MIGRATION_LOCK = 0x6B61_6D69  # PostgreSQL advisory lock key held while migratin
 # cache_size: 256 KiB per connection, not SQLite's 2 MiB. Other connections' writes empty a
 # connection's cache at its next read anyway, while the memory, once filled, stays with the
 # process (five pooled connections: up to 10 MiB); the file's pages stay in the OS page cache.
-SQLITE_PRAGMAS = ("foreign_keys=ON", "synchronous=NORMAL", "cache_size=-256")
+# wal_autocheckpoint=0: no commit copies the log into the file (a commit in the event loop's
+# thread would wait for the disk); the writer thread checkpoints instead (``SerialWriter``).
+SQLITE_PRAGMAS = (
+    "foreign_keys=ON",
+    "synchronous=NORMAL",
+    "cache_size=-256",
+    "wal_autocheckpoint=0",
+)
 
 
 class SqlDatabase:
@@ -151,14 +160,26 @@ def _sqlite_begin(connection: Connection) -> None:
     """Begin every transaction, taking the write lock at once when the transaction will write.
 
     A deferred transaction that reads and then writes cannot wait for a busy database: it fails
-    with "database is locked". Taking the lock first makes it wait up to ``BUSY_TIMEOUT``.
+    with "database is locked". Taking the lock first makes it wait up to ``BUSY_TIMEOUT``; with
+    ``NOW_OPTION``, not at all (``WriteLockTaken``).
     """
-    write = connection.get_execution_options().get(WRITE_OPTION, False)
-    statement = "BEGIN IMMEDIATE" if write else "BEGIN"
-    try:  # on the driver's connection: a statement through SQLAlchemy costs ten times more
-        connection.connection.driver_connection.execute(statement).close()
+    options = connection.get_execution_options()
+    statement = "BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN"
+    now = options.get(NOW_OPTION, False)
+    driver = connection.connection.driver_connection  # a statement through SQLAlchemy costs
+    try:  # ten times more
+        if now:
+            driver.execute("PRAGMA busy_timeout = 0").close()
+        driver.execute(statement).close()
+    except sqlite3.OperationalError as exc:
+        if now and exc.sqlite_errorname.startswith("SQLITE_BUSY"):
+            raise WriteLockTaken(str(exc)) from exc
+        raise OperationalError(statement, None, exc) from exc
     except sqlite3.Error as exc:
         raise OperationalError(statement, None, exc) from exc
+    finally:
+        if now:
+            driver.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}").close()
 
 
 def alembic_config(url: str | None = None) -> Config:

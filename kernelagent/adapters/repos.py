@@ -10,7 +10,9 @@ the statements themselves.
 ``@writes`` asks the engine for the write lock up front (``BEGIN IMMEDIATE`` on SQLite, see
 ``db.py``) so that a read-then-write transaction waits for a busy database instead of failing.
 On SQLite, which has one writer at a time anyway, a process's writes go through one thread
-(``SerialWriter``), and those that queued together commit together.
+(``SerialWriter``), and those that queued together commit together; a cell's few rows
+(``@quick_writes``) are written at once in the caller's thread when nothing else is being
+written.
 
 Constraint violations become ``Conflict`` (a unique key is taken) or ``NotFound`` (a foreign key
 points nowhere); any other driver error becomes ``KernelAgentError``. Appending a cell is one
@@ -25,8 +27,10 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -47,11 +51,20 @@ from kernelagent.adapters.tables import (
 from kernelagent.domain import Artifact, Cell, FileEntry, Session, Turn, User, new_id, now
 from kernelagent.errors import Conflict, KernelAgentError, NotFound, Unavailable
 
+log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 T = TypeVar("T")
 R = TypeVar("R", bound="_Repo")
 
 BATCH_LIMIT = 64  # writes committed together at most
+CHECKPOINT_EVERY = 1.0  # seconds between the writer thread's WAL checkpoints (SQLite)
+NOW_OPTION = "kernelagent_now"  # execution option: take the write lock now or not at all
+
+
+class WriteLockTaken(Exception):
+    """Another connection holds SQLite's write lock (raised at ``BEGIN`` under ``NOW_OPTION``)."""
+
 
 UPDATABLE_SESSION_FIELDS = frozenset(
     {"title", "status", "kernel_id", "updated_at", "approval_mode"}
@@ -70,19 +83,35 @@ class SerialWriter:
     after another would): one commit for many sessions' cells. Each caller is answered once
     its write is committed. If any of them fails, the batch is rolled back and each is run
     again alone, so a failure is its own caller's and no one else's.
+
+    A write of a few rows by key (``at_once``) that finds nothing being written here, and the
+    file's write lock free, is made at once in the caller's thread: the hand-off to the thread
+    and back costs more than such a write. It never waits: with the lock taken, it queues.
+    Connections do not checkpoint the write-ahead log when they commit (``db.py``); this thread
+    does, every ``CHECKPOINT_EVERY`` seconds (``PASSIVE``: it waits for no one), so no write in
+    the event loop's thread waits for the disk.
     """
 
     def __init__(self, engine: Engine, name: str = "kernelagent-sqlite-writer") -> None:
         self.engine = engine
+        self._at_once = engine.execution_options(**{NOW_OPTION: True})
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._writing = threading.Lock()  # held by whoever writes for this process now
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         self.closed = False
 
-    async def run(self, work: Callable[[Any], T], core: bool = False) -> T:
+    async def run(self, work: Callable[[Any], T], core: bool = False, at_once: bool = False) -> T:
         """``work`` in a transaction: given an ORM session, or with ``core`` a Connection."""
         if self.closed:
             raise Unavailable("the database is closed")
+        if at_once and self._writing.acquire(blocking=False):
+            try:
+                return _run(self._at_once, work, core)
+            except WriteLockTaken:
+                pass  # another process writes: wait in the queue, not in this thread
+            finally:
+                self._writing.release()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Write(work, core, loop, done))
@@ -98,7 +127,20 @@ class SerialWriter:
         self._thread.join()
 
     def _loop(self) -> None:
-        while (first := self._queue.get()) is not None:
+        checkpoint = time.monotonic() + CHECKPOINT_EVERY
+        while True:
+            try:
+                first = self._queue.get(timeout=max(checkpoint - time.monotonic(), 0))
+            except queue.Empty:
+                first = _TICK
+            if time.monotonic() >= checkpoint:
+                self._checkpoint()
+                checkpoint = time.monotonic() + CHECKPOINT_EVERY
+            if first is None:
+                self._checkpoint()
+                return
+            if first is _TICK:
+                continue
             batch = [first]
             while len(batch) < BATCH_LIMIT:
                 try:
@@ -109,7 +151,17 @@ class SerialWriter:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(item)
-            self._write(batch)
+            with self._writing:
+                self._write(batch)
+
+    def _checkpoint(self) -> None:
+        """Copy what the write-ahead log holds into the database file, as far as readers allow."""
+        try:  # outside any transaction: on the driver's connection
+            with self.engine.connect() as connection:
+                driver = connection.connection.driver_connection
+                driver.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        except Exception:
+            log.warning("SQLite checkpoint failed; the next one tries again", exc_info=True)
 
     def _write(self, batch: list[_Write]) -> None:
         if len(batch) > 1:
@@ -129,6 +181,9 @@ class SerialWriter:
                 item.answer(None, e)
             else:
                 item.answer(result, None)
+
+
+_TICK: Any = object()  # the writer thread woke to checkpoint, with nothing to write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +228,9 @@ def _transaction(
             engine = self._writer if write else self._reader
             work = functools.partial(method, self)
             if write and self._serial is not None:
-                return await self._serial.run(lambda tx: work(tx, *args, **kwargs), core)
+                return await self._serial.run(
+                    lambda tx: work(tx, *args, **kwargs), core, at_once=inline_on_sqlite
+                )
             if inline_on_sqlite and self._serial is not None:
                 return _run(engine, lambda tx: work(tx, *args, **kwargs), core)
             return await asyncio.to_thread(_run, engine, lambda tx: work(tx, *args, **kwargs), core)
@@ -186,6 +243,9 @@ def _transaction(
 reads = _transaction(write=False)
 writes = _transaction(write=True)
 core_writes = _transaction(write=True, core=True)  # the method is given a Connection
+# a few rows by key (a cell's): on SQLite, at once in the caller's thread when nothing else is
+# being written (``SerialWriter``)
+quick_writes = _transaction(write=True, inline_on_sqlite=True, core=True)
 # one row by its key, on SQLite in the caller's thread: a read that never waits for a writer
 # (WAL) and takes tens of µs, less than the hand-off to a worker thread and back
 looks_up = _transaction(write=False, inline_on_sqlite=True, core=True)
@@ -361,7 +421,7 @@ class SqlCellRepo(_Repo):
             rows = [{"id": c.id, "session_id": c.session_id, **CellRow.values(c)} for c in cells]
             connection.execute(_INSERT_CELL, rows)
 
-    @core_writes
+    @quick_writes
     def append_next(self, connection: Connection, cell: Cell) -> Cell:
         """Insert ``cell`` at the session's next free index, in one transaction; returns it."""
         last = connection.execute(_LAST_INDEX, {"_session_id": cell.session_id}).scalar()
@@ -379,7 +439,7 @@ class SqlCellRepo(_Repo):
         query = select(CellRow.id).where(CellRow.session_id == session_id, CellRow.index == index)
         return tx.exec(query).first() is not None
 
-    @core_writes
+    @quick_writes
     def update(self, connection: Connection, cell: Cell, touch_session: bool = False) -> None:
         """Replace the cell with the same id (outputs, status, timing); NotFound if missing.
 
@@ -405,7 +465,7 @@ class SqlCellRepo(_Repo):
         query = select(CellRow).where(CellRow.session_id == session_id).order_by(col(CellRow.index))
         return [row.to_domain() for row in tx.exec(query)]
 
-    @core_writes
+    @quick_writes
     def annotate(self, connection: Connection, cell_id: str, key: str, value: Any) -> None:
         """Set one key of the cell's metadata, whatever else changes it meanwhile (the row
         is read and written in one transaction, locked on PostgreSQL); nothing if it is gone.

@@ -594,26 +594,72 @@ async def test_sqlite_writes_queued_together_commit_together_and_fail_alone(tmp_
             await db.sessions.add(session)
         commits: list[int] = []
         event.listen(db.engine, "commit", lambda connection: commits.append(1))
-        cells = await asyncio.gather(
-            *(db.cells.append_next(make_cell(s.id, -1)) for s in sessions for _ in range(5))
-        )
-        assert sorted(c.index for c in cells if c.session_id == sessions[0].id) == [0, 1, 2, 3, 4]
+        cells = [make_cell(s.id, i) for i in range(5) for s in sessions]  # each after the last
+        await asyncio.gather(*(db.cells.append(c) for c in cells))
         assert len(commits) < len(cells) / 2, "writes queued together were committed one by one"
         with sqlite3.connect(path) as raw:  # answered: on disk, for any other connection
             assert raw.execute("SELECT count(*) FROM cells").fetchone()[0] == len(cells)
 
         taken = make_cell(sessions[0].id, 0)
         results = await asyncio.gather(
-            *(db.cells.append_next(make_cell(s.id, -1)) for s in sessions),
+            *(db.cells.append(make_cell(s.id, 5)) for s in sessions),
             db.cells.append(taken),
-            *(db.cells.append_next(make_cell(s.id, -1)) for s in sessions),
+            *(db.cells.append(make_cell(s.id, 6)) for s in sessions),
             return_exceptions=True,
         )
         assert isinstance(results[len(sessions)], Conflict)
-        assert all(isinstance(r, Cell) for i, r in enumerate(results) if i != len(sessions))
+        assert all(r is None for i, r in enumerate(results) if i != len(sessions))
         for session in sessions:
             assert [c.index for c in await db.cells.list(session.id)] == list(range(7))
     finally:
         await db.close()
     with pytest.raises(KernelAgentError, match="closed"):
         await db.cells.append_next(make_cell(sessions[0].id, -1))
+
+
+async def test_sqlite_cell_writes_are_made_at_once_unless_the_file_is_busy(tmp_path):
+    """A cell's write finding nothing else being written is made in the caller's thread, with
+    no hand-off; while another process holds the write lock it waits in the writer thread,
+    and the event loop goes on meanwhile. Commits leave the log to the writer's checkpoints."""
+    path = tmp_path / "kernelagent.db"
+    db = await open_database(f"sqlite:///{path}")
+    threads: list[str] = []
+
+    def inserting(_conn, _cursor, statement, *_args):
+        if statement.startswith("INSERT INTO cells"):
+            threads.append(threading.current_thread().name)
+
+    try:
+        event.listen(db.engine, "before_cursor_execute", inserting)
+        session = await new_session(db)
+        first = await db.cells.append_next(make_cell(session.id, -1))
+        assert threads == [threading.current_thread().name]
+
+        other = sqlite3.connect(path, isolation_level=None)  # another process, writing
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            waiting = asyncio.create_task(db.cells.append_next(make_cell(session.id, -1)))
+            started = time.monotonic()
+            await asyncio.sleep(0.3)
+            assert time.monotonic() - started < 0.6, "the event loop waited for the lock"
+            assert not waiting.done()
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        second = await asyncio.wait_for(waiting, 10)
+        assert (first.index, second.index) == (0, 1)
+        assert threads[1] == "kernelagent-sqlite-writer"
+
+        with db.engine.connect() as connection:
+            autocheckpoint = connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        assert autocheckpoint == 0
+        size = path.stat().st_size
+        big = {"output_type": "stream", "name": "stdout", "text": "x" * 20_000}
+        for _ in range(50):
+            cell = await db.cells.append_next(make_cell(session.id, -1))
+            await db.cells.update(dataclasses.replace(cell, outputs=[big], status="ok"))
+        async with asyncio.timeout(10):  # the writer thread copies the log into the file
+            while path.stat().st_size <= size + 500_000:
+                await asyncio.sleep(0.1)
+    finally:
+        await db.close()
