@@ -5,8 +5,8 @@ or ``@writes``: it runs in a worker thread (``asyncio.to_thread``) in a transact
 committed before the coroutine returns, so a crash right after a call loses nothing it wrote.
 ``@looks_up`` (one row by its key) runs in the event loop's thread on SQLite, where it is cheaper
 than the trip to a thread. The few statements on every cell's path are Core statements built
-once, in a bare ``Connection`` (``@looks_up``, ``@core_writes``): an ORM session costs more than
-the statements themselves.
+once, run in a bare ``Connection`` (``@looks_up``, ``@quick_writes``, ``@core_writes``): an ORM
+session costs more than the statements themselves.
 ``@writes`` asks the engine for the write lock up front (``BEGIN IMMEDIATE`` on SQLite, see
 ``db.py``) so that a read-then-write transaction waits for a busy database instead of failing.
 On SQLite, which has one writer at a time anyway, a process's writes go through one thread
