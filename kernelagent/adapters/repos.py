@@ -29,12 +29,13 @@ import functools
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, update
+from sqlalchemy import Connection, Engine, Executable, bindparam, delete, func, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlmodel import Session as Transaction
@@ -326,8 +327,8 @@ class SqlSessionRepo(_Repo):
     def get(self, connection: Connection, session_id: str) -> Session | None:
         """A Core statement built once: read before every cell, where the ORM's load costs
         several times the query."""
-        row = connection.execute(_GET_SESSION, {"_id": session_id}).first()
-        return None if row is None else Session(**row._mapping)
+        row = _GET_SESSION.first(connection, {"_id": session_id})
+        return None if row is None else Session(**row)
 
     @reads
     def list_for_user(self, tx: Transaction, user_id: str) -> list[Session]:
@@ -376,18 +377,85 @@ class SqlSessionRepo(_Repo):
         tx.exec(delete(SessionRow).where(col(SessionRow.id) == session_id))
 
 
+class _Prepared:
+    """A Core statement on a cell's path. On SQLite it is run by the driver itself, compiled
+    once per set of value names: there SQLAlchemy's execution costs several times the
+    statement. Values go through the column types' bind processors and rows through their
+    result processors, as SQLAlchemy would; driver errors become SQLAlchemy's. Elsewhere
+    (PostgreSQL) it is executed as usual."""
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._compiled: dict[tuple[str, ...], tuple[str, list[tuple[str, Any]]]] = {}
+        self._columns: list[tuple[str, Any]] | None = None  # a query's, with their processors
+
+    def first(self, connection: Connection, values: dict[str, Any]) -> dict[str, Any] | None:
+        if connection.dialect.name != "sqlite":
+            row = connection.execute(self.statement, values).first()
+            return None if row is None else dict(row._mapping)
+        found = self._run(connection, values).fetchone()
+        if found is None:
+            return None
+        if self._columns is None:
+            self._columns = [
+                (column.name, _processor(column.type, connection.dialect, result=True))
+                for column in self.statement.selected_columns  # type: ignore[attr-defined]
+            ]
+        return {
+            name: process(value) if process else value
+            for (name, process), value in zip(self._columns, found, strict=True)
+        }
+
+    def scalar(self, connection: Connection, values: dict[str, Any]) -> Any:
+        if connection.dialect.name != "sqlite":
+            return connection.execute(self.statement, values).scalar()
+        found = self._run(connection, values).fetchone()
+        return None if found is None else found[0]
+
+    def rowcount(self, connection: Connection, values: dict[str, Any]) -> int:
+        if connection.dialect.name != "sqlite":
+            return connection.execute(self.statement, values).rowcount
+        return self._run(connection, values).rowcount
+
+    def _run(self, connection: Connection, values: dict[str, Any]) -> sqlite3.Cursor:
+        names = tuple(values)
+        if (compiled := self._compiled.get(names)) is None:
+            dialect = connection.dialect
+            built = self.statement.compile(dialect=dialect, column_keys=list(names))
+            binds = [
+                (name, _processor(built.binds[name].type, dialect, result=False))
+                for name in built.positiontup or ()
+            ]
+            compiled = self._compiled[names] = (built.string, binds)
+        sql, binds = compiled
+        params = [process(values[name]) if process else values[name] for name, process in binds]
+        try:
+            return connection.connection.driver_connection.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+
+
+def _processor(type_: Any, dialect: Any, result: bool) -> Any:
+    """The column type's own conversion of values for this dialect (None: none needed)."""
+    typed = type_.dialect_impl(dialect)
+    return typed.result_processor(dialect, None) if result else typed.bind_processor(dialect)
+
+
 _CELLS = CellRow.__table__  # type: ignore[attr-defined]
 _SESSIONS = SessionRow.__table__  # type: ignore[attr-defined]
-_UPDATE_CELL = update(_CELLS).where(
-    _CELLS.c.id == bindparam("_id"), _CELLS.c.session_id == bindparam("_session_id")
+_UPDATE_CELL = _Prepared(
+    update(_CELLS).where(
+        _CELLS.c.id == bindparam("_id"), _CELLS.c.session_id == bindparam("_session_id")
+    )
 )
-_TOUCH_SESSION = update(_SESSIONS).where(_SESSIONS.c.id == bindparam("_id"))
-_GET_SESSION = select(_SESSIONS).where(_SESSIONS.c.id == bindparam("_id"))
+_TOUCH_SESSION = _Prepared(update(_SESSIONS).where(_SESSIONS.c.id == bindparam("_id")))
+_GET_SESSION = _Prepared(select(_SESSIONS).where(_SESSIONS.c.id == bindparam("_id")))
 _CELL_METADATA = select(_CELLS.c.metadata).where(_CELLS.c.id == bindparam("_id")).with_for_update()
 _SET_CELL_METADATA = update(_CELLS).where(_CELLS.c.id == bindparam("_id"))
 _INSERT_CELL = insert(_CELLS)
-_LAST_INDEX = select(func.max(_CELLS.c.index)).where(
-    _CELLS.c.session_id == bindparam("_session_id")
+_APPEND_CELL = _Prepared(_INSERT_CELL)
+_LAST_INDEX = _Prepared(
+    select(func.max(_CELLS.c.index)).where(_CELLS.c.session_id == bindparam("_session_id"))
 )
 
 
@@ -424,14 +492,14 @@ class SqlCellRepo(_Repo):
     @quick_writes
     def append_next(self, connection: Connection, cell: Cell) -> Cell:
         """Insert ``cell`` at the session's next free index, in one transaction; returns it."""
-        last = connection.execute(_LAST_INDEX, {"_session_id": cell.session_id}).scalar()
+        last = _LAST_INDEX.scalar(connection, {"_session_id": cell.session_id})
         cell = dataclasses.replace(cell, index=0 if last is None else last + 1)
         with _violations(
             f"cell index {cell.index} of session {cell.session_id} (or cell id {cell.id}) is taken",
             missing=f"session {cell.session_id} not found",
         ):
             params = {"id": cell.id, "session_id": cell.session_id, **CellRow.values(cell)}
-            connection.execute(_INSERT_CELL, params)
+            _APPEND_CELL.rowcount(connection, params)
         return cell
 
     @staticmethod
@@ -448,10 +516,10 @@ class SqlCellRepo(_Repo):
         # Core statements built once (the ORM path costs ~3 ms per cell on the hot path)
         params = {"_id": cell.id, "_session_id": cell.session_id, **CellRow.values(cell)}
         with _violations(f"cell index {cell.index} of session {cell.session_id} is taken"):
-            if connection.execute(_UPDATE_CELL, params).rowcount != 1:
+            if _UPDATE_CELL.rowcount(connection, params) != 1:
                 raise NotFound(f"cell {cell.id} not found in session {cell.session_id}")
             if touch_session:
-                connection.execute(_TOUCH_SESSION, {"_id": cell.session_id, "updated_at": now()})
+                _TOUCH_SESSION.rowcount(connection, {"_id": cell.session_id, "updated_at": now()})
 
     @reads
     def next_index(self, tx: Transaction, session_id: str) -> int:

@@ -623,14 +623,17 @@ async def test_sqlite_cell_writes_are_made_at_once_unless_the_file_is_busy(tmp_p
     and the event loop goes on meanwhile. Commits leave the log to the writer's checkpoints."""
     path = tmp_path / "kernelagent.db"
     db = await open_database(f"sqlite:///{path}")
-    threads: list[str] = []
+    threads: list[str] = []  # where each cell row was inserted
 
-    def inserting(_conn, _cursor, statement, *_args):
-        if statement.startswith("INSERT INTO cells"):
-            threads.append(threading.current_thread().name)
+    def traced(dbapi_connection, _record, _proxy):
+        def trace(statement):
+            if statement.startswith("INSERT INTO cells"):
+                threads.append(threading.current_thread().name)
+
+        dbapi_connection.set_trace_callback(trace)
 
     try:
-        event.listen(db.engine, "before_cursor_execute", inserting)
+        event.listen(db.engine, "checkout", traced)
         session = await new_session(db)
         first = await db.cells.append_next(make_cell(session.id, -1))
         assert threads == [threading.current_thread().name]
@@ -663,3 +666,30 @@ async def test_sqlite_cell_writes_are_made_at_once_unless_the_file_is_busy(tmp_p
                 await asyncio.sleep(0.1)
     finally:
         await db.close()
+
+
+async def test_statements_on_a_cells_path_store_and_read_values_as_the_orm_does(db):
+    """The session read and a cell's rows (by the driver itself on SQLite) keep values exactly
+    as the ORM writes and reads them: timestamps in UTC, to the microsecond, in one format."""
+    started = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)  # no microseconds: still .000000
+    session = await new_session(db)
+    cell = await db.cells.append_next(make_cell(session.id, -1, started_at=started))
+    await db.cells.update(
+        dataclasses.replace(cell, status="ok", outputs=[{"output_type": "stream"}]),
+        touch_session=True,
+    )
+    [listed] = await db.cells.list(session.id)  # the ORM's read
+    assert listed.started_at == started and listed.started_at.tzinfo is not None
+    assert listed.outputs == [{"output_type": "stream"}] and listed.status == "ok"
+    got = await db.sessions.get(session.id)
+    [orm] = await db.sessions.list_for_user(session.user_id)
+    assert got == orm and got.updated_at > session.updated_at
+    assert got.updated_at.tzinfo is not None
+    if db.engine.dialect.name == "sqlite":
+        with db.engine.connect() as connection:
+            stored = connection.exec_driver_sql(
+                "SELECT c.started_at, s.created_at FROM cells c JOIN sessions s "
+                "ON s.id = c.session_id"
+            ).one()
+        assert stored[0] == "2026-01-02 03:04:05.000000"
+        assert len(stored[1]) == len(stored[0])  # the ORM's format (created_at), the same
