@@ -153,7 +153,9 @@ class SerialWriter:
                     break
                 batch.append(item)
             with self._writing:
-                self._write(batch)
+                outcomes = self._write(batch)
+            for item, (result, error) in zip(batch, outcomes, strict=True):
+                item.answer(result, error)
 
     def _checkpoint(self) -> None:
         """Copy what the write-ahead log holds into the database file, as far as readers allow."""
@@ -164,7 +166,9 @@ class SerialWriter:
         except Exception:
             log.warning("SQLite checkpoint failed; the next one tries again", exc_info=True)
 
-    def _write(self, batch: list[_Write]) -> None:
+    def _write(self, batch: list[_Write]) -> list[tuple[Any, BaseException | None]]:
+        """Each write's result or error, in order (answered once the lock is let go, so a
+        caller that writes again at once finds this thread idle)."""
         if len(batch) > 1:
             try:
                 with Transaction(self.engine, expire_on_commit=False) as tx, tx.begin():
@@ -172,16 +176,14 @@ class SerialWriter:
             except Exception:  # noqa: BLE001 - each is run alone below, and says what failed
                 pass
             else:
-                for item, result in zip(batch, results, strict=True):
-                    item.answer(result, None)
-                return
+                return [(result, None) for result in results]
+        outcomes: list[tuple[Any, BaseException | None]] = []
         for item in batch:
             try:
-                result = _run(self.engine, item.work, item.core)
+                outcomes.append((_run(self.engine, item.work, item.core), None))
             except BaseException as e:  # noqa: BLE001 - the caller's to handle
-                item.answer(None, e)
-            else:
-                item.answer(result, None)
+                outcomes.append((None, e))
+        return outcomes
 
 
 _TICK: Any = object()  # the writer thread woke to checkpoint, with nothing to write
@@ -393,7 +395,8 @@ class _Prepared:
         if connection.dialect.name != "sqlite":
             row = connection.execute(self.statement, values).first()
             return None if row is None else dict(row._mapping)
-        found = self._run(connection, values).fetchone()
+        with contextlib.closing(self._run(connection, values)) as cursor:
+            found = cursor.fetchone()
         if found is None:
             return None
         if self._columns is None:
@@ -409,13 +412,15 @@ class _Prepared:
     def scalar(self, connection: Connection, values: dict[str, Any]) -> Any:
         if connection.dialect.name != "sqlite":
             return connection.execute(self.statement, values).scalar()
-        found = self._run(connection, values).fetchone()
+        with contextlib.closing(self._run(connection, values)) as cursor:
+            found = cursor.fetchone()
         return None if found is None else found[0]
 
     def rowcount(self, connection: Connection, values: dict[str, Any]) -> int:
         if connection.dialect.name != "sqlite":
             return connection.execute(self.statement, values).rowcount
-        return self._run(connection, values).rowcount
+        with contextlib.closing(self._run(connection, values)) as cursor:
+            return cursor.rowcount
 
     def _run(self, connection: Connection, values: dict[str, Any]) -> sqlite3.Cursor:
         names = tuple(values)

