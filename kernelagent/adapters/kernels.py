@@ -44,6 +44,7 @@ from kernelagent.adapters.kernel_runs import (
     start_whole,
 )
 from kernelagent.adapters.kernelspecs import kernel_dirs
+from kernelagent.adapters.workspace_watch import WorkspaceWatch
 from kernelagent.config import Settings
 from kernelagent.domain import FileStat, KernelMessage
 from kernelagent.errors import InvalidInput, KernelDied, NotFound, SandboxError
@@ -246,6 +247,7 @@ class LocalKernels:
         self._ending: dict[str, set[asyncio.Event]] = {}  # kernels restarting or shutting down
         self._kernelspec: tuple[dict[str, Any], dict[str, bytes]] | None = None
         self._workspaces: dict[str, str] = {}  # kernel id → workspace name
+        self._watch = WorkspaceWatch()  # a cell that wrote no file costs no scan
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -329,6 +331,8 @@ class LocalKernels:
         target = self.workspace_path(workspace)
         # renames, in the loop: a thread hop would let the pool's refill start a kernel first
         _adopt(source, target, self.kernel_uid(kernel_id))
+        self._watch.forget(self._workspaces[kernel_id])
+        self._watch.forget(workspace)  # another directory now: scanned afresh
         self._workspaces[kernel_id] = workspace
         if manager._launch_args is not None:  # what restart_kernel replays
             manager._launch_args["cwd"] = str(target)
@@ -379,6 +383,7 @@ class LocalKernels:
         for kernel_id in list(self._links):  # none should be left; their sockets close first
             self._drop_link(kernel_id, "the server is stopping", "shutdown")
         self.mkm.context.destroy(linger=0)
+        self._watch.close()
 
     async def is_alive(self, kernel_id: str) -> bool:
         if kernel_id not in self.mkm:
@@ -461,8 +466,11 @@ class LocalKernels:
         return self.workspaces_dir / workspace
 
     async def list_files(self, workspace: str) -> dict[str, FileStat]:
-        found = await asyncio.to_thread(workspace_io.scan, self.workspace_path(workspace))
-        return {rel: FileStat(size, mtime) for rel, (size, mtime) in found.items()}
+        root = self.workspace_path(workspace)
+        listing = self._watch.listed(workspace)
+        if listing is None:
+            listing = await asyncio.to_thread(self._watch.scan, workspace, root)
+        return listing
 
     async def read_file(self, workspace: str, path: str, limit: int) -> bytes:
         root = self.workspace_path(workspace)
@@ -479,6 +487,7 @@ class LocalKernels:
 
     async def remove_workspace(self, workspace: str) -> None:
         await asyncio.to_thread(shutil.rmtree, self.workspace_path(workspace), True)
+        self._watch.forget(workspace)
 
     def package_dir(self, kernel_id: str) -> Path | None:
         try:

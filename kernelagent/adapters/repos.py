@@ -134,12 +134,12 @@ class SerialWriter:
                 first = self._queue.get(timeout=max(checkpoint - time.monotonic(), 0))
             except queue.Empty:
                 first = _TICK
+            if first is None:  # stopping: a last checkpoint
+                self._checkpoint()
+                return
             if time.monotonic() >= checkpoint:
                 self._checkpoint()
                 checkpoint = time.monotonic() + CHECKPOINT_EVERY
-            if first is None:
-                self._checkpoint()
-                return
             if first is _TICK:
                 continue
             batch = [first]
@@ -416,7 +416,8 @@ class _Prepared:
             found = cursor.fetchone()
         return None if found is None else found[0]
 
-    def rowcount(self, connection: Connection, values: dict[str, Any]) -> int:
+    def execute(self, connection: Connection, values: dict[str, Any]) -> int:
+        """Run a statement whose rows nobody reads; the number of rows it changed."""
         if connection.dialect.name != "sqlite":
             return connection.execute(self.statement, values).rowcount
         with contextlib.closing(self._run(connection, values)) as cursor:
@@ -504,7 +505,7 @@ class SqlCellRepo(_Repo):
             missing=f"session {cell.session_id} not found",
         ):
             params = {"id": cell.id, "session_id": cell.session_id, **CellRow.values(cell)}
-            _APPEND_CELL.rowcount(connection, params)
+            _APPEND_CELL.execute(connection, params)
         return cell
 
     @staticmethod
@@ -521,10 +522,10 @@ class SqlCellRepo(_Repo):
         # Core statements built once (the ORM path costs ~3 ms per cell on the hot path)
         params = {"_id": cell.id, "_session_id": cell.session_id, **CellRow.values(cell)}
         with _violations(f"cell index {cell.index} of session {cell.session_id} is taken"):
-            if _UPDATE_CELL.rowcount(connection, params) != 1:
+            if _UPDATE_CELL.execute(connection, params) != 1:
                 raise NotFound(f"cell {cell.id} not found in session {cell.session_id}")
             if touch_session:
-                _TOUCH_SESSION.rowcount(connection, {"_id": cell.session_id, "updated_at": now()})
+                _TOUCH_SESSION.execute(connection, {"_id": cell.session_id, "updated_at": now()})
 
     @reads
     def next_index(self, tx: Transaction, session_id: str) -> int:

@@ -17,7 +17,7 @@ import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kernelagent.errors import InvalidInput, NotFound, TooLarge
@@ -130,12 +130,15 @@ def remove_file(root: Path, rel: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
-def scan(root: Path) -> dict[str, tuple[int, int]]:
-    """Regular files under ``root``, never following symlinks: relative path → (size, mtime_ns)."""
+def scan(root: Path, on_dir: Callable[[int], None] | None = None) -> dict[str, tuple[int, int]]:
+    """Regular files under ``root``, never following symlinks: relative path → (size, mtime_ns).
+    ``on_dir`` is given each directory's fd as it is walked (to watch it)."""
     found: dict[str, tuple[int, int]] = {}
     if not root.is_dir():
         return found
     for dirpath, _, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
+        if on_dir is not None:
+            on_dir(dir_fd)
         rel_dir = os.path.relpath(dirpath, root)
         for name in filenames:
             if name.startswith(UPLOAD_TEMP):  # an upload still being written, or one cut off

@@ -1,8 +1,8 @@
 """Snapshots of the user's namespace, taken and brought back inside the kernel.
 
-After each cell, the kernel says whether a capture would find anything (``HINT``: not for a
-cell that binds and mentions no variable); after one that succeeded and would, the server asks
-for ``capture``: the variables the cell may
+After each cell, the kernel says whether a capture would find anything (``HINT``, in the
+metadata of the cell's ``execute_reply``: not for a cell that binds and mentions no variable);
+after one that succeeded and would, the server asks for ``capture``: the variables the cell may
 have changed (new or rebound names, and the names its code mentions, since those may have been
 mutated in place) are serialised with cloudpickle (pickle protocol 5: arrays and DataFrames go
 as their raw buffers), and a variable whose bytes are the same as last time is not sent again.
@@ -34,7 +34,7 @@ from typing import Any
 from kernelagent.kernelside.files import Verbatim, _kernel
 
 STATE_COMM = "kernelagent.state"  # the comm id of the messages that carry a snapshot's bytes
-HINT = "capture"  # after a cell, ``{"capture": bool}`` on STATE_COMM: whether one is due
+HINT = "kernelagent.capture"  # in a cell's execute_reply metadata: whether a capture is due
 PIECE = 4 * 1024 * 1024  # bytes per comm message
 # IPython's own names: outputs, inputs and history (_, __, _i, _ii3, _7, _oh…)
 INTERNAL = re.compile(r"_(_{0,2}|i{1,3}|\d+|i\d+|dh|oh|ih|sh)")
@@ -43,6 +43,7 @@ BUILTIN_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _ran_since = False  # whether a cell ran since the last capture
 _mentioned: set[str] = set()  # the names the cells run since the last capture mention
 _last_ok = False  # whether the last of them succeeded
+_due: bool | None = None  # the hint for the reply of the cell that just ran
 _known: dict[str, dict[str, Any]] = {}  # name → its entry in the last manifest
 _ids: dict[str, int] = {}  # name → id() of its object when last captured
 _process = uuid.uuid4().hex[:12]  # names this kernel process's captures
@@ -54,27 +55,49 @@ _restored: dict[str, Any] = {}  # name → the object the last restore bound
 
 def register(shell: Any) -> None:
     shell.events.register("post_run_cell", _ran)
+    kernel = getattr(shell, "kernel", None)
+    if kernel is not None and "finish_metadata" not in vars(kernel):
+        kernel.finish_metadata = _with_hint(kernel.finish_metadata)
 
 
 def unregister(shell: Any) -> None:
     with contextlib.suppress(ValueError):
         shell.events.unregister("post_run_cell", _ran)
+    kernel = getattr(shell, "kernel", None)
+    if kernel is not None:
+        vars(kernel).pop("finish_metadata", None)
+
+
+def _with_hint(finish_metadata: Any) -> Any:
+    """ipykernel's hook for an ``execute_reply``'s metadata, also carrying the hint: the
+    reply is sent anyway, so the hint costs no message of its own."""
+
+    def finish(parent: Any, metadata: dict[str, Any], reply_content: Any) -> dict[str, Any]:
+        global _due
+        metadata = finish_metadata(parent, metadata, reply_content)
+        if _due is not None:
+            metadata[HINT] = _due
+            _due = None
+        return metadata
+
+    return finish
 
 
 def _ran(result: Any) -> None:
     """Remember the cells run (not the server's silent requests): a failed one may have
-    changed what it mentions too, and the next capture looks at it. Then tell the server
-    (``HINT``, on iopub before the reply) whether a capture would find anything: a cell that
-    binds, rebinds, removes and mentions no variable needs none."""
-    global _last_ok, _ran_since
+    changed what it mentions too, and the next capture looks at it. Then keep for the reply
+    (``HINT``) whether a capture would find anything: a cell that binds, rebinds, removes and
+    mentions no variable needs none."""
+    global _due, _last_ok, _ran_since
     info = result.info
     if info is None or info.silent:
         return
     _ran_since = True
     _mentioned.update(_names_in(info.raw_cell or ""))
     _last_ok = bool(result.success)
+    _due = None
     with contextlib.suppress(Exception):  # a hint is an optimisation: never fail a cell
-        _hint(_pending())
+        _due = _pending()
 
 
 def _pending() -> bool:
@@ -85,17 +108,6 @@ def _pending() -> bool:
     return any(
         name not in _known or _ids.get(name) != id(value) or name in _mentioned
         for name, value in namespace.items()
-    )
-
-
-def _hint(pending: bool) -> None:
-    kernel = _kernel()
-    kernel.session.send(
-        kernel.iopub_socket,
-        "comm_msg",
-        {"comm_id": STATE_COMM, "data": {HINT: pending}},
-        parent=kernel.get_parent("shell"),
-        ident=f"comm-{STATE_COMM}".encode(),
     )
 
 

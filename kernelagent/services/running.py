@@ -15,7 +15,7 @@ from typing import Any
 
 from kernelagent.domain import CellStatus, KernelMessage
 from kernelagent.errors import KernelDied
-from kernelagent.kernelside.state import HINT, STATE_COMM
+from kernelagent.kernelside.state import HINT
 from kernelagent.services.outputs import OutputCollector
 from kernelagent.services.ports import KernelBackend, KernelRun
 
@@ -52,7 +52,6 @@ async def collect(
     deadline = time.monotonic() + timeout
     status: CellStatus = "ok"
     count: int | None = None
-    capture: bool | None = None
     timed_out = False
     while True:
         remaining = deadline - time.monotonic()
@@ -84,9 +83,6 @@ async def collect(
         if msg_type == "execute_input":
             count = content.get("execution_count")
             continue
-        if msg_type == "comm_msg" and content.get("comm_id") == STATE_COMM:
-            capture = bool(content.get("data", {}).get(HINT, True))
-            continue
         if msg_type == "error" and status == "ok":
             status = "error"
         changed = collector.feed(msg_type, content)
@@ -94,6 +90,8 @@ async def collect(
             await on_output(collector, changed)
     reply = await run.reply(REPLY_WAIT)
     final = "timeout" if timed_out else status
+    hint = reply.metadata.get(HINT) if reply is not None else None
+    capture = hint if isinstance(hint, bool) else None
     return CellResult(collector.outputs, final, count, reply, capture=capture)
 
 

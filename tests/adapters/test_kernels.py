@@ -19,7 +19,9 @@ import pytest
 from jupyter_client.session import Session
 
 from kernelagent.adapters import kernels as kernels_module
+from kernelagent.adapters import workspace_io, workspace_watch
 from kernelagent.adapters.kernels import DIGEST_HISTORY, LocalKernels
+from kernelagent.domain import FileStat
 from kernelagent.errors import InvalidInput, KernelDied, NotFound, TooLarge
 
 pytestmark = pytest.mark.sandbox
@@ -267,6 +269,58 @@ async def test_the_replay_guard_of_a_kernel_link_stays_small(kernels):
     await _ran(kernels, kernel, code, timeout=120)
     history = kernels._links[kernel].client.session.digest_history
     assert 0 < len(history) <= DIGEST_HISTORY
+
+
+async def test_a_workspace_is_walked_again_only_once_something_in_it_changed(kernels, monkeypatch):
+    """What the sandboxed kernel writes, anywhere in its workspace, is listed at once; a cell
+    that wrote nothing is listed without a walk."""
+    walks = []
+    scan = workspace_io.scan
+    monkeypatch.setattr(workspace_io, "scan", lambda *a, **kw: walks.append(1) or scan(*a, **kw))
+    kernel = await kernels.start("ws")
+
+    async def listed(code: str | None = None) -> dict[str, tuple[int, int]]:
+        if code is not None:
+            await _ran(kernels, kernel, code)
+        files = await kernels.list_files("ws")
+        assert files == {  # what a walk would find
+            rel: FileStat(*stat) for rel, stat in scan(kernels.workspace_path("ws")).items()
+        }
+        return {rel: (stat.size, stat.mtime_ns) for rel, stat in files.items()}
+
+    assert await listed() == {}
+    assert await listed() == {} and len(walks) == 2  # a new watch: walked once more
+    assert await listed("1 + 1") == {} and len(walks) == 2
+    assert set(await listed("open('out.txt', 'w').write('1')")) == {"out.txt"}
+    await listed("import os; os.makedirs('a/b'); open('a/b/x', 'w').write('1')")
+    walks.clear()
+    first = await listed("x = 1")
+    assert set(first) == {"out.txt", "a/b/x"} and walks == [1]  # the new directories' watches
+    assert await listed("y = 2") == first and walks == [1]
+    now = await listed("import time; time.sleep(0.01); open('a/b/x', 'r+').write('2')")
+    assert now["a/b/x"][0] == 1 and now["a/b/x"][1] > first["a/b/x"][1]
+    assert set(await listed("os.remove('a/b/x')")) == {"out.txt"}
+    await kernels.write_file("ws", "upload.csv", b"a\n")  # the server's own writes too
+    assert set(await listed()) == {"out.txt", "upload.csv"}
+    walks.clear()
+    await listed("z = 3")
+    assert walks == []
+    monkeypatch.setattr(workspace_watch, "RESCAN_AFTER", 0)  # a write through a memory map
+    await listed()
+    assert walks == [1]
+
+
+def test_without_inotify_every_listing_is_a_walk(tmp_path, monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(workspace_watch, "INotify", unavailable)
+    watch = workspace_watch.WorkspaceWatch()
+    (tmp_path / "f").write_text("1")
+    for _ in range(3):
+        assert watch.listed("ws") is None
+        assert set(watch.scan("ws", tmp_path)) == {"f"}
+    watch.close()
 
 
 async def _ran(kernels: LocalKernels, kernel: str, code: str, timeout: float = 60) -> None:
