@@ -10,6 +10,8 @@ The servers run as subprocesses on unused loopback ports, as ``bench/gateway.py`
 and published; Kernel Gateway 3 with the plain ``python3`` kernelspec, recording nothing). For
 each server, 16 kernels are created and one client per kernel sends ``1+1`` over the channels
 WebSocket, each waiting for the reply and the idle status before the next, for ``--seconds``.
+Each round starts once the server is quiet: kernelagent's pool, grown by the 16 arrivals, has
+refilled and its kernels' pre-imports are done (``--unsettled``: at once, while it refills).
 The servers take turns, twice each (interleaved). Measured: executions per second over all
 clients, and the server process's own CPU time (user + system, its kernels not counted, from
 ``/proc``) divided by the executions. ``--profile`` runs kernelagent under cProfile for its
@@ -36,7 +38,9 @@ from gateway import Server, kernel_gateway, kernelagent_server, request
 ROUNDS = 2
 
 
-async def busy(server: Server, kernels: int, seconds: float) -> dict[str, float]:
+async def busy(
+    server: Server, kernels: int, seconds: float, settle: bool = True
+) -> dict[str, float]:
     """``kernels`` clients each running ``1+1`` back to back for ``seconds``."""
     try:
         ids = [await server.create() for _ in range(kernels)]
@@ -54,6 +58,9 @@ async def busy(server: Server, kernels: int, seconds: float) -> dict[str, float]
                     raise RuntimeError(f"{server.name} failed warming up: {e!r}\n{log}") from e
         assert server.proc is not None
         process = psutil.Process(server.proc.pid)
+        if settle:  # the arrivals grew kernelagent's pool: refilled first
+            await server.pool_filled()
+            await settled(process)
         done = 0
         stop = time.monotonic() + seconds
 
@@ -80,14 +87,38 @@ async def busy(server: Server, kernels: int, seconds: float) -> dict[str, float]
     }
 
 
-async def busy_retried(server: Server, kernels: int, seconds: float) -> dict[str, float]:
+async def settled(process: psutil.Process, quiet: float = 0.05, most: float = 120) -> None:
+    """Until the server and its kernels together use under ``quiet`` of a core (a pooled
+    kernel's pre-imports run after it counts as ready)."""
+
+    def tree_cpu() -> float:
+        total = 0.0
+        for proc in (process, *process.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    deadline = time.monotonic() + most
+    before = tree_cpu()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = tree_cpu()
+        if now - before < quiet * 0.5:
+            return
+        before = now
+
+
+async def busy_retried(
+    server: Server, kernels: int, seconds: float, settle: bool
+) -> dict[str, float]:
     """``busy``, once more if a kernel failed to start or answer (seen with Kernel Gateway: a
     ``kernel_info_request`` it sent a new kernel went unanswered for its 60 s); said on stderr."""
     try:
-        return await busy(server, kernels, seconds)
+        return await busy(server, kernels, seconds, settle)
     except RuntimeError as e:
         print(f"{e.args[0].splitlines()[0]}; running the round again", file=sys.stderr)
-        return await busy(server, kernels, seconds)
+        return await busy(server, kernels, seconds, settle)
 
 
 async def main() -> int:
@@ -95,6 +126,7 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--kernels", type=int, default=16)
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
+    parser.add_argument("--unsettled", action="store_true", help="measure while pools refill")
     parser.add_argument("--profile", type=Path, help="run kernelagent under cProfile, to here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kernelagent-bench-") as tmp_name:
@@ -115,7 +147,9 @@ async def main() -> int:
             await servers["kernelagent"].pool_filled()
             for _ in range(ROUNDS):
                 for name, srv in servers.items():
-                    results[name].append(await busy_retried(srv, args.kernels, args.seconds))
+                    results[name].append(
+                        await busy_retried(srv, args.kernels, args.seconds, not args.unsettled)
+                    )
         finally:
             for srv in servers.values():
                 await srv.stop()
@@ -144,6 +178,7 @@ async def main() -> int:
     }
     out = {
         "kernels": args.kernels,
+        "settled": not args.unsettled,
         "seconds": args.seconds,
         "servers": summary,
         "ratios": ratios,
