@@ -39,6 +39,7 @@ PIECE = 4 * 1024 * 1024  # bytes per comm message
 # IPython's own names: outputs, inputs and history (_, __, _i, _ii3, _7, _oh…)
 INTERNAL = re.compile(r"_(_{0,2}|i{1,3}|\d+|i\d+|dh|oh|ih|sh)")
 BUILTIN_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+_ABSENT = object()
 
 _ran_since = False  # whether a cell ran since the last capture
 _mentioned: set[str] = set()  # the names the cells run since the last capture mention
@@ -260,13 +261,13 @@ def rebind() -> int:
 def _namespace() -> dict[str, Any]:
     """The user's variables: not IPython's, not what the namespace started with."""
     shell = _kernel().shell
-    hidden = shell.user_ns_hidden
+    hidden = shell.user_ns_hidden  # what IPython put there itself (its output history too)
     return {
         name: value
         for name, value in shell.user_ns.items()
-        if not INTERNAL.fullmatch(name)
+        if hidden.get(name, _ABSENT) is not value  # first: the cheapest, and the most common
         and name not in BUILTIN_NAMES
-        and not (name in hidden and hidden[name] is value)
+        and not (name[:1] == "_" and INTERNAL.fullmatch(name))
     }
 
 
