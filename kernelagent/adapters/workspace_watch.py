@@ -1,15 +1,14 @@
 """Whether a workspace changed since it was last scanned, told by inotify: a cell that wrote
 no file costs no walk of its workspace.
 
-One inotify descriptor per process watches every directory a scan walked (added through the
-scan's own directory fd, ``/proc/self/fd/N``: the directory the scan opened, whatever its
-path leads to now). Any event in a
-workspace's directories counts as a change; a listing is reused only while its workspace saw
-none since the scan began. A directory watched for the first time counts as a change too: it may
-have changed between its listing and its watch, so the next call scans again (and finds every
-watch in place). A full event queue counts as a change everywhere. inotify does not see writes
-through a shared memory map, so a listing is also never reused past ``RESCAN_AFTER`` seconds.
-Without inotify (or past the watch limit) every call scans, as before.
+One inotify descriptor per process watches every directory a scan walked, added through the
+scan's own directory fd (``/proc/self/fd/N``: the directory the scan opened, whatever its path
+leads to now). Any event in a workspace's directories counts as a change; a listing is reused
+only while its workspace saw none since the scan began. A directory watched for the first time
+counts as a change too: it may have changed between its listing and its watch, so the next call
+scans again (and finds every watch in place). A full event queue counts as a change everywhere.
+inotify does not see writes through a shared memory map, so a listing is also never reused
+past ``RESCAN_AFTER`` seconds. Without inotify (or past the watch limit) every call scans.
 """
 
 from __future__ import annotations
@@ -95,7 +94,8 @@ class WorkspaceWatch:
         return dict(listing)
 
     def forget(self, name: str) -> None:
-        """A removed workspace (its watches end with its directories)."""
+        """A workspace removed or replaced by another directory (its watches end with its
+        directories); called while nothing scans it (its session's cells are done or held)."""
         with self._lock:
             self._listings.pop(name, None)
             self._changes.pop(name, None)
