@@ -161,11 +161,11 @@ class TurnService:
         ended = await self.db.turns.transition(
             turn.id, "running", status="failed", error=GONE, ended_at=now(), pending=None
         )
-        if ended:
+        if ended:  # the note first, as a turn that fails here: its end is the turn's last event
+            await self.recorder.note(turn.session_id, f"The turn stopped: {GONE}")
             await self.recorder.publish(
                 turn.session_id, TurnFailed(turn_id=turn.id, status="failed", error=GONE)
             )
-            await self.recorder.note(turn.session_id, f"The turn stopped: {GONE}")
         return int(ended)
 
     async def _unfinished(self, session_id: str) -> bool:

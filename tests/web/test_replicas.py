@@ -179,9 +179,10 @@ async def test_a_replica_killed_mid_turn_and_mid_upload_loses_nothing_completed(
             answered = (await upload).code
         except (OSError, HTTPClientError):  # the connection died with the replica
             answered = None
-        await watch.until(ended(turn), timeout=4 * LEASE + 20)
-    failed = watch.events[-1]
+        seen = await watch.until(ended(turn), timeout=4 * LEASE + 20)
+    failed = seen[-1]  # the turn's end is its last event: after the note that says why
     assert failed.type == "turn.failed" and "stopped" in failed.data["error"], failed
+    assert seen[-2].type == "cell.added" and "The turn stopped" in seen[-2].data["source"]
 
     # the others serve the session: its state restored or replayed, its completed upload there
     async with asyncio.timeout(4 * LEASE + 20):
