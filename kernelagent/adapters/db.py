@@ -31,6 +31,7 @@ from sqlalchemy.pool import QueuePool
 
 from kernelagent.adapters.repos import (
     NOW_OPTION,
+    HeldConnection,
     SerialWriter,
     SqlArtifactRepo,
     SqlCellRepo,
@@ -68,8 +69,10 @@ class SqlDatabase:
         self.engine = engine
         reader, writer = engine, engine.execution_options(**WRITE)
         # SQLite has one writer at a time: this process's go through one thread (repos.py)
-        self._serial = SerialWriter(writer) if engine.dialect.name == "sqlite" else None
-        repo = (reader, writer, self._serial)
+        sqlite = engine.dialect.name == "sqlite"
+        self._serial = SerialWriter(writer) if sqlite else None
+        self._held_reader = HeldConnection(reader) if sqlite else None
+        repo = (reader, writer, self._serial, self._held_reader)
         self.users = SqlUserRepo(*repo)
         self.sessions = SqlSessionRepo(*repo)
         self.cells = SqlCellRepo(*repo)
@@ -81,6 +84,8 @@ class SqlDatabase:
         """Dispose of the pool once the transactions still running in worker threads are
         done (up to ``CLOSE_WAIT``): a connection handed back after the dispose would go to the
         discarded pool and be left, open, to the garbage collector."""
+        if self._held_reader is not None:
+            self._held_reader.close()
         if self._serial is not None:  # what is queued is written first
             self._serial.close()
             await asyncio.to_thread(self._serial.join)

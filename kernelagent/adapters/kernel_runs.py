@@ -9,6 +9,7 @@ other's messages. When the kernel goes away, every run in flight ends with ``Ker
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
@@ -51,14 +52,50 @@ class Ended:
         self.error = error
 
 
+class Inbox:
+    """Messages for one reader, which waits with a timeout.
+
+    ``asyncio.Queue`` under ``asyncio.wait_for`` makes a task for every wait (Python 3.11): on a
+    cell's path, several times per cell. Here a wait is one future and one timer."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[KernelMessage | Ended] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: KernelMessage | Ended) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self, timeout: float) -> KernelMessage | Ended | None:
+        """The oldest item; None if none came within ``timeout`` seconds."""
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._items:
+                return None
+        return self._items.popleft()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Run:
     """One request's messages, as ``_Link`` hands them over."""
 
     def __init__(self, link: Link, msg_id: str):
         self.link = link
         self.msg_id = msg_id
-        self.messages: asyncio.Queue[KernelMessage | Ended] = asyncio.Queue()
-        self.replies: asyncio.Queue[KernelMessage | Ended] = asyncio.Queue()
+        self.messages = Inbox()
+        self.replies = Inbox()
 
     async def next(self, timeout: float) -> KernelMessage | None:
         loop = asyncio.get_running_loop()
@@ -67,12 +104,8 @@ class Run:
             wait = min(deadline - loop.time(), LIVENESS_POLL)
             if wait <= 0:
                 return None
-            try:
-                if self.messages.empty():
-                    item = await asyncio.wait_for(self.messages.get(), wait)
-                else:
-                    item = self.messages.get_nowait()
-            except TimeoutError:
+            item = await self.messages.get(wait)
+            if item is None:
                 if not await self.link.alive():
                     reason = await self.link.exit_reason()
                     raise KernelDied(reason or "the kernel died") from None
@@ -82,13 +115,7 @@ class Run:
             return item
 
     async def reply(self, timeout: float) -> KernelMessage | None:
-        try:
-            if self.replies.empty():
-                item = await asyncio.wait_for(self.replies.get(), timeout)
-            else:
-                item = self.replies.get_nowait()
-        except TimeoutError:
-            return None
+        item = await self.replies.get(timeout)
         return None if isinstance(item, Ended) else item
 
     async def send_input(self, message: dict[str, Any]) -> None:
@@ -96,7 +123,7 @@ class Run:
 
     def deliver(self, msg: KernelMessage) -> None:
         """A message of this request: replies (shell) apart from the rest."""
-        (self.replies if msg.channel == "shell" else self.messages).put_nowait(msg)
+        (self.replies if msg.channel == "shell" else self.messages).put(msg)
 
     def close(self) -> None:
         self.link.runs.pop(self.msg_id, None)
@@ -105,8 +132,8 @@ class Run:
 def end_runs(runs: dict[str, Run], error: KernelDied) -> None:
     """Every run in flight ends with ``error``."""
     for run in runs.values():
-        run.messages.put_nowait(Ended(error))
-        run.replies.put_nowait(Ended(error))
+        run.messages.put(Ended(error))
+        run.replies.put(Ended(error))
     runs.clear()
 
 

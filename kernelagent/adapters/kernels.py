@@ -89,10 +89,8 @@ class _Link:
             self.runs[run.msg_id] = run
             await self.send("shell", request)
             try:
-                if await run.reply(1.0) is not None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(run.messages.get(), 0.2)
-                        return
+                if await run.reply(1.0) is not None and await run.messages.get(0.2) is not None:
+                    return
             finally:
                 run.close()
         raise KernelDied(f"the kernel did not answer within {timeout:g} s")

@@ -75,6 +75,40 @@ UPDATABLE_TURN_FIELDS = frozenset(
 )
 
 
+class HeldConnection:
+    """One connection kept open for the event loop's own short transactions on SQLite (a
+    ``@looks_up`` read, a ``@quick_writes`` write made at once): taking a connection from the
+    pool and setting up its ``Connection`` each time costs more than such a transaction's
+    statements. Used from one thread only (the first to use it; others take the pool's), and
+    closed after any error: the next use opens a fresh one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._connection: Connection | None = None
+        self._thread: int | None = None
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in a transaction on the held connection, committed before it returns."""
+        if self._thread is None:
+            self._thread = threading.get_ident()
+        elif self._thread != threading.get_ident():
+            with self.engine.begin() as connection:
+                return work(connection)
+        if self._connection is None:
+            self._connection = self.engine.connect()
+        try:
+            with self._connection.begin():
+                return work(self._connection)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            connection.close()
+
+
 class SerialWriter:
     """The one thread that writes a SQLite file for this process.
 
@@ -95,7 +129,7 @@ class SerialWriter:
 
     def __init__(self, engine: Engine, name: str = "kernelagent-sqlite-writer") -> None:
         self.engine = engine
-        self._at_once = engine.execution_options(**{NOW_OPTION: True})
+        self._at_once = HeldConnection(engine.execution_options(**{NOW_OPTION: True}))
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._writing = threading.Lock()  # held by whoever writes for this process now
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -108,7 +142,7 @@ class SerialWriter:
             raise Unavailable("the database is closed")
         if at_once and self._writing.acquire(blocking=False):
             try:
-                return _run(self._at_once, work, core)
+                return _run(self.engine, work, core, held=self._at_once)
             except WriteLockTaken:
                 pass  # another process writes: wait in the queue, not in this thread
             finally:
@@ -122,6 +156,7 @@ class SerialWriter:
         """Take no more writes; the thread finishes what is queued, then stops (``join``).
         Called in the event loop's thread, so no write is queued after the stop."""
         self.closed = True
+        self._at_once.close()
         self._queue.put(None)
 
     def join(self) -> None:
@@ -211,10 +246,17 @@ def _settle(done: asyncio.Future[Any], result: Any, error: BaseException | None)
 
 
 class _Repo:
-    def __init__(self, reader: Engine, writer: Engine, serial: SerialWriter | None = None) -> None:
+    def __init__(
+        self,
+        reader: Engine,
+        writer: Engine,
+        serial: SerialWriter | None = None,
+        held_reader: HeldConnection | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self._serial = serial  # SQLite: writes go through its one writer thread
+        self._held_reader = held_reader  # SQLite: the event loop's reads (``@looks_up``)
 
 
 def _transaction(
@@ -234,8 +276,8 @@ def _transaction(
                 return await self._serial.run(
                     lambda tx: work(tx, *args, **kwargs), core, at_once=inline_on_sqlite
                 )
-            if inline_on_sqlite and self._serial is not None:
-                return _run(engine, lambda tx: work(tx, *args, **kwargs), core)
+            if inline_on_sqlite and self._held_reader is not None:
+                return _run(engine, lambda tx: work(tx, *args, **kwargs), core, self._held_reader)
             return await asyncio.to_thread(_run, engine, lambda tx: work(tx, *args, **kwargs), core)
 
         return run
@@ -254,8 +296,12 @@ quick_writes = _transaction(write=True, inline_on_sqlite=True, core=True)
 looks_up = _transaction(write=False, inline_on_sqlite=True, core=True)
 
 
-def _run(engine: Engine, work: Callable[[Any], T], core: bool = False) -> T:
+def _run(
+    engine: Engine, work: Callable[[Any], T], core: bool = False, held: HeldConnection | None = None
+) -> T:
     try:
+        if held is not None:
+            return held.run(work)
         if core:
             with engine.begin() as connection:
                 return work(connection)

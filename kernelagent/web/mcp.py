@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -70,6 +71,19 @@ class KernelagentMcp(MCPServer[Any]):
     """Lists each of the user's notebooks as a resource (the templates serve every read)."""
 
     services: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The SDK sets up the root logger when it is built, if nothing did before (a rich
+        console handler, at INFO). Logging is the application's (``logs.configure``): an app
+        embedded in another program leaves that program's logging as it was, and its requests
+        are not each drawn on a console."""
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
 
     async def list_resources(self) -> list[mcp_types.Resource]:
         listed = await super().list_resources()

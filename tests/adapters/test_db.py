@@ -668,6 +668,37 @@ async def test_sqlite_cell_writes_are_made_at_once_unless_the_file_is_busy(tmp_p
         await db.close()
 
 
+async def test_sqlite_cells_path_keeps_its_connections_and_renews_one_after_an_error(tmp_path):
+    """The event loop's session reads and cell writes reuse two held connections instead of
+    taking one from the pool each time; a failed write drops its connection and the next
+    opens a fresh one; another thread reads through the pool; close gives both back."""
+    db = await open_database(f"sqlite:///{tmp_path / 'kernelagent.db'}")
+    checkouts = []
+    event.listen(db.engine, "checkout", lambda *_: checkouts.append(threading.get_ident()))
+    try:
+        session = await new_session(db)
+        checkouts.clear()
+        for _ in range(20):
+            assert (await db.sessions.get(session.id)).id == session.id
+            cell = await db.cells.append_next(make_cell(session.id, -1))
+            await db.cells.update(dataclasses.replace(cell, status="ok"), touch_session=True)
+        assert len(checkouts) <= 2, "a connection from the pool for each transaction"
+
+        with pytest.raises(NotFound):  # a foreign key violation, inside the held transaction
+            await db.cells.append_next(make_cell("no-such-session", -1))
+        cell = await db.cells.append_next(make_cell(session.id, -1))
+        assert cell.index == 20
+        assert [c.index for c in await db.cells.list(session.id)] == list(range(21))
+
+        elsewhere = await asyncio.to_thread(asyncio.run, db.sessions.get(session.id))
+        assert elsewhere is not None and elsewhere.id == session.id
+    finally:
+        started = time.monotonic()
+        await db.close()
+    assert time.monotonic() - started < 5, "close waited for a connection never given back"
+    assert db.engine.pool.checkedout() == 0
+
+
 async def test_statements_on_a_cells_path_store_and_read_values_as_the_orm_does(db):
     """The session read and a cell's rows (by the driver itself on SQLite) keep values exactly
     as the ORM writes and reads them: timestamps in UTC, to the microsecond, in one format."""

@@ -81,3 +81,36 @@ def test_an_unknown_log_format_is_refused():
         text=True,
     )
     assert result.returncode == 2 and "KERNELAGENT_LOG_FORMAT" in result.stderr
+
+
+def test_an_embedded_app_leaves_the_root_logger_as_it_found_it(tmp_path):
+    """A program that runs the app inside itself keeps its own logging: the MCP SDK, built at
+    start, would otherwise give the root logger a console handler at INFO, drawing every
+    request."""
+    sock, port = bind_unused_port()
+    sock.close()
+    script = """
+import asyncio, logging, sys
+from pathlib import Path
+from kernelagent.app import KernelAgentApp
+from kernelagent.config import Settings
+
+async def main():
+    app = KernelAgentApp(Settings(data_dir=Path(sys.argv[1]), port=int(sys.argv[2]), pool_size=0))
+    await app.start()
+    try:
+        root = logging.getLogger()
+        print(len(root.handlers), logging.getLevelName(root.level), app._mcp is not None)
+    finally:
+        await app.stop()
+
+asyncio.run(main())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "data"), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "WARNING", "True"]
