@@ -211,27 +211,31 @@ def build_notebook(
                 salt += 1
                 cell_id = notebook_cell_id(cell.id, f"{position}:{salt}")
         used.add(cell_id)
-        original = cell.id if cell_id != cell.id else None
-        metadata = {"kernelagent": _cell_metadata(cell, original)}
-        if cell.cell_type == "code":
-            outputs = [
-                _export_output(out, f"kernelagent-plotly-{cell_id}-{n}")
-                for n, out in enumerate(cell.outputs)
-            ]
-            count = cell.execution_count
-            node = {
-                "id": cell_id,
-                "cell_type": "code",
-                "metadata": metadata,
-                "execution_count": count if isinstance(count, int) and count >= 0 else None,
-                "source": cell.source,
-                "outputs": outputs,
-            }
-        else:
-            node = {"id": cell_id, "cell_type": "markdown", "metadata": metadata,
-                    "source": cell.source}  # fmt: skip
-        nb.cells.append(nbformat.from_dict(node))
+        nb.cells.append(nbformat.from_dict(notebook_cell(cell, cell_id)))
     return nb
+
+
+def notebook_cell(cell: Cell, cell_id: str | None = None) -> dict[str, Any]:
+    """One cell as ``build_notebook`` writes it, as a plain dict (a cell's answer over HTTP);
+    ``cell_id``: the notebook's id for it, by default derived from the domain id."""
+    cell_id = cell_id or notebook_cell_id(cell.id)
+    original = cell.id if cell_id != cell.id else None
+    metadata = {"kernelagent": _cell_metadata(cell, original)}
+    if cell.cell_type != "code":
+        return {"id": cell_id, "cell_type": "markdown", "metadata": metadata,
+                "source": cell.source}  # fmt: skip
+    count = cell.execution_count
+    return {
+        "id": cell_id,
+        "cell_type": "code",
+        "metadata": metadata,
+        "execution_count": count if isinstance(count, int) and count >= 0 else None,
+        "source": cell.source,
+        "outputs": [
+            _export_output(out, f"kernelagent-plotly-{cell_id}-{n}")
+            for n, out in enumerate(cell.outputs)
+        ],
+    }
 
 
 def notebook_bytes(nb: Mapping[str, Any]) -> bytes:

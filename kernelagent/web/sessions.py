@@ -7,7 +7,7 @@ import pydantic
 from kernelagent.services.execution import ExecutionService
 from kernelagent.services.files import FileService
 from kernelagent.services.notebook_store import NotebookStore
-from kernelagent.services.notebooks import build_notebook
+from kernelagent.services.notebooks import notebook_cell
 from kernelagent.services.sessions import TITLE_MAX, SessionService
 from kernelagent.services.turns import TurnService
 from kernelagent.web.base import ApiHandler, Request, operation
@@ -148,7 +148,7 @@ class CellsHandler(ApiHandler):
         )
         session = result.session
         self.notebooks.schedule_save(session)
-        cell = build_notebook([result.cell], title=session.title, session_id=session.id).cells[0]
+        cell = notebook_cell(result.cell)
         artifacts = [artifact_body(a, self.files.signed_url(a.id)) for a in result.artifacts]
         self.write_model(CellRun.model_validate({"cell": cell, "artifacts": artifacts}))
 

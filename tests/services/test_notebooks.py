@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -18,6 +19,7 @@ from kernelagent.services.notebooks import (
     build_notebook,
     cells_from_notebook,
     notebook_bytes,
+    notebook_cell,
     notebook_cell_id,
     plotly_html_fallback,
 )
@@ -165,6 +167,17 @@ def test_built_notebook_is_valid_nbformat_4_5_with_kernel_metadata():
     assert info["pygments_lexer"] == "ipython3"
     assert info["nbconvert_exporter"] == "python"
     assert nb.metadata.kernelagent == {"session_id": SESSION, "title": "Ventes 2025"}
+
+
+def test_a_cell_alone_is_the_cell_the_notebook_holds():
+    """A cell's HTTP answer (``notebook_cell``) is the cell as the exported notebook has it."""
+    cells = conversation()
+    nb = build_notebook(cells, title="t", session_id=SESSION)
+    assert [notebook_cell(c) for c in cells] == nb.cells
+    odd = dataclasses.replace(cells[1], id="not a valid id!")
+    alone = notebook_cell(odd)
+    assert alone == build_notebook([odd], title="t", session_id=SESSION).cells[0]
+    assert alone["id"] != odd.id and alone["metadata"]["kernelagent"]["cell_id"] == odd.id
 
 
 def test_kernel_arguments():
