@@ -464,9 +464,9 @@ class LocalKernels:
         return self.workspaces_dir / workspace
 
     async def list_files(self, workspace: str) -> dict[str, FileStat]:
-        root = self.workspace_path(workspace)
         listing = self._watch.listed(workspace)
         if listing is None:
+            root = self.workspace_path(workspace)
             listing = await asyncio.to_thread(self._watch.scan, workspace, root)
         return listing
 

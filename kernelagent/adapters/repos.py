@@ -441,8 +441,7 @@ class _Prepared:
         if connection.dialect.name != "sqlite":
             row = connection.execute(self.statement, values).first()
             return None if row is None else dict(row._mapping)
-        with contextlib.closing(self._run(connection, values)) as cursor:
-            found = cursor.fetchone()
+        found = self._one(connection, values)
         if found is None:
             return None
         if self._columns is None:
@@ -458,8 +457,7 @@ class _Prepared:
     def scalar(self, connection: Connection, values: dict[str, Any]) -> Any:
         if connection.dialect.name != "sqlite":
             return connection.execute(self.statement, values).scalar()
-        with contextlib.closing(self._run(connection, values)) as cursor:
-            found = cursor.fetchone()
+        found = self._one(connection, values)
         return None if found is None else found[0]
 
     def execute(self, connection: Connection, values: dict[str, Any]) -> int:
@@ -468,6 +466,10 @@ class _Prepared:
             return connection.execute(self.statement, values).rowcount
         with contextlib.closing(self._run(connection, values)) as cursor:
             return cursor.rowcount
+
+    def _one(self, connection: Connection, values: dict[str, Any]) -> tuple[Any, ...] | None:
+        with contextlib.closing(self._run(connection, values)) as cursor:
+            return cursor.fetchone()
 
     def _run(self, connection: Connection, values: dict[str, Any]) -> sqlite3.Cursor:
         names = tuple(values)

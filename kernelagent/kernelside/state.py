@@ -94,7 +94,7 @@ def _ran(result: Any) -> None:
     if info is None or info.silent:
         return
     _ran_since = True
-    _mentioned.update(_names_in(info.raw_cell or ""))
+    _mentioned.update(_names_in(info.raw_cell or "", _transformed(info)))
     _last_ok = bool(result.success)
     _due = None
     with contextlib.suppress(Exception):  # a hint is an optimisation: never fail a cell
@@ -271,15 +271,32 @@ def _namespace() -> dict[str, Any]:
     }
 
 
-def _names_in(code: str) -> set[str]:
+def _names_in(code: str, transformed: str | None = None) -> set[str]:
     """The names a cell's code mentions (after IPython's transformations: magics become
-    calls); all of them if it does not parse."""
+    calls; ``transformed``, if IPython's own is at hand); all of them if it does not parse."""
     try:
-        shell = _kernel().shell
-        tree = ast.parse(shell.transform_cell(code))
+        if transformed is None:
+            transformed = _kernel().shell.transform_cell(code)
+        tree = ast.parse(transformed)
     except Exception:  # noqa: BLE001 - unparsable: every name may have changed
         return set(_namespace())
     return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+
+
+def _transformed(info: Any) -> str | None:
+    """The cell as IPython transformed it to run it, from its input history (a cell kept in
+    history is stored there transformed): transforming it again costs more than the rest of
+    this hook. None if the last entry is not this cell."""
+    if not info.store_history:
+        return None
+    try:
+        history = _kernel().shell.history_manager
+    except RuntimeError:  # not in a kernel
+        return None
+    raw, parsed = history.input_hist_raw, history.input_hist_parsed
+    if not raw or not parsed or raw[-1] != (info.raw_cell or "").rstrip("\n"):
+        return None
+    return str(parsed[-1])
 
 
 def _dumps(value: Any) -> bytes:
