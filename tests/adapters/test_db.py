@@ -684,10 +684,12 @@ async def test_sqlite_cells_path_keeps_its_connections_and_renews_one_after_an_e
             await db.cells.update(dataclasses.replace(cell, status="ok"), touch_session=True)
         assert len(checkouts) <= 2, "a connection from the pool for each transaction"
 
+        held = len(checkouts)
         with pytest.raises(NotFound):  # a foreign key violation, inside the held transaction
             await db.cells.append_next(make_cell("no-such-session", -1))
         cell = await db.cells.append_next(make_cell(session.id, -1))
         assert cell.index == 20
+        assert len(checkouts) == held + 1, "the failed write's connection was kept"
         assert [c.index for c in await db.cells.list(session.id)] == list(range(21))
 
         elsewhere = await asyncio.to_thread(asyncio.run, db.sessions.get(session.id))
