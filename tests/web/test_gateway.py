@@ -461,7 +461,8 @@ async def test_each_session_is_a_kernelspec_that_attaches_to_its_kernel(ka_serve
         iopub, _ = await ws.execute("revenue * 2")
     finally:
         ws.close()
-    result = next(m for m in iopub if m["msg_type"] == "execute_result")
+    result = next((m for m in iopub if m["msg_type"] == "execute_result"), None)
+    assert result is not None, [(m["msg_type"], m["content"]) for m in iopub]
     assert result["content"]["data"]["text/plain"] == "2468"
     cells = await ka_server.services.db.cells.list(sid)
     assert (cells[-1].role, cells[-1].source) == ("gateway", "revenue * 2")
