@@ -11,6 +11,7 @@ may run from another environment (a kernel image) than the server.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from kernelagent.kernelside import dataframes, packages, state
@@ -20,6 +21,9 @@ LOAD_CODE = f'__import__("IPython").get_ipython().extension_manager.load_extensi
 
 
 def load_ipython_extension(ipython: Any) -> None:
+    # IPython's note that its output cache (``Out``, ``_N``) is full is meant for a terminal:
+    # here it would be an output of whichever cell happened to be the 1000th
+    warnings.filterwarnings("ignore", "Output cache limit", UserWarning, "IPython.core.displayhook")
     dataframes.register(ipython)
     state.register(ipython)
     packages.register(ipython)

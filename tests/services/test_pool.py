@@ -174,7 +174,8 @@ async def test_the_pool_grows_with_arrivals_and_shrinks_when_they_stop(settings)
         warm = {k.id for k in pool._ready}
         assert len(warm) == 3 and kernels.running() == 6
         async with asyncio.timeout(30):  # the arrivals leave the window: back to one
-            while pool.ready_count > 1:
+            # a kernel leaves the pool before its shutdown ends: wait for both
+            while pool.ready_count > 1 or kernels.running() > 4:
                 await asyncio.sleep(0.2)
         assert pool.target == 1
         assert {k.id for k in pool._ready} <= warm

@@ -63,6 +63,18 @@ async def test_cell_runs_and_is_recorded(ka_server):
     assert again["outputs"][0]["data"]["text/plain"] == "20"
 
 
+async def test_a_full_output_cache_is_not_a_cells_output(ka_server):
+    """IPython culls its output cache (``Out``) when it is full, warning a terminal: that
+    warning is not an output of the cell that happened to fill it."""
+    sid = (await ka_server.session())["id"]
+    await ka_server.run(sid, "get_ipython().displayhook.cache_size = 3")  # 1000 by default
+    for n in range(6):
+        outputs = (await ka_server.run(sid, f"{n} + 1"))["cell"]["outputs"]
+        assert [(o["output_type"], o.get("data", {}).get("text/plain")) for o in outputs] == [
+            ("execute_result", str(n + 1))
+        ]
+
+
 async def test_rich_outputs_become_artifacts_with_signed_urls(ka_server):
     sid = (await ka_server.session())["id"]
     code = (
