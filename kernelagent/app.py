@@ -31,6 +31,7 @@ from kernelagent.adapters.kernel_state import KernelState
 from kernelagent.adapters.kernels import LocalKernels
 from kernelagent.adapters.llm import OpenAIChat
 from kernelagent.adapters.locks import make_locks
+from kernelagent.adapters.memory import memory_free
 from kernelagent.adapters.package_cache import PackageCache
 from kernelagent.adapters.remote_kernels import RemoteKernels
 from kernelagent.adapters.runtime import make_runtime
@@ -131,6 +132,7 @@ class KernelAgentApp:
             size=settings.pool_size,
             most=settings.pool_max,
             preimport=[m.strip() for m in settings.pool_preimport.split(",") if m.strip()],
+            free_memory=memory_free,
         )
         secret = settings.secret or _stored_secret(settings.data_dir)
         recorder = Recorder(db, locks, events)

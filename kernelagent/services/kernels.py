@@ -7,10 +7,11 @@ its own; handing it out gives it the session's workspace (``KernelBackend.adopt`
 kernels, a directory rename the running kernel does not notice), with any files already there.
 
 The pool keeps ``size`` kernels, and more while sessions arrive faster than that (``Demand``):
-as many as were handed out in the last minute, up to ``most``, while a quarter of the machine's
-memory stays free. Kernels start one at a time either way (on two cores, parallel starts only
-slow each other), so a grown pool is what lets the next arrivals of a busy minute find one
-ready. When the arrivals stop, the extra kernels are shut down.
+as many as were handed out in the last minute, up to ``most``, while a quarter of the memory
+stays free (the machine's, or its container's: ``adapters/memory.py``). Kernels start one at a
+time either way (on two cores, parallel starts only slow each other), so a grown pool is what
+lets the next arrivals of a busy minute find one ready. When the arrivals stop, the extra
+kernels are shut down.
 
 Example::
 
@@ -30,8 +31,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-
-import psutil
 
 from kernelagent.domain import new_id
 from kernelagent.services.ports import KernelBackend
@@ -68,13 +67,7 @@ def preimport_code(modules: list[str]) -> str:
 
 
 DEMAND_WINDOW = 60.0  # seconds of hand-outs a grown pool is sized by
-MEMORY_RESERVE = 0.25  # the share of the machine's memory a grown pool leaves free
-
-
-def memory_free() -> float:
-    """The share of the machine's memory available now."""
-    memory = psutil.virtual_memory()
-    return memory.available / memory.total
+MEMORY_RESERVE = 0.25  # the share of memory a grown pool leaves free
 
 
 class Demand:
@@ -113,7 +106,7 @@ class KernelPool:
         warmup_timeout: float = 120.0,
         most: int = 0,
         window: float = DEMAND_WINDOW,
-        free_memory: Callable[[], float] = memory_free,
+        free_memory: Callable[[], float] | None = None,
     ):
         self.backend = backend
         self.size = size
@@ -228,8 +221,11 @@ class KernelPool:
 
     def _room_for_one(self) -> bool:
         """Whether another kernel may start: the first ``size`` always may; more only while the
-        machine keeps ``MEMORY_RESERVE`` of its memory free."""
-        return len(self._ready) < self.size or self.free_memory() > MEMORY_RESERVE
+        machine keeps ``MEMORY_RESERVE`` of its memory free (``free_memory``: the share free
+        now; without it, up to ``most``)."""
+        if len(self._ready) < self.size or self.free_memory is None:
+            return True
+        return self.free_memory() > MEMORY_RESERVE
 
     async def _start_one(self) -> Kernel:
         workspace = f".pool-{new_id()}"
