@@ -58,7 +58,7 @@ class NotebookStore:
             while True:
                 await asyncio.sleep(wait)
                 try:
-                    await self.export(session)
+                    await self._save(session)
                     return
                 except Exception as e:  # noqa: BLE001 - storage away: the rows are the record
                     log.warning(
@@ -70,6 +70,15 @@ class NotebookStore:
             if self._pending.get(session.id) is asyncio.current_task():
                 del self._pending[session.id]
                 self._sessions.pop(session.id, None)
+
+    async def _save(self, session: Session) -> None:
+        """Write the notebook unless the session is gone: it may be deleted while a save waits
+        (in this process or another), and nothing of it may reach storage after that."""
+        if await self.db.sessions.get(session.id) is None:
+            return
+        await self.export(session)
+        if await self.db.sessions.get(session.id) is None:  # deleted while it was written
+            await self.storage.delete(notebook_key(session.id))
 
     async def stop(self) -> None:
         """Flush pending saves (shutdown must not lose the last cells' notebook)."""
@@ -83,4 +92,4 @@ class NotebookStore:
                 await task
         for session in sessions:
             with contextlib.suppress(Exception):
-                await self.export(session)
+                await self._save(session)

@@ -351,6 +351,24 @@ async def test_notebook_reaches_storage_shortly_after_a_cell(ka_server):
     assert nb.cells[0].outputs[0]["data"]["text/plain"] == "'stored'"
 
 
+async def test_a_session_deleted_before_its_notebook_is_saved_stays_out_of_storage(ka_server):
+    """The notebook is written a moment after a cell: a session deleted meanwhile must not have
+    it written back once its storage was cleared."""
+    ka_server.services.notebooks.debounce = 0.5
+    storage = ka_server.services.storage
+    gone, kept = (await ka_server.session())["id"], (await ka_server.session())["id"]
+    await ka_server.run(gone, "'soon deleted'")
+    await ka_server.run(kept, "'kept'")  # saved after the deleted one would have been
+    assert (await ka_server.fetch(f"/api/v1/sessions/{gone}", "DELETE")).code == 204
+    for _ in range(100):
+        if await storage.exists(f"sessions/{kept}/notebook.ipynb"):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    assert await storage.exists(f"sessions/{kept}/notebook.ipynb")
+    assert await storage.list(f"sessions/{gone}/") == []
+
+
 async def test_hostile_kernel_links_and_fifos_cannot_reach_host_files(ka_server, tmp_path):
     """The kernel writes symlinks whose targets the (root) server would resolve on the host."""
     secret = tmp_path / "host-secret.txt"
