@@ -74,9 +74,14 @@ async def test_kernels_are_containers_of_the_kernel_image(ka_server, docker_engi
     assert isinstance(kernels, LocalKernels)
     assert kernels.kernel_name == "kernelagent-python3-docker"
     sid = (await ka_server.session())["id"]
-    cell = await ka_server.run(sid, "import sys, os\nprint(sys.prefix, os.getcwd(), os.getuid())")
-    prefix, cwd, uid = cell["cell"]["outputs"][0]["text"].split()
+    cell = await ka_server.run(
+        sid,
+        "import sys, os, jupyter_client.session as s\n"
+        "print(sys.prefix, os.getcwd(), os.getuid(), s.has_orjson)",
+    )
+    prefix, cwd, uid, fast_json = cell["cell"]["outputs"][0]["text"].split()
     assert (prefix, cwd) == ("/opt/kernel", "/workspace")
+    assert fast_json == "True"  # the kernel packs its messages as fast as the server
     kernel_id = (await ka_server.services.db.sessions.get(sid)).kernel_id
     provisioner = kernels.manager(kernel_id).provisioner
     assert int(uid) == provisioner.host_uid != 0
