@@ -186,9 +186,7 @@ class KernelAgentApp:
             max_kernels=settings.max_kernels,
             packages=packages,
         )
-        sessions = SessionService(
-            db, pool, kernels, files, storage, state, events, supervisor.make_room
-        )
+        sessions = SessionService(db, pool, kernels, files, storage, state, events, supervisor)
         execution = ExecutionService(
             db,
             locks,

@@ -125,6 +125,9 @@ class LocalRuntime:
     async def last_activity(self, session_id: str) -> float | None:
         return self._active.get(session_id)
 
+    async def forget(self, session_id: str) -> None:
+        self._active.pop(session_id, None)
+
     async def generation(self, key: str, bump: bool = False) -> int:
         if bump:
             self._generations[key] = self._generations.get(key, 0) + 1
@@ -318,6 +321,9 @@ class RedisRuntime:
     async def last_activity(self, session_id: str) -> float | None:
         value = await self._call(self.redis.get(self._key("active", session_id)))
         return None if value is None else float(value)  # type: ignore[arg-type]
+
+    async def forget(self, session_id: str) -> None:
+        await self._call(self.redis.delete(self._key("active", session_id)))
 
     async def generation(self, key: str, bump: bool = False) -> int:
         counter = self._key("gen", key)

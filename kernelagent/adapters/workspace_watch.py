@@ -99,6 +99,10 @@ class WorkspaceWatch:
         with self._lock:
             self._listings.pop(name, None)
             self._changes.pop(name, None)
+            # the events its directories still send (their removal's) must not count it again;
+            # a later scan watches them afresh
+            for wd in [wd for wd, owner in self._owner.items() if owner == name]:
+                del self._owner[wd]
 
     def close(self) -> None:
         if self._inotify is not None:

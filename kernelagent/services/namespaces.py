@@ -178,6 +178,10 @@ class NamespaceSnapshots:
 
         return list(await asyncio.gather(*(get(sha) for sha in shas)))
 
+    def forget(self, session_id: str) -> None:
+        """A deleted session's running total (its snapshots went with its rows)."""
+        self._stored.pop(session_id, None)
+
     async def _stored_bytes(self, session_id: str) -> int:
         if session_id not in self._stored:
             cells = await self.db.cells.list(session_id)

@@ -495,6 +495,10 @@ class RuntimeState(Protocol):
         """When (Unix time) the session last did something, if known."""
         ...
 
+    async def forget(self, session_id: str) -> None:
+        """Drop what is kept about a deleted session (its last activity)."""
+        ...
+
     async def generation(self, key: str, bump: bool = False) -> int:
         """A counter every process sees: bumped (``bump``) by the process that changes what
         ``key`` names (a kernel it restarted), read by the others before they use it."""

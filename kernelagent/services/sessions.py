@@ -6,14 +6,13 @@ whose kernel died (or was never started) gets a new one on its next execution (t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from kernelagent.domain import Session, User, new_id, now
 from kernelagent.errors import Unprocessable
 from kernelagent.services.auth import AuthService
 from kernelagent.services.files import FileService
 from kernelagent.services.kernels import KernelPool
 from kernelagent.services.ports import Database, EventLog, KernelBackend, RuntimeState, Storage
+from kernelagent.services.supervisor import KernelSupervisor
 
 TITLE_MAX = 200
 
@@ -37,9 +36,9 @@ class SessionService:
         storage: Storage,
         state: RuntimeState,
         events: EventLog | None = None,
-        make_room: Callable[[str], Awaitable[None]] | None = None,
+        supervisor: KernelSupervisor | None = None,
     ):
-        self.make_room = make_room  # below the limits on live kernels (the supervisor's)
+        self.supervisor = supervisor  # keeps live kernels below the limits
         self.state = state
         self.events = events
         self.db = db
@@ -51,8 +50,8 @@ class SessionService:
     async def create(self, user: User, title: str = "", parent_id: str | None = None) -> Session:
         title = clean_title(title) or "Untitled"  # before a kernel is taken: a bad title leaks none
         session_id = new_id()
-        if self.make_room is not None:
-            await self.make_room(user.id)
+        if self.supervisor is not None:
+            await self.supervisor.make_room(user.id)
         kernel = await self.pool.acquire(session_id)
         created = now()
         session = Session(
@@ -94,7 +93,10 @@ class SessionService:
         if session.kernel_id:
             await self.kernels.shutdown(session.kernel_id, now=True)
             await self.state.release("kernel", session.id)
+        await self.state.forget(session.id)
         await self.files.forget(session.id)
+        if self.supervisor is not None:
+            self.supervisor.forget(session)
         await self.storage.delete_prefix(f"sessions/{session.id}/")
         if self.events is not None:
             await self.events.delete(session.id)

@@ -338,6 +338,14 @@ class KernelSupervisor:
             log.warning("the setup code failed in kernel %s", kernel_id)
         self._prepared.add(kernel_id)
 
+    def forget(self, session: Session) -> None:
+        """A deleted session: what this process kept about it and its kernel."""
+        self.last_used.pop(session.id, None)
+        if session.kernel_id:
+            self._prepared.discard(session.kernel_id)
+            self._generations.pop(session.kernel_id, None)
+        self.namespaces.forget(session.id)
+
     async def touch(self, session_id: str) -> None:
         self.last_used[session_id] = time.monotonic()
         await self.state.touch(session_id)

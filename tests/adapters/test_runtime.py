@@ -152,6 +152,8 @@ async def test_touch_records_the_time_of_the_last_activity(runtime):
     later = await runtime.last_activity(sid)
     assert later is not None and later > first
     assert await runtime.last_activity(session()) is None
+    await runtime.forget(sid)  # a deleted session's
+    assert await runtime.last_activity(sid) is None
 
 
 async def test_connections_add_up_and_never_go_negative(runtime):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 pytestmark = pytest.mark.sandbox
 
 PLOTLY = "application/vnd.plotly.v1+json"
+_PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2]); plt.show()"
 
 
 async def test_session_lifecycle(ka_server):
@@ -367,6 +369,51 @@ async def test_a_session_deleted_before_its_notebook_is_saved_stays_out_of_stora
     await asyncio.sleep(0.5)
     assert await storage.exists(f"sessions/{kept}/notebook.ipynb")
     assert await storage.list(f"sessions/{gone}/") == []
+
+
+def holders(root: object, needle: str, depth: int = 8) -> list[str]:
+    """Where, in kernelagent's own objects reachable from ``root``, a string holding
+    ``needle`` is kept (as a key, a value or an attribute), e.g. ``.state._active{key}``."""
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def walk(value: object, path: str, left: int) -> None:
+        if left < 0 or id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, str):
+            if needle in value:
+                found.append(path)
+        elif isinstance(value, dict):
+            for key, item in list(value.items()):
+                walk(key, f"{path}{{key}}", left - 1)
+                walk(item, f"{path}[{str(key)[:24]!r}]", left - 1)
+        elif isinstance(value, list | tuple | set | frozenset | collections.deque):
+            for n, item in enumerate(list(value)):
+                walk(item, f"{path}[{n}]", left - 1)
+        elif type(value).__module__.startswith("kernelagent") and hasattr(value, "__dict__"):
+            for name, item in vars(value).items():
+                walk(item, f"{path}.{name}", left - 1)
+
+    walk(root, "", depth)
+    return found
+
+
+async def test_a_deleted_session_leaves_nothing_of_it_in_the_server(ka_server):
+    """A long-lived server must not grow with every session it ever had: once a session is
+    deleted, none of the services holds its id (a pending save may hold it a moment)."""
+    ka_server.services.notebooks.debounce = 0.2
+    sid = (await ka_server.session())["id"]
+    for code in ("x = 1", "open('notes.txt', 'w').write('kept')", _PLOT, "x"):
+        await ka_server.run(sid, code)
+    assert holders(ka_server.services, sid)  # what the search finds while the session lives
+    assert (await ka_server.fetch(f"/api/v1/sessions/{sid}", "DELETE")).code == 204
+    for _ in range(50):
+        if not (left := holders(ka_server.services, sid)):
+            break
+        await asyncio.sleep(0.1)
+    assert left == []
+    assert await ka_server.services.state.last_activity(sid) is None
 
 
 async def test_hostile_kernel_links_and_fifos_cannot_reach_host_files(ka_server, tmp_path):
