@@ -220,9 +220,9 @@ class KernelPool:
                     await asyncio.sleep(5)
 
     def _room_for_one(self) -> bool:
-        """Whether another kernel may start: the first ``size`` always may; more only while the
-        machine keeps ``MEMORY_RESERVE`` of its memory free (``free_memory``: the share free
-        now; without it, up to ``most``)."""
+        """Whether another kernel may start: the first ``size`` always may; more only while
+        ``MEMORY_RESERVE`` of the memory stays free (``free_memory``: the share free now;
+        without it, up to ``most``)."""
         if len(self._ready) < self.size or self.free_memory is None:
             return True
         return self.free_memory() > MEMORY_RESERVE
