@@ -184,7 +184,10 @@ class ExecutionService:
                         cell, metadata={**cell.metadata, PACKAGES: installed}
                     )
                 # the record holds whatever happened (and the session's last activity)
-                await self.db.cells.update(cell, touch_session=True)
+                try:
+                    await self.db.cells.update(cell, touch_session=True)
+                except NotFound:  # its row went with the session
+                    raise NotFound("no such session: it was deleted while this cell ran") from None
                 if result.kernel_lost:
                     await self.supervisor.replace(session, kernel_id)
                 if sys.exc_info()[0] is not None:  # failing: say so now, nothing more comes

@@ -416,6 +416,25 @@ async def test_a_deleted_session_leaves_nothing_of_it_in_the_server(ka_server):
     assert await ka_server.services.state.last_activity(sid) is None
 
 
+async def test_a_session_deleted_while_its_cell_runs_ends_the_cell_and_leaves_nothing(ka_server):
+    sid = (await ka_server.session())["id"]
+    code = "open('made.txt', 'w').write('x')\nimport time\ntime.sleep(60)"
+    cell = asyncio.create_task(
+        ka_server.fetch(f"/api/v1/sessions/{sid}/cells", "POST", {"code": code})
+    )
+    for _ in range(100):
+        if (await ka_server.json(f"/api/v1/sessions/{sid}"))["status"] == "busy":
+            break
+        await asyncio.sleep(0.1)
+    assert (await ka_server.fetch(f"/api/v1/sessions/{sid}", "DELETE")).code == 204
+    answer = await asyncio.wait_for(cell, 30)
+    assert answer.code == 404
+    assert "deleted while this cell ran" in json.loads(answer.body)["error"]["message"]
+    await asyncio.sleep(0.5)
+    assert await ka_server.services.storage.list(f"sessions/{sid}/") == []
+    assert await ka_server.services.db.files.list(sid) == []
+
+
 async def test_hostile_kernel_links_and_fifos_cannot_reach_host_files(ka_server, tmp_path):
     """The kernel writes symlinks whose targets the (root) server would resolve on the host."""
     secret = tmp_path / "host-secret.txt"
