@@ -93,10 +93,9 @@ class SessionService:
         if session.kernel_id:
             await self.kernels.shutdown(session.kernel_id, now=True)
             await self.state.release("kernel", session.id)
-        await self.state.forget(session.id)
         await self.files.forget(session.id)
         if self.supervisor is not None:
-            self.supervisor.forget(session)
+            await self.supervisor.forget(session)
         await self.storage.delete_prefix(f"sessions/{session.id}/")
         if self.events is not None:
             await self.events.delete(session.id)

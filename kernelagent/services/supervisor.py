@@ -338,9 +338,10 @@ class KernelSupervisor:
             log.warning("the setup code failed in kernel %s", kernel_id)
         self._prepared.add(kernel_id)
 
-    def forget(self, session: Session) -> None:
-        """A deleted session: what this process kept about it and its kernel."""
+    async def forget(self, session: Session) -> None:
+        """A deleted session: what was kept about it and its kernel (``touch``'s too)."""
         self.last_used.pop(session.id, None)
+        await self.state.forget(session.id)
         if session.kernel_id:
             self._prepared.discard(session.kernel_id)
             self._generations.pop(session.kernel_id, None)
