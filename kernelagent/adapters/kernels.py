@@ -5,9 +5,10 @@ this adapter only picks the kernelspec, passes the provisioner its configuration
 Jupyter protocol. It implements the ``KernelBackend`` port; failures come out as
 ``kernelagent.errors`` exceptions.
 
-* Each kernel has one client of this process (``_Link``): a reader task per channel parses every
-  message once and hands it to the run (``kernel_runs.Run``) whose request it answers, by parent
-  msg_id, so a cell, a silent evaluation and the pool's warm-up never see each other's messages.
+* Each kernel has one client of this process (``_Link``): it reads a channel whenever the event
+  loop sees its socket ready, parses every message once and hands it to the run
+  (``kernel_runs.Run``) whose request it answers, by parent msg_id, so a cell, a silent
+  evaluation and the pool's warm-up never see each other's messages.
 * A gateway WebSocket's connection (``_Channels``) is a view of that link, not sockets of its own:
   it sees every iopub message and the replies to its own requests, as a jupyter_server WebSocket
   does, without the kernel's messages being received and parsed once more per connection.
@@ -30,6 +31,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import zmq
 from jupyter_client import AsyncKernelClient, AsyncKernelManager, AsyncMultiKernelManager
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.session import Session as JupyterSession
@@ -59,6 +61,8 @@ REQUESTS = frozenset({"shell", "control", "stdin"})  # what a client may send on
 # the key, could replay one anyway
 DIGEST_HISTORY = 1024
 
+DRAIN_BATCH = 64  # messages read from one channel before the loop runs anything else
+FULL_QUEUE_WAIT = 0.005  # seconds between tries to send to a kernel whose queue is full
 ASKED_LIMIT = 4096  # a connection's requests awaiting replies, remembered (oldest go first)
 
 log = logging.getLogger(__name__)
@@ -72,10 +76,18 @@ class _Link:
         self.kernel_id = kernel_id
         self.client = kernels.client(kernel_id)
         self.runs: dict[str, Run] = {}
-        self.readers = [
-            asyncio.create_task(self._read(name), name=f"kernel-{name}-{kernel_id}")
+        self.ended = False
+        self._loop = asyncio.get_running_loop()
+        # plain sockets over the client's: read when the loop sees their descriptor, not
+        # through zmq.asyncio's futures (a future, a callback and flag arithmetic per message)
+        self._sockets = {
+            name: zmq.Socket.shadow(getattr(self.client, f"{name}_channel").socket.underlying)
             for name in CHANNELS
-        ]
+        }
+        self._fds = [socket.FD for socket in self._sockets.values()]
+        for fd, name in zip(self._fds, self._sockets, strict=True):
+            self._loop.add_reader(fd, self._drain, name)
+            self._loop.call_soon(self._drain, name)
         self.ready = asyncio.ensure_future(self._handshake(HANDSHAKE_TIMEOUT))
 
     async def _handshake(self, timeout: float) -> None:
@@ -99,22 +111,40 @@ class _Link:
         return await self.kernels.is_alive(self.kernel_id)
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Through the asyncio socket itself, never ``Session.send``: that writes on a sync
-        shadow of the socket, which can take the wake-up meant for this link's reader, and a
-        reply then sits unread in the socket until the next message arrives."""
-        socket = getattr(self.client, f"{channel}_channel").socket
-        frames = self.client.session.serialize(message)
-        await socket.send_multipart([*frames, *message.get("buffers", ())])
+        """Without blocking: a kernel's queue that is full (its high-water mark) is waited for.
+        A send can take the wake-up of a message that arrived meanwhile (ZMQ's descriptor
+        signals changes, not readiness), so the socket is read again after it."""
+        if self.ended:
+            raise KernelDied("the kernel went away", "shutdown")
+        socket = self._sockets[channel]
+        frames = [*self.client.session.serialize(message), *message.get("buffers", ())]
+        while True:
+            try:
+                socket.send_multipart(frames, zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                await asyncio.sleep(FULL_QUEUE_WAIT)
+            if self.ended:
+                raise KernelDied("the kernel went away", "shutdown")
+        self._loop.call_soon(self._drain, channel)
 
     async def exit_reason(self) -> str | None:
         return await self.kernels.exit_reason(self.kernel_id)
 
-    async def _read(self, name: str) -> None:
-        channel = getattr(self.client, f"{name}_channel")
+    def _drain(self, name: str) -> None:
+        """Every message waiting on a channel, each parsed once and handed to its run and to
+        the gateway connections watching the kernel. After ``DRAIN_BATCH`` messages the other
+        channels and kernels get their turn; the rest is read on the next loop iteration."""
+        if self.ended:
+            return
+        socket = self._sockets[name]
         session = self.client.session
         watchers = self.kernels._watchers
-        while True:
-            frames = await channel.socket.recv_multipart()
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             try:
                 msg = _message(session, name, frames)
             except Exception:  # noqa: BLE001 - an unreadable frame is dropped
@@ -124,16 +154,15 @@ class _Link:
                 run.deliver(msg)
             for connection in watchers.get(self.kernel_id, ()):
                 connection.deliver(msg)
+        self._loop.call_soon(self._drain, name)
 
     def end(self, error: KernelDied) -> None:
         """Every run in flight ends with ``error``; the client stops."""
+        self.ended = True
         self.ready.cancel()
         end_runs(self.runs, error)
-        for task in self.readers:
-            task.cancel()
-        # a cancelled reader's traceback holds this link: without these, the link, its client
-        # and its replay guard would wait for a full garbage collection
-        self.readers = []
+        for fd in self._fds:  # before the sockets close, and their descriptors with them
+            self._loop.remove_reader(fd)
         self.client.session.digest_history.clear()
         self.client.stop_channels()
 
