@@ -26,11 +26,12 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
 from kernelagent.adapters.repos import (
-    NOW_OPTION,
+    BUSY_TIMEOUT,
+    WRITE_OPTION,
     HeldConnection,
     SerialWriter,
     SqlArtifactRepo,
@@ -39,15 +40,13 @@ from kernelagent.adapters.repos import (
     SqlSessionRepo,
     SqlTurnRepo,
     SqlUserRepo,
-    WriteLockTaken,
+    begin_sqlite,
 )
 from kernelagent.errors import KernelAgentError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-WRITE_OPTION = "kernelagent_write"  # execution option: this transaction will write
 WRITE = {WRITE_OPTION: True}
 CLOSE_WAIT = 10.0  # seconds close() waits for transactions in worker threads
-BUSY_TIMEOUT = 30.0  # seconds a SQLite connection waits for another writer
 MIGRATION_LOCK = 0x6B61_6D69  # PostgreSQL advisory lock key held while migrating ("kami")
 # cache_size: 256 KiB per connection, not SQLite's 2 MiB. Other connections' writes empty a
 # connection's cache at its next read anyway, while the memory, once filled, stays with the
@@ -162,29 +161,8 @@ def _use_wal(dbapi_connection: sqlite3.Connection) -> None:
 
 
 def _sqlite_begin(connection: Connection) -> None:
-    """Begin every transaction, taking the write lock at once when the transaction will write.
-
-    A deferred transaction that reads and then writes cannot wait for a busy database: it fails
-    with "database is locked". Taking the lock first makes it wait up to ``BUSY_TIMEOUT``; with
-    ``NOW_OPTION``, not at all (``WriteLockTaken``).
-    """
-    options = connection.get_execution_options()
-    statement = "BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN"
-    now = options.get(NOW_OPTION, False)
-    driver = connection.connection.driver_connection  # a statement through SQLAlchemy costs
-    try:  # ten times more
-        if now:
-            driver.execute("PRAGMA busy_timeout = 0").close()
-        driver.execute(statement).close()
-    except sqlite3.OperationalError as exc:
-        if now and exc.sqlite_errorname.startswith("SQLITE_BUSY"):
-            raise WriteLockTaken(str(exc)) from exc
-        raise OperationalError(statement, None, exc) from exc
-    except sqlite3.Error as exc:
-        raise OperationalError(statement, None, exc) from exc
-    finally:
-        if now:
-            driver.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}").close()
+    """Begin every transaction SQLAlchemy begins as ``begin_sqlite`` says."""
+    begin_sqlite(connection.connection.driver_connection, connection.get_execution_options())
 
 
 def alembic_config(url: str | None = None) -> Config:

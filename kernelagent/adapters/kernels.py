@@ -61,6 +61,7 @@ REQUESTS = frozenset({"shell", "control", "stdin"})  # what a client may send on
 # the key, could replay one anyway
 DIGEST_HISTORY = 1024
 
+_NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)  # no enum math
 DRAIN_BATCH = 64  # messages read from one channel before the loop runs anything else
 FULL_QUEUE_WAIT = 0.005  # seconds between tries to send to a kernel whose queue is full
 ASKED_LIMIT = 4096  # a connection's requests awaiting replies, remembered (oldest go first)
@@ -120,7 +121,7 @@ class _Link:
         frames = [*self.client.session.serialize(message), *message.get("buffers", ())]
         while True:
             try:
-                socket.send_multipart(frames, zmq.NOBLOCK)
+                socket.send_multipart(frames, _NOBLOCK)
                 break
             except zmq.Again:
                 await asyncio.sleep(FULL_QUEUE_WAIT)
@@ -142,18 +143,21 @@ class _Link:
         watchers = self.kernels._watchers
         for _ in range(DRAIN_BATCH):
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+                frames = socket.recv_multipart(_NOBLOCK)
+            except zmq.Again:  # woken by something else than a message (a send's signal)
                 return
             try:
                 msg = _message(session, name, frames)
             except Exception:  # noqa: BLE001 - an unreadable frame is dropped
-                continue
-            run = self.runs.get(msg.parent_id or "")
-            if run is not None:
-                run.deliver(msg)
-            for connection in watchers.get(self.kernel_id, ()):
-                connection.deliver(msg)
+                msg = None
+            if msg is not None:
+                run = self.runs.get(msg.parent_id or "")
+                if run is not None:
+                    run.deliver(msg)
+                for connection in watchers.get(self.kernel_id, ()):
+                    connection.deliver(msg)
+            if not socket.getsockopt(_EVENTS) & _POLLIN:  # cheaper than a failed read
+                return
         self._loop.call_soon(self._drain, name)
 
     def end(self, error: KernelDied) -> None:

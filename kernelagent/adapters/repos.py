@@ -32,7 +32,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, Executable, bindparam, delete, func, insert, update
@@ -61,6 +61,8 @@ R = TypeVar("R", bound="_Repo")
 BATCH_LIMIT = 64  # writes committed together at most
 CHECKPOINT_EVERY = 1.0  # seconds between the writer thread's WAL checkpoints (SQLite)
 NOW_OPTION = "kernelagent_now"  # execution option: take the write lock now or not at all
+WRITE_OPTION = "kernelagent_write"  # execution option: this transaction will write
+BUSY_TIMEOUT = 30.0  # seconds a SQLite connection waits for another writer
 
 
 class WriteLockTaken(Exception):
@@ -88,7 +90,12 @@ class HeldConnection:
         self._thread: int | None = None
 
     def run(self, work: Callable[[Connection], T]) -> T:
-        """``work`` in a transaction on the held connection, committed before it returns."""
+        """``work`` in a transaction on the held connection, committed before it returns.
+
+        The transaction is begun and committed on the driver's connection: SQLAlchemy's own
+        (its transaction objects and events) cost as much as the cell's statements. A statement
+        ``work`` runs through SQLAlchemy joins it (``begin_sqlite`` begins nothing then), and
+        SQLAlchemy's commit ends it."""
         if self._thread is None:
             self._thread = threading.get_ident()
         elif self._thread != threading.get_ident():
@@ -96,17 +103,55 @@ class HeldConnection:
                 return work(connection)
         if self._connection is None:
             self._connection = self.engine.connect()
+        connection = self._connection
+        driver = connection.connection.driver_connection
         try:
-            with self._connection.begin():
-                return work(self._connection)
+            begin_sqlite(driver, connection.get_execution_options())
+            result = work(connection)
+            if connection.in_transaction():
+                connection.commit()
+            else:
+                try:
+                    driver.commit()
+                except sqlite3.Error as exc:
+                    raise OperationalError("COMMIT", None, exc) from exc
+            return result
         except BaseException:
-            self.close()
+            self.close()  # its connection goes back to the pool, which rolls back what is open
             raise
 
     def close(self) -> None:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             connection.close()
+
+
+def begin_sqlite(driver: sqlite3.Connection, options: Mapping[str, Any]) -> None:
+    """Begin a transaction, taking the write lock at once when it will write (``WRITE_OPTION``);
+    nothing if one is open on the connection (a ``HeldConnection``'s).
+
+    A deferred transaction that reads and then writes cannot wait for a busy database: it fails
+    with "database is locked". Taking the lock first makes it wait up to ``BUSY_TIMEOUT``; with
+    ``NOW_OPTION``, not at all (``WriteLockTaken``). Statements go to the driver: through
+    SQLAlchemy they cost ten times more.
+    """
+    if driver.in_transaction:
+        return
+    statement = "BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN"
+    now = options.get(NOW_OPTION, False)
+    try:
+        if now:
+            driver.execute("PRAGMA busy_timeout = 0").close()
+        driver.execute(statement).close()
+    except sqlite3.OperationalError as exc:
+        if now and exc.sqlite_errorname.startswith("SQLITE_BUSY"):
+            raise WriteLockTaken(str(exc)) from exc
+        raise OperationalError(statement, None, exc) from exc
+    except sqlite3.Error as exc:
+        raise OperationalError(statement, None, exc) from exc
+    finally:
+        if now:
+            driver.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}").close()
 
 
 class SerialWriter:
