@@ -432,7 +432,12 @@ def ratio(a: float, b: float) -> float:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="session creations per variant")
-    parser.add_argument("--rtt-runs", type=int, default=200)
+    parser.add_argument(
+        "--rtt-runs",
+        type=int,
+        default=800,
+        help="1+1 round trips each, HTTP and raw (the ratio's noise)",
+    )
     parser.add_argument("--cells", type=int, default=500, help="cells of the growth session")
     parser.add_argument("--edge", type=int, default=50, help="cells compared at each end")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -446,6 +451,7 @@ async def main() -> int:
         ):
             await pooled.pool_filled()
             create = await bench_create(pooled, cold, args.runs)
+            await pooled.pool_filled()  # its refill after the last creation: not during rtt
             rtt = await bench_rtt(cold, Path(tmp), args.rtt_runs)
             growth = await bench_growth(cold, args.cells, args.edge)
 
