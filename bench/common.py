@@ -1,9 +1,13 @@
-"""What the benchmark scripts share: sample summaries and the raw ``1+1`` round trip."""
+"""What the benchmark scripts share: sample summaries, the raw ``1+1`` round trip, and an HTTP
+client that keeps its connection open."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import statistics
 import time
+from typing import Any
 
 from jupyter_client import AsyncKernelClient
 
@@ -32,3 +36,70 @@ async def one_plus_one(client: AsyncKernelClient) -> float:
             and msg["content"]["execution_state"] == "idle"
         ):
             return time.perf_counter() - started
+
+
+class HttpError(Exception):
+    pass
+
+
+class Client:
+    """A minimal HTTP/1.1 JSON client that keeps its connection open between requests.
+
+    (tornado's ``SimpleAsyncHTTPClient`` opens a new connection per request.)
+    """
+
+    def __init__(self, port: int, token: str):
+        self.port = port
+        self.token = token
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def call(
+        self, method: str, path: str, body: Any = None, expect: int = 200, timeout: float = 60
+    ) -> Any:
+        try:
+            async with asyncio.timeout(timeout):
+                status, data = await self._exchange(method, path, body)
+        except BaseException:
+            self.close()  # a half-read answer would poison the next request
+            raise
+        if status != expect:
+            raise HttpError(f"{method} {path}: {status} (expected {expect}): {data[:500]!r}")
+        return json.loads(data) if data else None
+
+    async def _exchange(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self._reader, self._writer
+        assert reader is not None
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+            f"Authorization: token {self.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        writer.write(head.encode() + payload)
+        status_line = await reader.readline()
+        if not status_line:
+            raise HttpError("connection closed by the server")
+        status = int(status_line.split()[1])
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            data = b""
+            while size := int((await reader.readline()).split(b";")[0], 16):
+                data += await reader.readexactly(size + 2)
+                data = data[:-2]
+            await reader.readline()
+        else:
+            data = await reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, data
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None

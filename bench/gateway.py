@@ -13,7 +13,9 @@ frames):
 1. ``1+1`` round trip on ``/api/kernels/{id}/channels``: an ``execute_request`` on shell until both
    its ``execute_reply`` and its iopub ``status: idle`` have arrived; against the same over raw
    jupyter_client (``AsyncKernelManager`` + client, no network) on a plain ``python3`` kernel and
-   on the sandboxed ``kernelagent-python3``. 20 warm-ups each, then interleaved blocks. Kernel
+   on the sandboxed ``kernelagent-python3``; and kernelagent's own ``POST …/cells`` on one
+   kept-open connection (answered once the cell is recorded, with its output, so after the
+   reply and the idle). 20 warm-ups each, then interleaved blocks. Kernel
    Gateway is measured as shipped and with TCP_NODELAY kept on its WebSockets: as shipped, each
    reply after the first waits for the client's delayed ACK (Nagle), ~40 ms on Linux loopback.
 2. create → ready: ``POST /api/kernels`` until the new kernel answers a ``kernel_info_request``
@@ -30,8 +32,10 @@ frames):
 Plain kernels get ``IPYTHONDIR`` on a tmpfs, as sandboxed ones have (their ``$HOME`` is a tmpfs):
 otherwise every cell waits for IPython's history commit to disk. kernelagent records every
 gateway ``execute_request`` as a notebook cell; Kernel Gateway records nothing. Targets: round trip
-p50 ≤ 1.1× Kernel Gateway's; create → ready p50 at least 10× faster than Kernel Gateway's
-without prespawn.
+p50 ≤ 1.1× Kernel Gateway's and ≤ 1.2× Kernel Gateway's with TCP_NODELAY; ``POST …/cells`` ≤ 1.3×
+raw jupyter_client on the sandboxed kernel; create → ready p50 at least 10× faster than Kernel
+Gateway's without prespawn; 12 arrivals one after another p50 ≤ 100 ms, and a burst no slower
+than Kernel Gateway's.
 
 Prints Markdown tables and writes JSON (n, p50, p95, mean, min; ratios). A benchmark, not a test.
 """
@@ -56,7 +60,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common import summary  # bench/ is on sys.path when run as a script
+from common import Client, HttpError, summary  # bench/ is on sys.path when run as a script
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -64,6 +68,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 TARGETS = {
     "rtt_ka_kg_ratio_p50": 1.1,
     "rtt_ka_kg_nodelay_ratio_p50": 1.2,  # a recorded cell against a gateway that records nothing
+    "rtt_ka_http_raw_sandbox_ratio_p50": 1.3,  # POST …/cells against the kernel's own round trip
     "create_kg_ka_speedup_p50": 10.0,
     "arrivals_sequential_ka_p50_ms": 100.0,
     "arrivals_burst_ka_kg_ratio_p50": 1.0,
@@ -236,11 +241,28 @@ async def raw_one_plus_one(client: AsyncKernelClient) -> float:
     return time.perf_counter() - started
 
 
+async def post_one_plus_one(client: Client, session_id: str) -> float:
+    """kernelagent's own API: ``POST …/cells {"code": "1+1"}`` until its answer (the cell,
+    recorded, with its output)."""
+    started = time.perf_counter()
+    answer = await client.call("POST", f"/api/v1/sessions/{session_id}/cells", {"code": "1+1"})
+    elapsed = time.perf_counter() - started
+    outputs = answer["cell"].get("outputs") or [{}]
+    if outputs[0].get("data", {}).get("text/plain") != "2":
+        raise HttpError(f"unexpected answer to 1+1: {answer['cell']}")
+    return elapsed
+
+
 async def bench_rtt(servers: dict[str, Server], tmp: Path, runs: int, blocks: int = 8) -> dict:
     runners: dict[str, Any] = {}
     managers: list[tuple[AsyncKernelManager, AsyncKernelClient]] = []
     sockets: list[tuple[Server, str, WebSocketClientConnection]] = []
+    http = Client(servers["kernelagent"].port, TOKEN)  # one connection, kept open
+    session_id: str | None = None
     try:
+        session = await http.call("POST", "/api/v1/sessions", {"title": "rtt"}, expect=201)
+        session_id = str(session["id"])
+        runners["kernelagent_http"] = lambda: post_one_plus_one(http, str(session_id))
         for variant, srv in servers.items():
             kernel_id = await srv.create()
             ws = await srv.channels(kernel_id)
@@ -268,6 +290,10 @@ async def bench_rtt(servers: dict[str, Server], tmp: Path, runs: int, blocks: in
                     results[variant].append(await run())
         return results
     finally:
+        if session_id is not None:
+            with contextlib.suppress(Exception):
+                await http.call("DELETE", f"/api/v1/sessions/{session_id}", expect=204)
+        http.close()
         for srv, kernel_id, ws in sockets:
             ws.close()
             with contextlib.suppress(Exception):
@@ -424,6 +450,7 @@ async def main() -> int:
         "rtt_ka_kg_ratio_p50": p50_ratio(r, "kernelagent", "kernel_gateway"),
         "rtt_ka_kg_nodelay_ratio_p50": p50_ratio(r, "kernelagent", "kernel_gateway_nodelay"),
         "rtt_ka_raw_sandbox_ratio_p50": p50_ratio(r, "kernelagent", "raw_sandbox"),
+        "rtt_ka_http_raw_sandbox_ratio_p50": p50_ratio(r, "kernelagent_http", "raw_sandbox"),
         "rtt_ka_raw_plain_ratio_p50": p50_ratio(r, "kernelagent", "raw_plain"),
         "rtt_kg_nodelay_raw_plain_ratio_p50": p50_ratio(r, "kernel_gateway_nodelay", "raw_plain"),
         "create_kg_ka_speedup_p50": p50_ratio(c, "kernel_gateway_ready", "kernelagent_ready"),
@@ -433,7 +460,11 @@ async def main() -> int:
     }
     targets = {
         name: ratios[name] <= TARGETS[name]
-        for name in ("rtt_ka_kg_ratio_p50", "rtt_ka_kg_nodelay_ratio_p50")
+        for name in (
+            "rtt_ka_kg_ratio_p50",
+            "rtt_ka_kg_nodelay_ratio_p50",
+            "rtt_ka_http_raw_sandbox_ratio_p50",
+        )
     }
     targets["create_kg_ka_speedup_p50"] = (
         ratios["create_kg_ka_speedup_p50"] >= TARGETS["create_kg_ka_speedup_p50"]
@@ -474,6 +505,7 @@ async def main() -> int:
         ("`1+1` round trip (execute_request → reply + idle)", "n", "p50", "p95", "mean"),
         [
             ("kernelagent, channels WebSocket (sandboxed, recorded)", *cells(r["kernelagent"])),
+            ("kernelagent, `POST …/cells` (sandboxed, recorded)", *cells(r["kernelagent_http"])),
             ("Kernel Gateway, channels WebSocket", *cells(r["kernel_gateway"])),
             ("Kernel Gateway, TCP_NODELAY patched in", *cells(r["kernel_gateway_nodelay"])),
             ("raw jupyter_client, plain `python3`", *cells(r["raw_plain"])),
@@ -519,6 +551,9 @@ async def main() -> int:
         f"(target ≤ {TARGETS['rtt_ka_kg_nodelay_ratio_p50']:g}×, "
         f"{mark[targets['rtt_ka_kg_nodelay_ratio_p50']]}); "
         f"kernelagent/raw sandboxed {ratios['rtt_ka_raw_sandbox_ratio_p50']:.2f}×; "
+        f"POST …/cells/raw sandboxed {ratios['rtt_ka_http_raw_sandbox_ratio_p50']:.2f}× "
+        f"(target ≤ {TARGETS['rtt_ka_http_raw_sandbox_ratio_p50']:g}×, "
+        f"{mark[targets['rtt_ka_http_raw_sandbox_ratio_p50']]}); "
         f"kernelagent/raw plain {ratios['rtt_ka_raw_plain_ratio_p50']:.2f}×"
     )
     print(
