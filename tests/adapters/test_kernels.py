@@ -16,6 +16,7 @@ import weakref
 from collections import deque
 
 import pytest
+import zmq
 from jupyter_client.session import Session
 
 from kernelagent.adapters import kernels as kernels_module
@@ -142,6 +143,42 @@ async def test_requests_sent_while_replies_arrive_miss_no_reply(kernels):
     finally:
         for run in window:
             run.close()
+
+
+async def test_a_send_that_finds_no_room_waits_for_it_and_ends_when_the_kernel_goes(kernels):
+    """A kernel whose queue is full (ZMQ's high-water mark) takes nothing for a while: the send
+    waits without holding the loop, goes through once there is room, and fails with the
+    kernel's end if the kernel goes meanwhile. A socket with no peer has no room either."""
+    kernel = await kernels.start("ws")
+    await _ran(kernels, kernel, "1")
+    link = kernels._links[kernel]
+    context = zmq.Context()  # plain sockets, as the link's
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    roomless = [context.socket(zmq.DEALER), context.socket(zmq.DEALER)]
+    shell = link._sockets["shell"]
+    try:
+        link._sockets["shell"] = roomless[0]
+        message = link.client.session.msg("kernel_info_request", {})
+        sending = asyncio.create_task(link.send("shell", message))
+        await asyncio.sleep(0.1)  # the loop runs this test meanwhile
+        assert not sending.done()
+        roomless[0].connect(f"tcp://127.0.0.1:{port}")
+        await asyncio.wait_for(sending, 5)
+        assert await asyncio.to_thread(router.poll, 5000), "the message never left"
+        frames = router.recv_multipart()
+        assert message["header"]["msg_id"].encode() in b"".join(frames)
+
+        link._sockets["shell"] = roomless[1]
+        sending = asyncio.create_task(link.send("shell", message))
+        await asyncio.sleep(0.05)
+        assert not sending.done()
+        kernels._drop_link(kernel, "the kernel was shut down", "shutdown")
+        with pytest.raises(KernelDied):
+            await asyncio.wait_for(sending, 5)
+    finally:
+        link._sockets["shell"] = shell
+        context.destroy(linger=0)
 
 
 @pytest.mark.parametrize(
