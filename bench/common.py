@@ -67,6 +67,15 @@ class Client:
             raise HttpError(f"{method} {path}: {status} (expected {expect}): {data[:500]!r}")
         return json.loads(data) if data else None
 
+    async def run_cell(self, session_id: str, code: str = "1+1") -> dict[str, Any]:
+        """kernelagent's ``POST …/cells``: the answer (the cell, recorded, with its outputs);
+        an answer to ``1+1`` that is not ``2`` is an error."""
+        answer = await self.call("POST", f"/api/v1/sessions/{session_id}/cells", {"code": code})
+        outputs = answer["cell"].get("outputs") or [{}]
+        if code == "1+1" and outputs[0].get("data", {}).get("text/plain") != "2":
+            raise HttpError(f"unexpected answer to 1+1: {answer['cell']}")
+        return answer  # type: ignore[no-any-return]
+
     async def _exchange(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.port)
