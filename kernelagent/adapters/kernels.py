@@ -86,6 +86,7 @@ class _Link:
             for name in CHANNELS
         }
         self._fds = [socket.FD for socket in self._sockets.values()]
+        self._parser = _Parser(self.client.session)
         for fd, name in zip(self._fds, self._sockets, strict=True):
             self._loop.add_reader(fd, self._drain, name)
             self._loop.call_soon(self._drain, name)
@@ -139,15 +140,15 @@ class _Link:
         if self.ended:
             return
         socket = self._sockets[name]
-        session = self.client.session
+        parse = self._parser.message
         watchers = self.kernels._watchers
         for _ in range(DRAIN_BATCH):
             try:
-                frames = socket.recv_multipart(_NOBLOCK)
+                frames = _receive(socket)
             except zmq.Again:  # woken by something else than a message (a send's signal)
                 return
             try:
-                msg = _message(session, name, frames)
+                msg = parse(name, frames)
             except Exception:  # noqa: BLE001 - an unreadable frame is dropped
                 msg = None
             if msg is not None:
@@ -228,30 +229,57 @@ class _Channels:
                 del self.kernels._watchers[self.kernel_id]
 
 
-def _message(session: JupyterSession, channel: str, frames: list[bytes]) -> KernelMessage:
+def _receive(socket: zmq.Socket[bytes]) -> list[bytes]:
+    """One message's frames, without blocking. A frame says whether more follow: asking the
+    socket instead (``recv_multipart``) costs an option lookup per frame."""
+    frame = socket.recv(_NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = socket.recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return frames
+
+
+class _Parser:
     """``Session.deserialize``'s checks (signature, replay guard), without turning the headers'
     dates into ``datetime``s (nothing here reads them, and dateutil took 7 % of the event loop
-    under load), keeping the JSON parts as sent, for gateway clients."""
-    _, parts = session.feed_identities(frames)
-    if len(parts) < 5:
-        raise ValueError(f"a message has at least 5 parts, not {len(parts)}")
-    signature, *fields = parts[:5]
-    if session.auth is not None:
-        if not signature or signature in session.digest_history:
-            raise ValueError("unsigned or replayed message")
-        session._add_digest(signature)
-        if not hmac.compare_digest(signature, session.sign(fields)):
-            raise ValueError("invalid signature")
-    header, parent, metadata, content = (session.unpack(part) for part in fields)
-    return KernelMessage(
-        channel,
-        header,
-        parent or {},
-        metadata or {},
-        content or {},
-        tuple(parts[5:]),
-        raw=tuple(fields),
-    )
+    under load), keeping the JSON parts as sent, for gateway clients. The session's settings
+    are read once: each read of a traitlet is a call, a dozen per message."""
+
+    def __init__(self, session: JupyterSession):
+        self.session = session
+        self.auth = session.auth  # an HMAC to copy per message, or None (no key)
+        self.unpack = session.unpack
+        self.history_size = session.digest_history_size
+
+    def message(self, channel: str, frames: list[bytes]) -> KernelMessage:
+        _, parts = self.session.feed_identities(frames)
+        if len(parts) < 5:
+            raise ValueError(f"a message has at least 5 parts, not {len(parts)}")
+        signature, *fields = parts[:5]
+        if self.auth is not None:
+            history = self.session.digest_history  # culling may put a new set in its place
+            if not signature or signature in history:
+                raise ValueError("unsigned or replayed message")
+            history.add(signature)
+            if len(history) > self.history_size:
+                self.session._cull_digest_history()
+            digest = self.auth.copy()
+            for field in fields:
+                digest.update(field)
+            if not hmac.compare_digest(signature, digest.hexdigest().encode()):
+                raise ValueError("invalid signature")
+        unpack = self.unpack
+        header, parent, metadata, content = (unpack(field) for field in fields)
+        return KernelMessage(
+            channel,
+            header,
+            parent or {},
+            metadata or {},
+            content or {},
+            tuple(parts[5:]),
+            raw=tuple(fields),
+        )
 
 
 class LocalKernels:

@@ -82,10 +82,13 @@ class HeldConnection:
     ``@looks_up`` read, a ``@quick_writes`` write made at once): taking a connection from the
     pool and setting up its ``Connection`` each time costs more than such a transaction's
     statements. Used from one thread only (the first to use it; others take the pool's), and
-    closed after any error: the next use opens a fresh one."""
+    closed after any error: the next use opens a fresh one. On an engine that never waits for
+    the write lock (``NOW_OPTION``), its busy timeout is set to 0 while it is held, not around
+    each transaction, and set back before the pool gets the connection again."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.never_waits = bool(engine.get_execution_options().get(NOW_OPTION, False))
         self._connection: Connection | None = None
         self._thread: int | None = None
 
@@ -102,11 +105,11 @@ class HeldConnection:
             with self.engine.begin() as connection:
                 return work(connection)
         if self._connection is None:
-            self._connection = self.engine.connect()
+            self._connection = self._connect()
         connection = self._connection
         driver = connection.connection.driver_connection
         try:
-            begin_sqlite(driver, connection.get_execution_options())
+            begin_sqlite(driver, connection.get_execution_options(), timeout_set=self.never_waits)
             result = work(connection)
             if connection.in_transaction():
                 connection.commit()
@@ -116,42 +119,77 @@ class HeldConnection:
                 except sqlite3.Error as exc:
                     raise OperationalError("COMMIT", None, exc) from exc
             return result
-        except BaseException:
+        except OperationalError as exc:
             self.close()  # its connection goes back to the pool, which rolls back what is open
+            if self.never_waits and _is_busy(exc.orig):  # rolled back: it may wait its turn
+                raise WriteLockTaken(str(exc.orig)) from exc
             raise
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> Connection:
+        connection = self.engine.connect()
+        if self.never_waits:
+            try:
+                _busy_timeout(connection.connection.driver_connection, 0)
+            except BaseException:
+                connection.close()
+                raise
+        return connection
 
     def close(self) -> None:
         if self._connection is not None:
             connection, self._connection = self._connection, None
+            if self.never_waits:
+                try:
+                    _busy_timeout(connection.connection.driver_connection, BUSY_TIMEOUT)
+                except Exception:  # noqa: BLE001 - the pool must not get it back as it is
+                    connection.invalidate()
             connection.close()
 
 
-def begin_sqlite(driver: sqlite3.Connection, options: Mapping[str, Any]) -> None:
+def _is_busy(error: BaseException | None) -> bool:
+    return getattr(error, "sqlite_errorname", "").startswith("SQLITE_BUSY")
+
+
+def _busy_timeout(driver: sqlite3.Connection, seconds: float) -> None:
+    try:
+        driver.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}").close()
+    except sqlite3.Error as exc:
+        raise OperationalError("PRAGMA busy_timeout", None, exc) from exc
+
+
+def begin_sqlite(
+    driver: sqlite3.Connection, options: Mapping[str, Any], timeout_set: bool = False
+) -> None:
     """Begin a transaction, taking the write lock at once when it will write (``WRITE_OPTION``);
     nothing if one is open on the connection (a ``HeldConnection``'s).
 
     A deferred transaction that reads and then writes cannot wait for a busy database: it fails
     with "database is locked". Taking the lock first makes it wait up to ``BUSY_TIMEOUT``; with
-    ``NOW_OPTION``, not at all (``WriteLockTaken``). Statements go to the driver: through
+    ``NOW_OPTION``, not at all (``WriteLockTaken``): its busy timeout is 0 for the ``BEGIN``
+    (``timeout_set``: the connection's is 0 already). Statements go to the driver: through
     SQLAlchemy they cost ten times more.
     """
     if driver.in_transaction:
         return
     statement = "BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN"
     now = options.get(NOW_OPTION, False)
+    toggle = now and not timeout_set
     try:
-        if now:
-            driver.execute("PRAGMA busy_timeout = 0").close()
+        if toggle:
+            _busy_timeout(driver, 0)
         driver.execute(statement).close()
     except sqlite3.OperationalError as exc:
-        if now and exc.sqlite_errorname.startswith("SQLITE_BUSY"):
+        if now and _is_busy(exc):
             raise WriteLockTaken(str(exc)) from exc
         raise OperationalError(statement, None, exc) from exc
     except sqlite3.Error as exc:
         raise OperationalError(statement, None, exc) from exc
     finally:
-        if now:
-            driver.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}").close()
+        if toggle:
+            _busy_timeout(driver, BUSY_TIMEOUT)
 
 
 class SerialWriter:

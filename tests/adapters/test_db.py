@@ -668,6 +668,47 @@ async def test_sqlite_cell_writes_are_made_at_once_unless_the_file_is_busy(tmp_p
         await db.close()
 
 
+async def test_sqlite_at_once_writes_set_no_busy_timeout_each_and_give_the_pool_it_back(
+    tmp_path,
+):
+    """The connection that writes at once never waits for the lock: its busy timeout is 0
+    while it is held, set once rather than around each write, and 30 s again before the pool
+    gets it back (after an error, or at close), so no other use of it fails at once."""
+    db = await open_database(f"sqlite:///{tmp_path / 'kernelagent.db'}")
+    pragmas: list[str] = []
+    given_back: list[int] = []
+
+    def traced(dbapi_connection, _record, _proxy):
+        dbapi_connection.set_trace_callback(
+            lambda statement: pragmas.append(statement) if "busy_timeout" in statement else None
+        )
+
+    def checked_in(dbapi_connection, _record):
+        given_back.append(dbapi_connection.execute("PRAGMA busy_timeout").fetchone()[0])
+
+    event.listen(db.engine, "checkout", traced)
+    event.listen(db.engine, "checkin", checked_in)
+    try:
+        session = await new_session(db)
+        await db.cells.append_next(make_cell(session.id, -1))
+        pragmas.clear()
+        for _ in range(10):
+            cell = await db.cells.append_next(make_cell(session.id, -1))
+            await db.cells.update(dataclasses.replace(cell, status="ok"), touch_session=True)
+        assert pragmas == [], "the busy timeout was set around each write"
+
+        given_back.clear()
+        with pytest.raises(NotFound):  # the held connection is dropped after the error
+            await db.cells.append_next(make_cell("no-such-session", -1))
+        assert given_back == [30_000]
+        cell = await db.cells.append_next(make_cell(session.id, -1))
+        assert cell.index == 11
+        assert pragmas[-1] == "PRAGMA busy_timeout = 0"
+    finally:
+        await db.close()
+    assert len(given_back) > 1 and all(value == 30_000 for value in given_back)
+
+
 async def test_sqlite_cells_path_keeps_its_connections_and_renews_one_after_an_error(tmp_path):
     """The event loop's session reads and cell writes reuse two held connections instead of
     taking one from the pool each time; a failed write drops its connection and the next

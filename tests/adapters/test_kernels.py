@@ -271,9 +271,9 @@ async def test_connections_are_views_of_the_kernels_one_link(kernels, monkeypatc
     await _ran(kernels, kernel, "1")
     descriptors = len(os.listdir("/proc/self/fd"))
     parsed: list[str] = []
-    real = kernels_module._message
+    real = kernels_module._Parser.message
     monkeypatch.setattr(
-        kernels_module, "_message", lambda *args: parsed.append(args[1]) or real(*args)
+        kernels_module._Parser, "message", lambda *args: parsed.append(args[1]) or real(*args)
     )
     asker, other = await kernels.connect(kernel), await kernels.connect(kernel)
     try:
@@ -299,6 +299,26 @@ async def test_connections_are_views_of_the_kernels_one_link(kernels, monkeypatc
         asker.close()
         other.close()
     assert not kernels._watchers
+
+
+def test_a_kernel_message_is_read_once_signed_and_never_twice():
+    """A message read from a kernel is checked as ``Session.deserialize`` checks it: a wrong
+    signature and a replayed one are refused; the JSON parts are kept as sent."""
+    session = Session(key=b"secret")
+    parser = kernels_module._Parser(session)
+    frames = session.serialize(session.msg("status", {"execution_state": "idle"}))
+    msg = parser.message("iopub", frames)
+    assert (msg.msg_type, msg.content) == ("status", {"execution_state": "idle"})
+    assert msg.raw == tuple(frames[2:6])  # header, parent, metadata, content
+    with pytest.raises(ValueError, match="replayed"):
+        parser.message("iopub", frames)
+    forged = session.serialize(session.msg("status", {"execution_state": "busy"}))
+    forged[-1] = json.dumps({"execution_state": "idle"}).encode()
+    with pytest.raises(ValueError, match="invalid signature"):
+        parser.message("iopub", forged)
+    unsigned = Session(key=b"").serialize(session.msg("status", {"execution_state": "idle"}))
+    with pytest.raises(ValueError, match="unsigned"):
+        parser.message("iopub", unsigned)
 
 
 async def test_the_replay_guard_of_a_kernel_link_stays_small(kernels):
