@@ -70,7 +70,7 @@ class SqlDatabase:
         # SQLite has one writer at a time: this process's go through one thread (repos.py)
         sqlite = engine.dialect.name == "sqlite"
         self._serial = SerialWriter(writer) if sqlite else None
-        self._held_reader = HeldConnection(reader) if sqlite else None
+        self._held_reader = HeldConnection(reader, autocommit=True) if sqlite else None
         repo = (reader, writer, self._serial, self._held_reader)
         self.users = SqlUserRepo(*repo)
         self.sessions = SqlSessionRepo(*repo)

@@ -84,10 +84,13 @@ class HeldConnection:
     statements. Used from one thread only (the first to use it; others take the pool's), and
     closed after any error: the next use opens a fresh one. On an engine that never waits for
     the write lock (``NOW_OPTION``), its busy timeout is set to 0 while it is held, not around
-    each transaction, and set back before the pool gets the connection again."""
+    each transaction, and set back before the pool gets the connection again. With
+    ``autocommit``, its work is one statement (a lookup by key), run in SQLite's autocommit:
+    read as consistently as in a transaction, with no ``BEGIN`` and ``COMMIT`` around it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, autocommit: bool = False) -> None:
         self.engine = engine
+        self.autocommit = autocommit
         self.never_waits = bool(engine.get_execution_options().get(NOW_OPTION, False))
         self._connection: Connection | None = None
         self._thread: int | None = None
@@ -109,7 +112,9 @@ class HeldConnection:
         connection = self._connection
         driver = connection.connection.driver_connection
         try:
-            begin_sqlite(driver, connection.get_execution_options(), timeout_set=self.never_waits)
+            if not self.autocommit:
+                options = connection.get_execution_options()
+                begin_sqlite(driver, options, timeout_set=self.never_waits)
             result = work(connection)
             if connection.in_transaction():
                 connection.commit()

@@ -712,7 +712,8 @@ async def test_sqlite_at_once_writes_set_no_busy_timeout_each_and_give_the_pool_
 async def test_sqlite_cells_path_keeps_its_connections_and_renews_one_after_an_error(tmp_path):
     """The event loop's session reads and cell writes reuse two held connections instead of
     taking one from the pool each time; a failed write drops its connection and the next
-    opens a fresh one; another thread reads through the pool; close gives both back."""
+    opens a fresh one; another thread reads through the pool; close gives both back. A
+    session's lookup is its one statement, in SQLite's autocommit."""
     db = await open_database(f"sqlite:///{tmp_path / 'kernelagent.db'}")
     checkouts = []
     event.listen(db.engine, "checkout", lambda *_: checkouts.append(threading.get_ident()))
@@ -724,6 +725,13 @@ async def test_sqlite_cells_path_keeps_its_connections_and_renews_one_after_an_e
             cell = await db.cells.append_next(make_cell(session.id, -1))
             await db.cells.update(dataclasses.replace(cell, status="ok"), touch_session=True)
         assert len(checkouts) <= 2, "a connection from the pool for each transaction"
+
+        statements: list[str] = []
+        held_reader = db._held_reader._connection.connection.driver_connection
+        held_reader.set_trace_callback(statements.append)
+        assert (await db.sessions.get(session.id)).id == session.id
+        held_reader.set_trace_callback(None)
+        assert [s.split()[0] for s in statements] == ["SELECT"], "one row: one statement"
 
         held = len(checkouts)
         with pytest.raises(NotFound):  # a foreign key violation, inside the held transaction
