@@ -122,8 +122,11 @@ class Run:
         await self.link.send("stdin", message)
 
     def deliver(self, msg: KernelMessage) -> None:
-        """A message of this request: replies (shell) apart from the rest."""
-        (self.replies if msg.channel == "shell" else self.messages).put(msg)
+        """A message of this request, in arrival order; a reply (shell) also apart, for
+        ``reply()``."""
+        if msg.channel == "shell":
+            self.replies.put(msg)
+        self.messages.put(msg)
 
     def close(self) -> None:
         self.link.runs.pop(self.msg_id, None)

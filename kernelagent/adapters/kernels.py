@@ -103,7 +103,7 @@ class _Link:
             self.runs[run.msg_id] = run
             await self.send("shell", request)
             try:
-                if await run.reply(1.0) is not None and await run.messages.get(0.2) is not None:
+                if await run.reply(1.0) is not None and await _heard_iopub(run, 0.2):
                     return
             finally:
                 run.close()
@@ -227,6 +227,19 @@ class _Channels:
             watching.discard(self)
             if not watching:
                 del self.kernels._watchers[self.kernel_id]
+
+
+async def _heard_iopub(run: Run, timeout: float) -> bool:
+    """Whether an iopub message of ``run`` came within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (wait := deadline - loop.time()) > 0:
+        item = await run.messages.get(wait)
+        if item is None:
+            return False
+        if isinstance(item, KernelMessage) and item.channel == "iopub":
+            return True
+    return False
 
 
 def _receive(socket: zmq.Socket[bytes]) -> list[bytes]:

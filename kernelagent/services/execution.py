@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kernelagent.domain import Artifact, Cell, KernelMessage, Role, Session, User
+from kernelagent.domain import Artifact, Cell, CellStatus, KernelMessage, Role, Session, User
 from kernelagent.errors import KernelDied, NotFound
 from kernelagent.events import CellCompleted, CellOutput, CellStarted
 from kernelagent.services.files import FileService
@@ -40,7 +40,7 @@ from kernelagent.services.ports import (
 )
 from kernelagent.services.provenance import from_outside
 from kernelagent.services.recording import LOCK_WAIT, Recorder, new_cell
-from kernelagent.services.running import CellResult, collect, died_output, evaluate
+from kernelagent.services.running import CellResult, OnReply, collect, died_output, evaluate
 from kernelagent.services.supervisor import KernelSupervisor
 
 log = logging.getLogger(__name__)
@@ -158,10 +158,39 @@ class ExecutionService:
             started = time.perf_counter()
             result = CellResult([], "error", None, None)
             installs: Installs | None = None
+            early: Cell | None = None  # the row as written when the reply came
+
+            async def record_early(
+                outputs: list[dict[str, Any]], status: CellStatus, count: int | None
+            ) -> None:
+                """The row, written while the kernel's idle status is on its way: most cells
+                end as their reply says, and need no write after it."""
+                nonlocal early
+                if installs is not None or running.interrupted:
+                    return  # its final row will differ
+                ended = dataclasses.replace(
+                    cell,
+                    outputs=outputs,
+                    status=status,
+                    execution_count=count,
+                    duration_ms=round((time.perf_counter() - started) * 1000),
+                )
+                try:
+                    await self.db.cells.update(ended, touch_session=True)
+                except Exception:  # noqa: BLE001 - the final write says what went wrong
+                    return
+                early = ended
+
             try:  # an install that cannot start still ends the cell in the record
                 installs = await self._installs(kernel_id, cell, code)
                 result = await self._run(
-                    kernel_id, cell, code, timeout or self.default_timeout, on_output, request
+                    kernel_id,
+                    cell,
+                    code,
+                    timeout or self.default_timeout,
+                    on_output,
+                    request,
+                    record_early,
                 )
             except Exception as e:
                 result = dataclasses.replace(result, outputs=[*result.outputs, _failure(e)])
@@ -184,10 +213,15 @@ class ExecutionService:
                         cell, metadata={**cell.metadata, PACKAGES: installed}
                     )
                 # the record holds whatever happened (and the session's last activity)
-                try:
-                    await self.db.cells.update(cell, touch_session=True)
-                except NotFound:  # its row went with the session
-                    raise NotFound("no such session: it was deleted while this cell ran") from None
+                if early is not None and _same_row(early, cell):
+                    cell = early  # nothing came after the reply: written already
+                else:
+                    try:
+                        await self.db.cells.update(cell, touch_session=True)
+                    except NotFound:  # its row went with the session
+                        raise NotFound(
+                            "no such session: it was deleted while this cell ran"
+                        ) from None
                 if result.kernel_lost:
                     await self.supervisor.replace(session, kernel_id)
                 if sys.exc_info()[0] is not None:  # failing: say so now, nothing more comes
@@ -236,6 +270,7 @@ class ExecutionService:
         timeout: float,
         on_output: OutputHook | None,
         request: ClientRequest | None,
+        on_reply: OnReply,
     ) -> CellResult:
         session_id = cell.session_id
 
@@ -272,6 +307,7 @@ class ExecutionService:
                 self.stream_limit,
                 on_output=published,
                 on_input=(lambda msg: request.deliver("stdin", msg)) if request else None,
+                on_reply=on_reply,
             )
         finally:
             run.close()
@@ -341,3 +377,15 @@ def _failure(error: Exception) -> dict[str, Any]:
         "evalue": str(error),
         "traceback": [f"kernelagent could not finish this cell: {name}: {error}"],
     }
+
+
+def _same_row(written: Cell, final: Cell) -> bool:
+    """Whether the row written early holds what the final one would (outputs are compared by
+    identity: the collector makes a new dict for each output it changes)."""
+    return (
+        written.status == final.status
+        and written.execution_count == final.execution_count
+        and written.metadata == final.metadata
+        and len(written.outputs) == len(final.outputs)
+        and all(a is b for a, b in zip(written.outputs, final.outputs, strict=True))
+    )

@@ -245,7 +245,8 @@ class KernelRun(Protocol):
     msg_id: str
 
     async def next(self, timeout: float) -> KernelMessage | None:
-        """The next iopub or stdin message of this request, in arrival order; None after
+        """The next message of this request (iopub, stdin, and its shell reply as it comes:
+        usually before the idle status), in arrival order; None after
         ``timeout`` s of silence. KernelDied (its ``cause`` says how) when the kernel dies, is
         restarted or is shut down meanwhile."""
         ...

@@ -24,6 +24,9 @@ REPLY_WAIT = 5.0  # seconds the shell reply may trail the kernel's idle status
 
 OnOutput = Callable[[OutputCollector, list[dict[str, Any]]], Awaitable[None]]
 OnInput = Callable[[KernelMessage], Awaitable[None]]
+# told the outputs, status and execution count as the shell reply arrives (before the idle
+# status, which may still bring outputs)
+OnReply = Callable[[list[dict[str, Any]], CellStatus, int | None], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +48,11 @@ async def collect(
     stream_limit: int,
     on_output: OnOutput | None = None,
     on_input: OnInput | None = None,
+    on_reply: OnReply | None = None,
 ) -> CellResult:
     """Collect ``run`` until the kernel is idle; ``on_output`` sees each change of the outputs,
-    ``on_input`` each ``input_request``. The caller closes ``run``."""
+    ``on_input`` each ``input_request``, ``on_reply`` the cell as the reply comes. The caller
+    closes ``run``."""
     collector = OutputCollector(stream_limit=stream_limit)
     deadline = time.monotonic() + timeout
     status: CellStatus = "ok"
@@ -70,6 +75,10 @@ async def collect(
             collector.feed("error", died(str(e)))
             return CellResult(collector.outputs, "died", count, None, e.cause == "died")
         if msg is None:
+            continue
+        if msg.channel == "shell":
+            if on_reply is not None and not timed_out:
+                await on_reply(collector.outputs, status, count)
             continue
         if msg.channel == "stdin":
             if on_input is not None:

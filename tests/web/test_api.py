@@ -13,6 +13,8 @@ import time
 import nbformat
 import pytest
 
+from kernelagent.services import execution as execution_module
+
 pytestmark = pytest.mark.sandbox
 
 PLOTLY = "application/vnd.plotly.v1+json"
@@ -63,6 +65,54 @@ async def test_cell_runs_and_is_recorded(ka_server):
     assert error["outputs"][0]["ename"] == "ZeroDivisionError"
     again = (await ka_server.run(sid, "x"))["cell"]  # the kernel keeps its state
     assert again["outputs"][0]["data"]["text/plain"] == "20"
+
+
+async def test_a_cell_is_written_as_its_reply_comes_and_again_only_if_more_came(
+    ka_server, monkeypatch
+):
+    """A cell's final row is written when the kernel's reply comes, while its idle status is
+    on the way; nothing coming after the reply, that is the cell's last write. An output that
+    came after the reply (here: held back from what the reply saw) is written before the
+    answer, so the record holds it too."""
+    sid = (await ka_server.session())["id"]
+    cells = ka_server.services.db.cells
+    writes: list[tuple[str, int, bool]] = []  # (status, outputs, while collecting)
+    collecting = False
+    update = cells.update
+
+    async def counted(cell, **changes):
+        writes.append((cell.status, len(cell.outputs), collecting))
+        return await update(cell, **changes)
+
+    real_collect = execution_module.collect
+    held_back = False
+
+    async def collect(*args, on_reply=None, **kwargs):
+        nonlocal collecting
+
+        async def seen_at_reply(outputs, status, count):
+            await on_reply(outputs[:-1] if held_back else outputs, status, count)
+
+        collecting = True
+        try:
+            return await real_collect(*args, on_reply=seen_at_reply if on_reply else None, **kwargs)
+        finally:
+            collecting = False
+
+    monkeypatch.setattr(cells, "update", counted)
+    monkeypatch.setattr(execution_module, "collect", collect)
+
+    answer = await ka_server.run(sid, "print('a'); 6 * 7")
+    assert [o["output_type"] for o in answer["cell"]["outputs"]] == ["stream", "execute_result"]
+    assert writes == [("ok", 2, True)], "the row was written again after the idle status"
+
+    writes.clear()
+    held_back = True
+    answer = await ka_server.run(sid, "print('b'); 6 * 7")
+    assert writes == [("ok", 1, True), ("ok", 2, False)]
+    recorded = (await cells.list(sid))[-1]
+    assert recorded.outputs == answer["cell"]["outputs"]
+    assert [o["output_type"] for o in recorded.outputs] == ["stream", "execute_result"]
 
 
 async def test_a_full_output_cache_is_not_a_cells_output(ka_server):
