@@ -246,9 +246,9 @@ class KernelRun(Protocol):
 
     async def next(self, timeout: float) -> KernelMessage | None:
         """The next message of this request (iopub, stdin, and its shell reply as it comes:
-        usually before the idle status), in arrival order; None after
-        ``timeout`` s of silence. KernelDied (its ``cause`` says how) when the kernel dies, is
-        restarted or is shut down meanwhile."""
+        usually before the idle status), in arrival order; None after ``timeout`` s of
+        silence. KernelDied (its ``cause`` says how) when the kernel dies, is restarted or is
+        shut down meanwhile."""
         ...
 
     async def reply(self, timeout: float) -> KernelMessage | None:
