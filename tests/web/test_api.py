@@ -87,7 +87,31 @@ async def test_a_cell_is_written_as_its_reply_comes_and_again_only_if_more_came(
     real_collect = execution_module.collect
     held_back = False
 
-    async def collect(*args, on_reply=None, **kwargs):
+    class ReplyFirst:
+        """The run's messages with the reply before the idle status, the order the kernel sends
+        them in (and nearly always their order here: two sockets do not promise it)."""
+
+        def __init__(self, run):
+            self.run, self.replied, self.idle = run, False, None
+
+        def __getattr__(self, name):
+            return getattr(self.run, name)
+
+        async def next(self, timeout):
+            while True:
+                if self.idle is not None and self.replied:
+                    idle, self.idle = self.idle, None
+                    return idle
+                msg = await self.run.next(timeout)
+                if msg is None or msg.channel == "shell":
+                    self.replied = self.replied or msg is not None
+                    return msg
+                if msg.content.get("execution_state") == "idle" and not self.replied:
+                    self.idle = msg
+                    continue
+                return msg
+
+    async def collect(kernels, kernel_id, run, *args, on_reply=None, **kwargs):
         nonlocal collecting
 
         async def seen_at_reply(outputs, status, count):
@@ -95,7 +119,9 @@ async def test_a_cell_is_written_as_its_reply_comes_and_again_only_if_more_came(
 
         collecting = True
         try:
-            return await real_collect(*args, on_reply=seen_at_reply if on_reply else None, **kwargs)
+            return await real_collect(
+                kernels, kernel_id, ReplyFirst(run), *args, on_reply=seen_at_reply, **kwargs
+            )
         finally:
             collecting = False
 
