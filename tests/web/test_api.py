@@ -67,6 +67,15 @@ async def test_cell_runs_and_is_recorded(ka_server):
     assert again["outputs"][0]["data"]["text/plain"] == "20"
 
 
+async def test_the_kernel_replies_without_ipykernels_pause(ka_server):
+    """The server reads each cell until its idle status, so the kernel's pause before the reply
+    (``Kernel._execute_sleep``) is taken away; the outputs are all there still."""
+    sid = (await ka_server.session())["id"]
+    cell = (await ka_server.run(sid, "print('out'); get_ipython().kernel._execute_sleep"))["cell"]
+    assert [o["output_type"] for o in cell["outputs"]] == ["stream", "execute_result"]
+    assert cell["outputs"][1]["data"]["text/plain"] == "0.0"
+
+
 async def test_a_cell_is_written_as_its_reply_comes_and_again_only_if_more_came(
     ka_server, monkeypatch
 ):
