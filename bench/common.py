@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: sample summaries, the raw ``1+1`` round trip, and an HTTP
-client that keeps its connection open."""
+"""What the benchmark scripts share: sample summaries, the raw ``1+1`` round trip on a kernel
+set up as the server sets up its own, and an HTTP client that keeps its connection open."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import statistics
 import time
 from typing import Any
 
-from jupyter_client import AsyncKernelClient
+from jupyter_client import AsyncKernelClient, AsyncKernelManager
+from traitlets.config import Config
+
+from kernelagent.adapters.kernels import PACKAGE_DIR
+from kernelagent.kernelside import LOAD_CODE
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -22,6 +26,24 @@ def summary(samples: list[float]) -> dict[str, float]:
         "p95_ms": round(p95 * 1000, 2),
         "min_ms": round(ordered[0] * 1000, 2),
     }
+
+
+def sandboxed_kernel() -> AsyncKernelManager:
+    """A manager of the sandboxed ``kernelagent-python3`` whose kernel sees kernelagent's
+    kernel-side package, as the server's kernels do (a source checkout is outside the Python
+    environment the sandbox binds)."""
+    config = Config({"BubblewrapProvisioner": {"ro_binds": [str(PACKAGE_DIR)]}})
+    return AsyncKernelManager(kernel_name="kernelagent-python3", config=config)
+
+
+async def as_the_server_sets_it_up(client: AsyncKernelClient) -> None:
+    """Load kernelagent's kernel-side extension, as the server does in each of its kernels: a
+    raw round trip on it is on the very kernel the server drives, so the ratio is the server's."""
+    msg_id = client.execute(LOAD_CODE, silent=True, store_history=False)
+    while (reply := await client.get_shell_msg(timeout=60))["parent_header"]["msg_id"] != msg_id:
+        pass
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"the kernel did not load kernelagent's extension: {reply['content']}")
 
 
 async def one_plus_one(client: AsyncKernelClient) -> float:

@@ -13,7 +13,8 @@ frames):
 1. ``1+1`` round trip on ``/api/kernels/{id}/channels``: an ``execute_request`` on shell until both
    its ``execute_reply`` and its iopub ``status: idle`` have arrived; against the same over raw
    jupyter_client (``AsyncKernelManager`` + client, no network) on a plain ``python3`` kernel and
-   on the sandboxed ``kernelagent-python3``; and kernelagent's own ``POST …/cells`` on one
+   on the sandboxed ``kernelagent-python3`` with kernelagent's kernel-side extension loaded, as the
+   server loads it in its own kernels; and kernelagent's own ``POST …/cells`` on one
    kept-open connection (answered once the cell is recorded, with its output, so after the
    reply and the idle). 20 warm-ups each, then interleaved blocks. Kernel
    Gateway is measured as shipped and with TCP_NODELAY kept on its WebSockets: as shipped, each
@@ -56,11 +57,17 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common import Client, summary  # bench/ is on sys.path when run as a script
+from common import (  # bench/ is on sys.path when run as a script
+    Client,
+    as_the_server_sets_it_up,
+    sandboxed_kernel,
+    summary,
+)
 from jupyter_client import AsyncKernelClient, AsyncKernelManager
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -124,9 +131,21 @@ class Server:
                 await self.call("GET", "/api")
                 return
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                log_text = (self.tmp / "server.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{self.name} did not start:\n{log_text}")
+                raise RuntimeError(f"{self.name} did not start:\n{self.log_tail()}")
             await asyncio.sleep(0.2)
+
+    def log_tail(self) -> str:
+        return (self.tmp / "server.log").read_text(errors="replace")[-3000:]
+
+    @contextlib.contextmanager
+    def blamed(self) -> Iterator[None]:
+        """A failure while this server is measured names it and keeps its log's tail (the
+        temporary directory holding the log is gone when the benchmark ends)."""
+        try:
+            yield
+        except Exception as e:
+            tail = self.log_tail()
+            raise RuntimeError(f"{self.name}: {type(e).__name__}: {e}\n{tail}") from e
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -209,7 +228,9 @@ async def request(
     while not (got_reply and got_idle):
         raw = await asyncio.wait_for(ws.read_message(), TIMEOUT)
         if raw is None:
-            raise ConnectionError(f"channels WebSocket closed: {ws.close_reason}")
+            raise ConnectionError(
+                f"channels WebSocket closed: code {ws.close_code}, reason {ws.close_reason}"
+            )
         if isinstance(raw, bytes):
             continue  # a binary frame (buffers): nothing this benchmark waits for
         msg = json.loads(raw)
@@ -268,12 +289,18 @@ async def bench_rtt(servers: dict[str, Server], tmp: Path, runs: int, blocks: in
         for variant, name in (("raw_plain", "python3"), ("raw_sandbox", "kernelagent-python3")):
             workspace = tmp / f"raw-{variant}"
             workspace.mkdir()
-            km = AsyncKernelManager(kernel_name=name)
+            km = (
+                sandboxed_kernel()
+                if variant == "raw_sandbox"
+                else AsyncKernelManager(kernel_name=name)
+            )
             await km.start_kernel(cwd=str(workspace), stderr=subprocess.DEVNULL)
             client = km.client()
             client.start_channels()
             managers.append((km, client))
             await client.wait_for_ready(timeout=TIMEOUT)
+            if variant == "raw_sandbox":
+                await as_the_server_sets_it_up(client)
             runners[variant] = lambda client=client: raw_one_plus_one(client)
         await servers["kernelagent"].pool_filled()
         for run in runners.values():
@@ -282,8 +309,10 @@ async def bench_rtt(servers: dict[str, Server], tmp: Path, runs: int, blocks: in
         results: dict[str, list[float]] = {variant: [] for variant in runners}
         for _ in range(blocks):  # interleaved blocks: machine noise hits every variant alike
             for variant, run in runners.items():
-                for _ in range(math.ceil(runs / blocks)):
-                    results[variant].append(await run())
+                owner = servers.get(variant.removesuffix("_http"))
+                with owner.blamed() if owner else contextlib.nullcontext():
+                    for _ in range(math.ceil(runs / blocks)):
+                        results[variant].append(await run())
         return results
     finally:
         if session_id is not None:
@@ -307,15 +336,16 @@ async def bench_create(servers: dict[str, Server], runs: int) -> dict[str, list[
         for variant, srv in servers.items():
             await servers["kernelagent"].pool_filled()  # nothing starting in the background
             await asyncio.sleep(0.5)
-            started = time.perf_counter()
-            kernel_id = await srv.create()
-            posted = time.perf_counter()
-            ws = await srv.channels(kernel_id)
-            opened = time.perf_counter()
-            await request(ws, "kernel_info_request", {}, idle=False)
-            ready = time.perf_counter()
-            ws.close()
-            await srv.delete(kernel_id)
+            with srv.blamed():
+                started = time.perf_counter()
+                kernel_id = await srv.create()
+                posted = time.perf_counter()
+                ws = await srv.channels(kernel_id)
+                opened = time.perf_counter()
+                await request(ws, "kernel_info_request", {}, idle=False)
+                ready = time.perf_counter()
+                ws.close()
+                await srv.delete(kernel_id)
             if i:
                 for phase, t in (("post", posted), ("open", opened), ("ready", ready)):
                     results.setdefault(f"{variant}_{phase}", []).append(t - started)
@@ -348,10 +378,12 @@ async def bench_arrivals(
             await asyncio.sleep(1)
             kept: list[tuple[str, WebSocketClientConnection]] = []
             try:
-                if phase == "sequential":
-                    times = [await arrive(srv, kept) for _ in range(runs)]
-                else:
-                    times = list(await asyncio.gather(*(arrive(srv, kept) for _ in range(burst))))
+                with srv.blamed():
+                    if phase == "sequential":
+                        times = [await arrive(srv, kept) for _ in range(runs)]
+                    else:
+                        arrivals = (arrive(srv, kept) for _ in range(burst))
+                        times = list(await asyncio.gather(*arrivals))
             finally:
                 for kernel_id, ws in kept:
                     ws.close()

@@ -12,7 +12,8 @@ keep-alive HTTP/1.1 client from the same process:
    one without (``pool_size=0``), interleaved; each session is deleted after its sample;
 2. ``1+1`` round trip: ``POST …/cells`` over HTTP vs the raw jupyter_client round trip
    (``execute_request`` → ``status: idle``) on a sandboxed kernel started directly with
-   ``AsyncKernelManager(kernel_name="kernelagent-python3")``, in interleaved blocks;
+   ``AsyncKernelManager(kernel_name="kernelagent-python3")`` with kernelagent's kernel-side
+   extension loaded, as the server loads it in its own kernels, in interleaved blocks;
 3. notebook growth: 500 ``1+1`` cells in one session; per cell, the server-side time spent saving
    the cell record (``db.cells.append_next`` + ``db.cells.update``, timed by wrappers on the
    instance)
@@ -41,10 +42,12 @@ from typing import Any
 
 from common import (
     Client,
+    as_the_server_sets_it_up,
     one_plus_one,
+    sandboxed_kernel,
     summary,
 )  # bench/ is on sys.path when run as a script
-from jupyter_client import AsyncKernelClient, AsyncKernelManager
+from jupyter_client import AsyncKernelClient
 
 from kernelagent.app import KernelAgentApp
 from kernelagent.config import Settings
@@ -134,7 +137,7 @@ async def bench_create(pooled: Server, cold: Server, runs: int) -> dict[str, lis
 async def bench_rtt(srv: Server, tmp: Path, runs: int, blocks: int = 8) -> dict[str, list[float]]:
     workspace = tmp / "raw-workspace"
     workspace.mkdir()
-    km = AsyncKernelManager(kernel_name="kernelagent-python3")
+    km = sandboxed_kernel()
     client: AsyncKernelClient | None = None
     session_id: str | None = None
     results: dict[str, list[float]] = {"http": [], "raw": []}
@@ -143,6 +146,7 @@ async def bench_rtt(srv: Server, tmp: Path, runs: int, blocks: int = 8) -> dict[
         client = km.client()
         client.start_channels()
         await client.wait_for_ready(timeout=60)
+        await as_the_server_sets_it_up(client)
         session_id = await srv.create("rtt")
         await srv.pool_filled()
         per_block = math.ceil(runs / blocks)
