@@ -35,7 +35,17 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, bindparam, delete, func, insert, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlmodel import Session as Transaction
@@ -595,9 +605,11 @@ _GET_SESSION = _Prepared(select(_SESSIONS).where(_SESSIONS.c.id == bindparam("_i
 _CELL_METADATA = select(_CELLS.c.metadata).where(_CELLS.c.id == bindparam("_id")).with_for_update()
 _SET_CELL_METADATA = update(_CELLS).where(_CELLS.c.id == bindparam("_id"))
 _INSERT_CELL = insert(_CELLS)
-_APPEND_CELL = _Prepared(_INSERT_CELL)
-_LAST_INDEX = _Prepared(
-    select(func.max(_CELLS.c.index)).where(_CELLS.c.session_id == bindparam("_session_id"))
+_NEXT_INDEX = select(  # literals, not parameters: every parameter comes from the caller
+    func.coalesce(func.max(_CELLS.c.index) + literal_column("1"), literal_column("0"))
+).where(_CELLS.c.session_id == bindparam("_session_id"))
+_APPEND_NEXT = _Prepared(  # one statement: the index is taken where the row is written
+    insert(_CELLS).values(index=_NEXT_INDEX.scalar_subquery()).returning(_CELLS.c.index)
 )
 
 
@@ -633,16 +645,15 @@ class SqlCellRepo(_Repo):
 
     @quick_writes
     def append_next(self, connection: Connection, cell: Cell) -> Cell:
-        """Insert ``cell`` at the session's next free index, in one transaction; returns it."""
-        last = _LAST_INDEX.scalar(connection, {"_session_id": cell.session_id})
-        cell = dataclasses.replace(cell, index=0 if last is None else last + 1)
+        """Insert ``cell`` at the session's next free index, in one statement; returns it."""
+        params = {"id": cell.id, "session_id": cell.session_id, **CellRow.values(cell)}
+        del params["index"]
         with _violations(
-            f"cell index {cell.index} of session {cell.session_id} (or cell id {cell.id}) is taken",
+            f"the next cell index of session {cell.session_id} (or cell id {cell.id}) is taken",
             missing=f"session {cell.session_id} not found",
         ):
-            params = {"id": cell.id, "session_id": cell.session_id, **CellRow.values(cell)}
-            _APPEND_CELL.execute(connection, params)
-        return cell
+            index = _APPEND_NEXT.scalar(connection, {**params, "_session_id": cell.session_id})
+        return dataclasses.replace(cell, index=index)
 
     @staticmethod
     def _exists(tx: Transaction, session_id: str, index: int) -> bool:
