@@ -107,11 +107,14 @@ class _SessionQueues:
             queue = self._queues[session_id] = _Queue()
         queue.users += 1
         try:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await queue.lock.acquire()
-            except TimeoutError:
-                raise busy(session_id, timeout) from None
+            if queue.users > 1:  # held or awaited by another
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await queue.lock.acquire()
+                except TimeoutError:
+                    raise busy(session_id, timeout) from None
+            else:  # no one else: taken at once, no timer to set and cancel
+                await queue.lock.acquire()
             try:
                 yield
             finally:
