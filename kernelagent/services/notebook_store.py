@@ -29,6 +29,7 @@ class NotebookStore:
         self.debounce = debounce
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._sessions: dict[str, Session] = {}
+        self._due: dict[str, float] = {}  # session id → when its save is due (loop time)
 
     async def notebook(self, session: Session) -> nbformat.NotebookNode:
         cells = await self.db.cells.list(session.id)
@@ -41,35 +42,45 @@ class NotebookStore:
         return data
 
     def schedule_save(self, session: Session) -> None:
-        """Write the notebook to storage once activity has paused for ``debounce`` seconds."""
-        previous = self._pending.pop(session.id, None)
-        if previous:
-            previous.cancel()
+        """Write the notebook to storage once activity has paused for ``debounce`` seconds.
+        Each call moves the session's deadline; one task per session waits for it (a cell
+        costs no task of its own)."""
         self._sessions[session.id] = session
-        self._pending[session.id] = asyncio.create_task(
-            self._save_later(session), name=f"notebook-save-{session.id}"
-        )
+        self._due[session.id] = asyncio.get_running_loop().time() + self.debounce
+        if session.id not in self._pending:
+            self._pending[session.id] = asyncio.create_task(
+                self._save_later(session.id), name=f"notebook-save-{session.id}"
+            )
 
-    async def _save_later(self, session: Session) -> None:
-        """Write once activity paused; while storage fails, try again (backing off to
-        ``RETRY_CAP`` s) until it takes the notebook or new activity schedules a fresh save."""
+    async def _save_later(self, session_id: str) -> None:
+        """Write once activity paused, and again if more came while it was written; while
+        storage fails, try again (backing off to ``RETRY_CAP`` s, or sooner after new
+        activity) until it takes the notebook."""
+        loop = asyncio.get_running_loop()
         wait = self.debounce
         try:
             while True:
-                await asyncio.sleep(wait)
+                while (left := self._due[session_id] - loop.time()) > 0:
+                    await asyncio.sleep(left)
+                due = self._due[session_id]
                 try:
-                    await self._save(session)
-                    return
+                    await self._save(self._sessions[session_id])
                 except Exception as e:  # noqa: BLE001 - storage away: the rows are the record
+                    wait = min(max(wait, 1.0) * 2, RETRY_CAP)
                     log.warning(
                         "could not write the notebook of session %s to storage (again in "
-                        "%.0f s): %s", session.id, min(wait * 2, RETRY_CAP), e,
+                        "%.0f s): %s", session_id, wait, e,
                     )  # fmt: skip
-                    wait = min(max(wait, 1.0) * 2, RETRY_CAP)
+                    if self._due[session_id] == due:  # no activity meanwhile
+                        self._due[session_id] = loop.time() + wait
+                    continue
+                if self._due[session_id] == due:  # nothing came while it was written
+                    return
         finally:
-            if self._pending.get(session.id) is asyncio.current_task():
-                del self._pending[session.id]
-                self._sessions.pop(session.id, None)
+            if self._pending.get(session_id) is asyncio.current_task():
+                del self._pending[session_id]
+                self._sessions.pop(session_id, None)
+                self._due.pop(session_id, None)
 
     async def _save(self, session: Session) -> None:
         """Write the notebook unless the session is gone: it may be deleted while a save waits
@@ -85,6 +96,7 @@ class NotebookStore:
         tasks, sessions = list(self._pending.values()), list(self._sessions.values())
         self._pending.clear()
         self._sessions.clear()
+        self._due.clear()
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -438,6 +438,43 @@ async def test_notebook_reaches_storage_shortly_after_a_cell(ka_server):
     assert nb.cells[0].outputs[0]["data"]["text/plain"] == "'stored'"
 
 
+async def test_a_burst_of_cells_is_saved_once_and_a_cell_during_the_save_again(
+    ka_server, monkeypatch
+):
+    """The notebook is written once activity pauses: once for a burst of cells, and once more
+    when a cell came while it was being written (that write had read the rows before it)."""
+    notebooks, storage = ka_server.services.notebooks, ka_server.services.storage
+    notebooks.debounce = 0.3
+    writes: list[bytes] = []
+    writing, go_on = asyncio.Event(), asyncio.Event()
+    put = storage.put
+
+    async def held_put(key: str, data: bytes) -> None:
+        if key.endswith("notebook.ipynb"):
+            writes.append(data)
+            writing.set()
+            await go_on.wait()
+        await put(key, data)
+
+    monkeypatch.setattr(storage, "put", held_put)
+    sid = (await ka_server.session())["id"]
+    for n in range(3):
+        await ka_server.run(sid, f"'burst {n}'")
+    await asyncio.wait_for(writing.wait(), 10)
+    await ka_server.run(sid, "'during the save'")
+    go_on.set()
+    key = f"sessions/{sid}/notebook.ipynb"
+    for _ in range(100):
+        if len(writes) == 2 and await storage.exists(key):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(notebooks.debounce * 2)  # no write more
+    written = [nbformat.reads(data.decode(), as_version=4) for data in writes]
+    assert [len(nb.cells) for nb in written] == [3, 4]
+    assert written[1].cells[3].source == "'during the save'"
+    assert nbformat.reads((await storage.get(key)).decode(), as_version=4) == written[1]
+
+
 async def test_a_session_deleted_before_its_notebook_is_saved_stays_out_of_storage(ka_server):
     """The notebook is written a moment after a cell: a session deleted meanwhile must not have
     it written back once its storage was cleared."""
