@@ -647,12 +647,13 @@ class SqlCellRepo(_Repo):
     def append_next(self, connection: Connection, cell: Cell) -> Cell:
         """Insert ``cell`` at the session's next free index, in one statement; returns it."""
         params = {"id": cell.id, "session_id": cell.session_id, **CellRow.values(cell)}
-        del params["index"]
+        del params["index"]  # the statement's own
+        params["_session_id"] = cell.session_id
         with _violations(
             f"the next cell index of session {cell.session_id} (or cell id {cell.id}) is taken",
             missing=f"session {cell.session_id} not found",
         ):
-            index = _APPEND_NEXT.scalar(connection, {**params, "_session_id": cell.session_id})
+            index = _APPEND_NEXT.scalar(connection, params)
         return dataclasses.replace(cell, index=index)
 
     @staticmethod
@@ -676,9 +677,8 @@ class SqlCellRepo(_Repo):
 
     @reads
     def next_index(self, tx: Transaction, session_id: str) -> int:
-        query = select(func.max(CellRow.index)).where(CellRow.session_id == session_id)
-        last = tx.exec(query).one()
-        return 0 if last is None else last + 1
+        """The index ``append_next`` would give the session's next cell now."""
+        return int(tx.connection().execute(_NEXT_INDEX, {"_session_id": session_id}).scalar_one())
 
     @reads
     def list(self, tx: Transaction, session_id: str) -> list[Cell]:

@@ -168,13 +168,7 @@ class ExecutionService:
                 nonlocal early
                 if installs is not None or running.interrupted:
                     return  # its final row will differ
-                ended = dataclasses.replace(
-                    cell,
-                    outputs=outputs,
-                    status=status,
-                    execution_count=count,
-                    duration_ms=round((time.perf_counter() - started) * 1000),
-                )
+                ended = _ended(cell, outputs, status, count, started)
                 try:
                     await self.db.cells.update(ended, touch_session=True)
                 except Exception:  # noqa: BLE001 - the final write says what went wrong
@@ -201,13 +195,7 @@ class ExecutionService:
                 status = result.status
                 if running.interrupted and status in ("ok", "error"):
                     status = "interrupted"
-                cell = dataclasses.replace(
-                    cell,
-                    outputs=result.outputs,
-                    status=status,
-                    execution_count=result.execution_count,
-                    duration_ms=round((time.perf_counter() - started) * 1000),
-                )
+                cell = _ended(cell, result.outputs, status, result.execution_count, started)
                 if installs is not None and (installed := await installs.finish()):
                     cell = dataclasses.replace(
                         cell, metadata={**cell.metadata, PACKAGES: installed}
@@ -377,6 +365,23 @@ def _failure(error: Exception) -> dict[str, Any]:
         "evalue": str(error),
         "traceback": [f"kernelagent could not finish this cell: {name}: {error}"],
     }
+
+
+def _ended(
+    cell: Cell,
+    outputs: list[dict[str, Any]],
+    status: CellStatus,
+    count: int | None,
+    started: float,
+) -> Cell:
+    """The cell as it ended, having run since ``started`` (``time.perf_counter()``)."""
+    return dataclasses.replace(
+        cell,
+        outputs=outputs,
+        status=status,
+        execution_count=count,
+        duration_ms=round((time.perf_counter() - started) * 1000),
+    )
 
 
 def _same_row(written: Cell, final: Cell) -> bool:
